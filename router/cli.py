@@ -1,0 +1,105 @@
+"""`model-router serve | check`: argument parsing, and the only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from router.config import DEFAULT_CONFIG, ConfigError, Table, load_table, parse_address
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # also: the routing table has problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    return command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-router",
+        description="Split live traffic between model versions behind one stable URL.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the router")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+                       help=f"routing table (default: {DEFAULT_CONFIG})")  # fmt: skip
+    serve.add_argument("--listen", type=_address, metavar="HOST:PORT",
+                       help="public address; overrides server.listen")  # fmt: skip
+    serve.add_argument("--admin-listen", type=_address, metavar="HOST:PORT",
+                       help="admin address; overrides server.admin_listen")  # fmt: skip
+    serve.add_argument(
+        "--log", metavar="PATH", help="routing log ('-' is stdout); overrides log.path"
+    )
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes (only 1 for now)")  # fmt: skip
+    serve.set_defaults(command=_serve)
+
+    check = commands.add_parser("check", help="validate a routing table")
+    check.add_argument("path", metavar="PATH")
+    check.set_defaults(command=_check)
+    return parser
+
+
+def _address(text: str) -> Any:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _load(path: str) -> Table | None:
+    try:
+        return load_table(path)
+    except ConfigError as exc:
+        for message in exc.messages():
+            print(message, file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    table = _load(args.path)
+    if table is None:
+        return EXIT_USAGE
+    for name, model in table.models.items():
+        shares = ", ".join(f"{v} {p.normalize():f}%" for v, p in model.split.shares())
+        print(f"{name}: {shares}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.workers != 1:
+        print("model-router: --workers above 1 is not available yet", file=sys.stderr)
+        return EXIT_USAGE
+    table = _load(args.config)
+    if table is None:
+        return EXIT_USAGE
+    server = dataclasses.replace(
+        table.server,
+        listen=args.listen or table.server.listen,
+        admin_listen=args.admin_listen or table.server.admin_listen,
+    )
+    log = dataclasses.replace(table.log, path=args.log or table.log.path)
+    table = dataclasses.replace(table, server=server, log=log)
+
+    from router.app import serve  # aiohttp is only needed when serving
+
+    return _run(serve(table, args.config))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed: a faster event loop for the same code."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

@@ -1,0 +1,724 @@
+"""The routing table: frozen dataclasses, parsed and validated once (contract section 2).
+
+`parse_table(data)` is pure and reports every problem at once; `load_table(path)` reads the
+YAML file keeping line numbers so that each problem reads `FILE:LINE: key.path: message`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import email.utils
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+import orjson
+import yaml
+
+from router import yamlmarks
+from router.assign import Split
+
+State = Literal["active", "deprecated", "retired"]
+UserIdMode = Literal["hash", "raw", "omit"]
+UserIdKind = Literal["header", "cookie", "query"]
+STATES: tuple[State, ...] = get_args(State)
+USER_ID_MODES: tuple[UserIdMode, ...] = get_args(UserIdMode)
+USER_ID_KINDS: tuple[UserIdKind, ...] = get_args(UserIdKind)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+DEFAULT_CONFIG = "config/routes.yaml"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """`HOST:PORT` (IPv6 hosts in brackets); raises ValueError naming the expected form."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"'{text}' is not HOST:PORT (for example 127.0.0.1:8080)")
+    return Address(host, int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: Address = Address("127.0.0.1", 8080)
+    admin_listen: Address = Address("127.0.0.1", 8081)
+    admin_token_env: str | None = None
+    max_body_mb: float = 10.0
+    drain_s: float = 10.0
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    path: str = "logs/routing.jsonl"
+    user_ids: UserIdMode = "hash"
+
+
+@dataclass(frozen=True, slots=True)
+class UserIdSource:
+    kind: UserIdKind
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    name: str
+    url: str  # scheme://host[:port][/base], no trailing slash
+    timeout_s: float
+    state: State = "active"
+    sunset: dt.date | None = None
+    successor: str | None = None
+    # Deprecation, Sunset and Link headers, rendered once at load time.
+    response_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """`match` conditions, all of which must hold; an empty condition set is refused."""
+
+    version: str
+    headers: tuple[tuple[str, str], ...] = ()
+    user_ids: frozenset[str] | None = None
+
+    def matches(self, headers: Mapping[str, str], user_id: str | None) -> bool:
+        if any(headers.get(name) != value for name, value in self.headers):
+            return False
+        return self.user_ids is None or user_id in self.user_ids
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    salt: str
+    user_id: tuple[UserIdSource, ...]
+    when_no_user_id: str  # "random", "reject" or a version name
+    versions: Mapping[str, Version]
+    split: Split
+    rules: tuple[Rule, ...] = ()
+    fallback: str | None = None
+    log_response: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    server: ServerSettings
+    log: LogSettings
+    models: Mapping[str, Model]
+    digest: str
+    # The table as written, for the admin view; never mutated.
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    line: int | None
+    path: str
+    message: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in a routing table, each naming its key and line."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(self.messages()))
+
+    def messages(self) -> list[str]:
+        return [p.render(self.source) for p in self.problems]
+
+
+def load_table(path: str | Path) -> Table:
+    """Read and validate a routing table file; raises ConfigError with every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [Problem(None, "", f"cannot read the file: {exc}")]) from exc
+    return parse_text(text, source)
+
+
+def parse_text(text: str, source: str = "<table>") -> Table:
+    try:
+        data = yamlmarks.load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [Problem(line, "", f"not valid YAML: {problem}")]) from exc
+    return parse_table(data, source)
+
+
+def parse_table(data: Any, source: str = "<table>") -> Table:
+    """Validate a table given as plain data (from YAML or JSON); freeze it or raise."""
+    reader = _Reader()
+    table = reader.table(data)
+    if reader.problems or table is None:
+        reader.problems.sort(key=lambda p: p.line or 0)
+        raise ConfigError(source, reader.problems)
+    return table
+
+
+def digest_of(data: Any) -> str:
+    """A short digest of the table's content, the same for the same settings in any layout."""
+    canonical = orjson.dumps(
+        data, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str
+    )
+    return hashlib.sha256(canonical).hexdigest()[:12]
+
+
+# --- validation -------------------------------------------------------------------------
+
+_TOP = ("server", "log", "models")
+_SERVER = ("listen", "admin_listen", "admin_token_env", "max_body_mb", "drain_s")
+_LOG = ("path", "user_ids")
+_MODEL = (
+    "salt", "user_id", "when_no_user_id", "timeout_s", "versions", "split", "rules",
+    "fallback", "log_response",
+)  # fmt: skip
+_VERSION = ("url", "timeout_s", "state", "sunset", "successor")
+_RULE = ("match", "version")
+_MATCH = ("header", "user_id")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Reader:
+    """Walks the data once, collecting every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def fail(self, parent: object, key: object, path: str, message: str) -> None:
+        self.problems.append(Problem(yamlmarks.line_of(parent, key), path, message))
+
+    def mapping(
+        self, parent: dict[Any, Any] | list[Any], key: Any, path: str, keys: tuple[str, ...]
+    ) -> dict[Any, Any] | None:
+        """The mapping at parent[key], its unknown and duplicate keys reported."""
+        value = parent[key]
+        if not isinstance(value, dict):
+            self.fail(parent, key, path, f"must be a mapping, not {_kind(value)}")
+            return None
+        self.check_keys(value, path, keys)
+        return value
+
+    def check_keys(self, value: dict[Any, Any], path: str, keys: tuple[str, ...]) -> None:
+        for name, line in getattr(value, "duplicates", []):
+            self.problems.append(Problem(line, _join(path, name), "is given twice"))
+        if not keys:
+            return
+        for name in value:
+            if name not in keys:
+                hint = difflib.get_close_matches(str(name), keys, n=1)
+                expected = (
+                    f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(keys)}"
+                )
+                self.fail(value, name, _join(path, name), f"unknown key ({expected})")
+
+    def number(
+        self, parent: dict[Any, Any], key: str, path: str, default: float, *, positive: bool
+    ) -> float:
+        if key not in parent:
+            return default
+        value = parent[key]
+        if not _is_number(value) or value < 0 or (positive and value == 0):
+            expected = "a number above 0" if positive else "a number, 0 or more"
+            self.fail(parent, key, _join(path, key), f"must be {expected}, not {value!r}")
+            return default
+        return float(value)
+
+    def string(self, parent: dict[Any, Any], key: str, path: str) -> str | None:
+        if key not in parent:
+            return None
+        value = parent[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # a salt or a header value written as a bare number
+        if not isinstance(value, str) or not value:
+            self.fail(parent, key, _join(path, key), f"must be a non-empty string, not {value!r}")
+            return None
+        return value
+
+    def choice(
+        self, parent: dict[Any, Any], key: str, path: str, options: tuple[str, ...]
+    ) -> str | None:
+        value = self.string(parent, key, path)
+        if value is not None and value not in options:
+            self.fail(
+                parent,
+                key,
+                _join(path, key),
+                f"is '{value}'; expected one of: {', '.join(options)}",
+            )
+            return None
+        return value
+
+    def address(self, parent: dict[Any, Any], key: str, path: str, default: Address) -> Address:
+        text = self.string(parent, key, path)
+        if text is None:
+            return default
+        try:
+            return parse_address(text)
+        except ValueError as exc:
+            self.fail(parent, key, _join(path, key), str(exc))
+            return default
+
+    # --- sections ---
+
+    def table(self, data: Any) -> Table | None:
+        if not isinstance(data, dict):
+            self.problems.append(
+                Problem(1, "", f"a routing table is a mapping with 'models', not {_kind(data)}")
+            )
+            return None
+        self.check_keys(data, "", _TOP)
+        server = self.server(data)
+        log = self.log(data)
+        models: dict[str, Model] = {}
+        if "models" not in data:
+            self.problems.append(
+                Problem(getattr(data, "line", 1), "models", "is missing; name at least one model")
+            )
+        elif (found := self.mapping(data, "models", "models", ())) is not None:
+            if not found:
+                self.fail(data, "models", "models", "is empty; name at least one model")
+            for name in found:
+                model = self.model(found, name)
+                if model is not None:
+                    models[str(name)] = model
+        return Table(
+            server, log, MappingProxyType(models), digest_of(data), MappingProxyType(dict(data))
+        )
+
+    def server(self, data: dict[Any, Any]) -> ServerSettings:
+        defaults = ServerSettings()
+        if (
+            "server" not in data
+            or (section := self.mapping(data, "server", "server", _SERVER)) is None
+        ):
+            return defaults
+        token_env = self.string(section, "admin_token_env", "server")
+        return ServerSettings(
+            listen=self.address(section, "listen", "server", defaults.listen),
+            admin_listen=self.address(section, "admin_listen", "server", defaults.admin_listen),
+            admin_token_env=token_env,
+            max_body_mb=self.number(
+                section, "max_body_mb", "server", defaults.max_body_mb, positive=True
+            ),
+            drain_s=self.number(section, "drain_s", "server", defaults.drain_s, positive=False),
+        )
+
+    def log(self, data: dict[Any, Any]) -> LogSettings:
+        defaults = LogSettings()
+        if "log" not in data or (section := self.mapping(data, "log", "log", _LOG)) is None:
+            return defaults
+        path = self.string(section, "path", "log") or defaults.path
+        mode = self.choice(section, "user_ids", "log", USER_ID_MODES) or defaults.user_ids
+        return LogSettings(path=path, user_ids=mode)  # type: ignore[arg-type]
+
+    def model(self, models: dict[Any, Any], name: Any) -> Model | None:
+        path = f"models.{name}"
+        if not isinstance(name, str) or not NAME.match(name):
+            self.fail(models, name, path, "model names match [A-Za-z0-9][A-Za-z0-9._-]*")
+            return None
+        section = self.mapping(models, name, path, _MODEL)
+        if section is None:
+            return None
+        before = len(self.problems)
+        timeout_s = self.number(section, "timeout_s", path, DEFAULT_TIMEOUT_S, positive=True)
+        versions = self.versions(section, name, path, timeout_s)
+        split = self.split(section, path, versions)
+        rules = self.rules(section, path, versions)
+        user_id = self.user_id_sources(section, path)
+        salt = self.string(section, "salt", path) or name
+        when = self.string(section, "when_no_user_id", path) or "random"
+        if when not in ("random", "reject"):
+            self.version_ref(section, "when_no_user_id", path, versions, what="when_no_user_id")
+        fallback = self.string(section, "fallback", path)
+        if fallback is not None:
+            self.version_ref(section, "fallback", path, versions, what="a fallback")
+        log_response = self.string_list(section, "log_response", path)
+        if len(self.problems) > before or split is None:
+            return None
+        return Model(
+            name=name,
+            salt=salt,
+            user_id=user_id,
+            when_no_user_id=when,
+            versions=MappingProxyType(versions),
+            split=split,
+            rules=rules,
+            fallback=fallback,
+            log_response=log_response,
+        )
+
+    def versions(
+        self, section: dict[Any, Any], model: str, path: str, timeout_s: float
+    ) -> dict[str, Version]:
+        path = f"{path}.versions"
+        if "versions" not in section:
+            self.fail(section, None, path, "is missing; list the versions and their urls")
+            return {}
+        found = self.mapping(section, "versions", path, ())
+        if not found:
+            if found is not None:
+                self.fail(section, "versions", path, "is empty; list the versions and their urls")
+            return {}
+        versions: dict[str, Version] = {}
+        for name in found:
+            version = self.version(found, name, model, f"{path}.{name}", timeout_s)
+            if version is not None:
+                versions[name] = version
+        for name, version in versions.items():
+            if version.successor is not None:
+                self.version_ref(
+                    found[name], "successor", f"{path}.{name}", versions, what="a successor"
+                )
+                if version.successor == name:
+                    self.fail(
+                        found[name],
+                        "successor",
+                        f"{path}.{name}.successor",
+                        "cannot be the version itself",
+                    )
+        return versions
+
+    def version(
+        self, found: dict[Any, Any], name: Any, model: str, path: str, timeout_s: float
+    ) -> Version | None:
+        if not isinstance(name, str) or not NAME.match(name):
+            self.fail(found, name, path, "version names match [A-Za-z0-9][A-Za-z0-9._-]*")
+            return None
+        section = self.mapping(found, name, path, _VERSION)
+        if section is None:
+            return None
+        url = self.url(section, path)
+        state = self.choice(section, "state", path, STATES) or "active"
+        successor = self.string(section, "successor", path)
+        sunset = self.sunset(section, path)
+        if sunset is not None and state == "active":
+            self.fail(
+                section,
+                "sunset",
+                f"{path}.sunset",
+                "only a deprecated or retired version has a sunset; add state: deprecated",
+            )
+        headers: list[tuple[str, str]] = []
+        if state == "deprecated":
+            headers.append(("Deprecation", "true"))
+            if sunset is not None:
+                midnight = dt.datetime.combine(sunset, dt.time(), dt.UTC)
+                headers.append(("Sunset", email.utils.format_datetime(midnight, usegmt=True)))
+            if successor is not None:
+                headers.append(
+                    ("Link", f'</models/{model}/versions/{successor}>; rel="successor-version"')
+                )
+        if url is None:
+            return None
+        return Version(
+            name=name,
+            url=url,
+            timeout_s=self.number(section, "timeout_s", path, timeout_s, positive=True),
+            state=state,  # type: ignore[arg-type]
+            sunset=sunset,
+            successor=successor,
+            response_headers=tuple(headers),
+        )
+
+    def url(self, section: dict[Any, Any], path: str) -> str | None:
+        if "url" not in section:
+            self.fail(
+                section, None, f"{path}.url", "is missing (for example url: http://127.0.0.1:9001)"
+            )
+            return None
+        text = self.string(section, "url", path)
+        if text is None:
+            return None
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError as exc:
+            self.fail(section, "url", f"{path}.url", f"'{text}' is not a valid URL: {exc}")
+            return None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(
+                section, "url", f"{path}.url", f"'{text}' must be http:// or https:// with a host"
+            )
+            return None
+        if parts.query or parts.fragment:
+            self.fail(section, "url", f"{path}.url", f"'{text}' must not carry a query or fragment")
+            return None
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+    def sunset(self, section: dict[Any, Any], path: str) -> dt.date | None:
+        if "sunset" not in section:
+            return None
+        value = section["sunset"]
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            self.fail(
+                section,
+                "sunset",
+                f"{path}.sunset",
+                f"must be a date like 2027-03-31, not {value!r}",
+            )
+            return None
+
+    def split(
+        self, section: dict[Any, Any], path: str, versions: dict[str, Version]
+    ) -> Split | None:
+        path = f"{path}.split"
+        if "split" not in section:
+            self.fail(section, None, path, "is missing; give each version its percent of users")
+            return None
+        found = self.mapping(section, "split", path, ())
+        if found is None:
+            return None
+        if not found:
+            self.fail(section, "split", path, "is empty; give each version its percent of users")
+            return None
+        shares: dict[str, Decimal] = {}
+        for name, value in found.items():
+            where = f"{path}.{name}"
+            percent = _percent(value)
+            if percent is None:
+                self.fail(
+                    found,
+                    name,
+                    where,
+                    f"must be a number from 0 to 100 with at most two decimals, not {value!r}",
+                )
+                continue
+            version = versions.get(str(name))
+            if version is None:
+                self.fail(
+                    found,
+                    name,
+                    where,
+                    f"no such version; versions: {', '.join(versions) or 'none'}",
+                )
+            elif version.state == "retired" and percent != 0:
+                self.fail(
+                    found,
+                    name,
+                    where,
+                    f"version '{name}' is retired; its share must be 0, not {value}",
+                )
+            shares[str(name)] = percent
+        total = sum(shares.values(), Decimal(0))
+        if len(shares) == len(found) and total != 100:
+            self.fail(section, "split", path, f"percentages add up to {_fmt(total)}, not 100")
+        return Split.of(shares) if total == 100 else None
+
+    def rules(
+        self, section: dict[Any, Any], path: str, versions: dict[str, Version]
+    ) -> tuple[Rule, ...]:
+        if "rules" not in section:
+            return ()
+        found = section["rules"]
+        if not isinstance(found, list):
+            self.fail(
+                section, "rules", f"{path}.rules", f"must be a list of rules, not {_kind(found)}"
+            )
+            return ()
+        rules = []
+        for i in range(len(found)):
+            where = f"{path}.rules[{i}]"
+            item = self.mapping(found, i, where, _RULE)
+            if item is None:
+                continue
+            rule = self.rule(item, where, versions)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, item: dict[Any, Any], path: str, versions: dict[str, Version]) -> Rule | None:
+        version = self.version_ref(item, "version", path, versions, what="a rule's version")
+        if "match" not in item:
+            self.fail(
+                item,
+                None,
+                f"{path}.match",
+                "is missing (for example match: {header: {X-Beta-Tester: 'true'}})",
+            )
+            return None
+        match = self.mapping(item, "match", f"{path}.match", _MATCH)
+        if match is None:
+            return None
+        if not match:
+            self.fail(item, "match", f"{path}.match", "has no condition; use header or user_id")
+            return None
+        headers: list[tuple[str, str]] = []
+        if (
+            "header" in match
+            and (wanted := self.mapping(match, "header", f"{path}.match.header", ())) is not None
+        ):
+            for name in wanted:
+                value = self.string(wanted, name, f"{path}.match.header")
+                if value is not None:
+                    headers.append((str(name), value))
+        user_ids: frozenset[str] | None = None
+        if "user_id" in match:
+            ids = match["user_id"]
+            ids = [ids] if isinstance(ids, str) else ids
+            if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+                self.fail(
+                    match,
+                    "user_id",
+                    f"{path}.match.user_id",
+                    "must be a user id or a list of user ids (strings)",
+                )
+            else:
+                user_ids = frozenset(ids)
+        if version is None:
+            return None
+        return Rule(version=version, headers=tuple(headers), user_ids=user_ids)
+
+    def version_ref(
+        self,
+        parent: dict[Any, Any],
+        key: str,
+        path: str,
+        versions: dict[str, Version],
+        *,
+        what: str,
+    ) -> str | None:
+        """A version named by a key; it must exist and must not be retired."""
+        where = _join(path, key)
+        if key not in parent:
+            self.fail(parent, None, where, "is missing; name a version")
+            return None
+        name = self.string(parent, key, path)
+        if name is None:
+            return None
+        version = versions.get(name)
+        if version is None:
+            self.fail(
+                parent,
+                key,
+                where,
+                f"no version '{name}'; versions: {', '.join(versions) or 'none'}",
+            )
+            return None
+        if version.state == "retired" and what != "a successor":
+            self.fail(parent, key, where, f"version '{name}' is retired and cannot be {what}")
+            return None
+        return name
+
+    def user_id_sources(self, section: dict[Any, Any], path: str) -> tuple[UserIdSource, ...]:
+        default = (UserIdSource("header", "X-User-ID"),)
+        if "user_id" not in section:
+            return default
+        found = section["user_id"]
+        where = f"{path}.user_id"
+        if not isinstance(found, list) or not found:
+            self.fail(
+                section,
+                "user_id",
+                where,
+                "must be a non-empty list like [{header: X-User-ID}, {cookie: uid}]",
+            )
+            return default
+        sources = []
+        for i, item in enumerate(found):
+            if not isinstance(item, dict) or len(item) != 1:
+                self.fail(
+                    found,
+                    i,
+                    f"{where}[{i}]",
+                    "must be one of {header: NAME}, {cookie: NAME}, {query: NAME}",
+                )
+                continue
+            (kind,) = item
+            if kind not in USER_ID_KINDS:
+                self.fail(
+                    found,
+                    i,
+                    f"{where}[{i}]",
+                    f"unknown source '{kind}'; expected one of: {', '.join(USER_ID_KINDS)}",
+                )
+            elif (value := self.string(item, kind, f"{where}[{i}]")) is not None:
+                sources.append(UserIdSource(kind, value))
+        return tuple(sources) or default
+
+    def string_list(self, section: dict[Any, Any], key: str, path: str) -> tuple[str, ...]:
+        if key not in section:
+            return ()
+        found = section[key]
+        if not isinstance(found, list) or not all(isinstance(i, str) and i for i in found):
+            self.fail(
+                section, key, _join(path, key), "must be a list of field names, like [prediction]"
+            )
+            return ()
+        return tuple(found)
+
+
+def _percent(value: object) -> Decimal | None:
+    """A percentage as an exact Decimal, or None if it is not 0..100 with two decimals at most."""
+    if not _is_number(value):
+        return None
+    try:
+        percent = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    if not percent.is_finite() or percent < 0 or percent > 100:
+        return None
+    if percent != percent.quantize(Decimal("0.01")):
+        return None
+    return percent
+
+
+def _fmt(value: Decimal) -> str:
+    return str(value.normalize()) if value != value.to_integral() else str(int(value))
+
+
+def _join(path: str, key: object) -> str:
+    if key is None:
+        return path
+    return f"{path}.{key}" if path else str(key)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    for kind, name in (
+        (bool, "a boolean"),
+        (dict, "a mapping"),
+        (list, "a list"),
+        (str, "a string"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__

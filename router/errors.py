@@ -1,0 +1,50 @@
+"""Errors the router makes itself, and their JSON shape (contract section 4)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+
+ErrorCode = Literal[
+    "unknown_model",
+    "unknown_version",
+    "version_retired",
+    "missing_user_id",
+    "body_too_large",
+    "upstream_timeout",
+    "upstream_unavailable",
+    "bad_path",
+    "not_found",
+    "unauthorized",
+    "bad_feedback",
+]
+
+STATUS: dict[ErrorCode, int] = {
+    "unknown_model": 404,
+    "unknown_version": 404,
+    "version_retired": 410,
+    "missing_user_id": 400,
+    "body_too_large": 413,
+    "upstream_timeout": 504,
+    "upstream_unavailable": 502,
+    "bad_path": 400,
+    "not_found": 404,
+    "unauthorized": 401,
+    "bad_feedback": 400,
+}
+
+
+class RouterError(Exception):
+    """A request the router answers itself, with one of the contract's codes."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.status = STATUS[code]
+
+    def body(self, request_id: str) -> bytes:
+        """The JSON body: `{"error": {"code", "message", "request_id"}}`."""
+        error = {"code": self.code, "message": self.message, "request_id": request_id}
+        return orjson.dumps({"error": error})

@@ -1,0 +1,91 @@
+"""Which headers cross the proxy, in each direction (contract section 4; RFC 9110 7.6.1)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+# Hop-by-hop headers concern one connection only and are never forwarded (RFC 9110 7.6.1).
+# Proxy-* covers Proxy-Authorization, Proxy-Authenticate and the non-standard
+# Proxy-Connection that old clients still send.
+HOP_BY_HOP: Final = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+
+# Set by the router itself towards the backend. Host is the backend's own (as nginx's
+# default `proxy_set_header Host $proxy_host`); Expect is answered by the router's server.
+_SET_UPSTREAM: Final = frozenset(
+    {"host", "expect", "x-model-version", "x-request-id", "x-forwarded-proto", "x-forwarded-host"}
+)
+_SET_DOWNSTREAM: Final = frozenset({"x-model-version", "x-request-id"})
+
+REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
+
+
+def _dropped(headers: Mapping[str, str], extra: frozenset[str]) -> frozenset[str]:
+    """Names not to forward: hop-by-hop ones, those `Connection` lists, and `extra`."""
+    listed = headers.get("Connection")
+    if not listed:
+        return extra
+    return extra | {token.strip().lower() for token in listed.split(",")}
+
+
+def _forwardable(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
+    out = []
+    for name, value in items:
+        lower = name.lower()
+        if lower in drop or lower in HOP_BY_HOP or lower.startswith("proxy-"):
+            continue
+        out.append((name, value))
+    return out
+
+
+def upstream_headers(
+    headers: Mapping[str, str],
+    items: Iterable[tuple[str, str]],
+    *,
+    remote: str | None,
+    scheme: str,
+    version: str,
+    request_id: str,
+) -> list[tuple[str, str]]:
+    """The headers sent to the backend: the client's, less hop-by-hop, plus ours.
+
+    X-Forwarded-For is appended to (every proxy on the way adds the address it saw);
+    repeated X-Forwarded-For lines are folded into one list, as RFC 9110 5.3 allows.
+    """
+    drop = _dropped(headers, _SET_UPSTREAM | {"x-forwarded-for"})
+    out = _forwardable(items, drop)
+    seen = [value for name, value in items if name.lower() == "x-forwarded-for"]
+    if remote:
+        seen.append(remote)
+    if seen:
+        out.append(("X-Forwarded-For", ", ".join(seen)))
+    out.append(("X-Forwarded-Proto", scheme))
+    if host := headers.get("Host"):
+        out.append(("X-Forwarded-Host", host))
+    out.append(("X-Model-Version", version))
+    out.append(("X-Request-ID", request_id))
+    return out
+
+
+def downstream_headers(
+    headers: Mapping[str, str],
+    items: Iterable[tuple[str, str]],
+    *,
+    version: str,
+    request_id: str,
+    extra: Iterable[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """The headers sent to the client: the backend's, less hop-by-hop, plus ours."""
+    out = _forwardable(items, _dropped(headers, _SET_DOWNSTREAM))
+    out.append(("X-Model-Version", version))
+    out.append(("X-Request-ID", request_id))
+    out.extend(extra)
+    return out
+
+
+def request_id(given: str | None, new: str) -> str:
+    """The client's X-Request-ID when it is 1-128 of [A-Za-z0-9._-], else `new`."""
+    return given if given is not None and REQUEST_ID.match(given) else new

@@ -1,0 +1,499 @@
+"""The request handler: choose a version, forward, stream, log (contract sections 3 to 5).
+
+Every request that reaches `Proxy.handle` leaves exactly one `request` record, written in
+a `finally` so that rejected, timed-out, cancelled and client-gone requests count too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Final, Literal
+from urllib.parse import unquote
+
+import aiohttp
+import orjson
+from aiohttp import web
+from structlog.typing import FilteringBoundLogger
+from yarl import URL
+
+from router.assign import AssignedBy, choose
+from router.config import Model, Table, Version
+from router.errors import RouterError
+from router.events import Pseudonymizer, now_rfc3339
+from router.headers import downstream_headers, request_id, upstream_headers
+from router.table import TableHolder
+
+Outcome = Literal[
+    "ok", "client_error", "server_error", "timeout", "unavailable", "rejected", "client_closed"
+]
+
+# Bodies up to this size are read whole before forwarding: one write each way, and a
+# request that can be sent again to the fallback. Larger ones are streamed.
+BUFFER_BYTES: Final = 1024 * 1024
+# `log_response` looks into JSON answers up to this size only.
+LOG_RESPONSE_BYTES: Final = 64 * 1024
+FEEDBACK_BYTES: Final = 1024 * 1024
+CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
+
+HANDLED: Final = web.RequestKey("model_router_handled", bool)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What is known of one request so far; becomes its `request` record."""
+
+    ts: str
+    started: float
+    request_id: str
+    method: str | None
+    path: str | None
+    config: str
+    model: str | None = None
+    version: str | None = None
+    assigned_version: str | None = None
+    assigned_by: AssignedBy | None = None
+    bucket: int | None = None
+    user: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None
+    outcome: Outcome = "rejected"
+    upstream_ms: float | None = None
+    response: dict[str, Any] | None = None
+    feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
+
+    def record(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "ts": self.ts,
+            "request_id": self.request_id,
+            "model": self.model,
+            "version": self.version,
+            "assigned_version": self.assigned_version,
+            "assigned_by": self.assigned_by,
+            "bucket": self.bucket,
+            **self.user,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "outcome": self.outcome,
+            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "upstream_ms": self.upstream_ms,
+            "config": self.config,
+        }
+        if self.response is not None:
+            fields["response"] = self.response
+        return fields
+
+
+@dataclass(slots=True)
+class _Body:
+    """The request body: whole (`data` is bytes) or a stream read on demand."""
+
+    data: bytes | None
+    stream: aiohttp.StreamReader | None = None
+    limit: int = 0
+    consumed: bool = False  # a byte was read from the client: it can't be sent again
+    client_gone: bool = False
+    too_large: bool = False
+
+    @property
+    def resendable(self) -> bool:
+        return self.stream is None or not self.consumed
+
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        return self.data if self.stream is None else self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        assert self.stream is not None
+        total = 0
+        while True:
+            try:
+                chunk = await self.stream.readany()
+            except (ConnectionError, aiohttp.ClientPayloadError):
+                self.client_gone = True
+                raise
+            if not chunk:
+                return
+            total += len(chunk)
+            self.consumed = True
+            if total > self.limit:
+                self.too_large = True
+                raise RouterError("body_too_large", _too_large(self.limit))
+            yield chunk
+
+
+class _Unreachable(Exception):
+    """The version could not be reached; the request may go to the fallback."""
+
+    def __init__(self, error: RouterError, outcome: Outcome) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.outcome = outcome
+
+
+@lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    # sock_read bounds the wait for the answer to start and for each later chunk.
+    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+
+
+class Proxy:
+    """The public port's one handler. `session` is set by the app's cleanup context."""
+
+    session: aiohttp.ClientSession
+
+    def __init__(
+        self, tables: TableHolder, log: FilteringBoundLogger, pseudonymize: Pseudonymizer
+    ) -> None:
+        self.tables = tables
+        self._no_user = pseudonymize.fields(None)  # `user: null`, or nothing with `omit`
+        self.log = log
+        self.pseudonymize = pseudonymize
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request[HANDLED] = True
+        table = self.tables.current  # read once: this request keeps this table
+        given = request.headers.get("X-Request-ID")
+        ex = Exchange(
+            ts=now_rfc3339(),
+            started=time.perf_counter(),
+            request_id=request_id(given, uuid.uuid4().hex),
+            method=request.method,
+            path=request.raw_path.partition("?")[0],
+            config=table.digest,
+            user=self._no_user,
+        )
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._dispatch(request, table, ex)
+        except RouterError as error:
+            response = self._error(error, ex)
+        except asyncio.CancelledError:
+            # Shutdown ran out of drain time: the request is cut off.
+            if ex.status is None or ex.outcome == "rejected":
+                ex.status, ex.outcome = 503, "unavailable"
+            raise
+        finally:
+            if response is not None and not response.prepared:
+                await self._send(request, response, ex)
+            if not ex.feedback:
+                self.log.info("request", **ex.record())
+        return response
+
+    def log_unhandled(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """A request aiohttp refused before the handler saw it (junk, oversized headers)."""
+        if request.get(HANDLED):
+            return
+        table = self.tables.current
+        ex = Exchange(
+            now_rfc3339(), time.perf_counter(), uuid.uuid4().hex, None, None, table.digest
+        )
+        ex.status = response.status
+        self.log.info("request", **ex.record())
+
+    # --- routing ---
+
+    async def _dispatch(
+        self, request: web.Request, table: Table, ex: Exchange
+    ) -> web.StreamResponse:
+        raw_path, has_query, query = request.raw_path.partition("?")
+        segments = raw_path.split("/")
+        if any(unquote(s) in (".", "..") for s in segments):
+            raise RouterError("bad_path", f"path '{raw_path}' has '.' or '..' segments")
+        if len(segments) < 3 or segments[0] != "":
+            raise _not_found(raw_path)
+        if segments[1] == "feedback" and len(segments) == 3:
+            return await self._feedback(request, table, unquote(segments[2]), ex)
+        if segments[1] != "models":
+            raise _not_found(raw_path)
+        model = self._model(table, unquote(segments[2]))
+        ex.model = model.name
+        rest = segments[3:]
+        pinned = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            pinned, rest = unquote(rest[1]), rest[2:]
+        choice = choose(model, request, pinned)
+        ex.assigned_version, ex.assigned_by, ex.bucket = (
+            choice.version,
+            choice.assigned_by,
+            choice.bucket,
+        )
+        ex.user = self.pseudonymize.fields(choice.user_id)
+        target = "/" + "/".join(rest) + has_query + query
+        body = await self._read_body(request, table)
+        return await self._forward(request, table, model, choice.version, target, body, ex)
+
+    @staticmethod
+    def _model(table: Table, name: str) -> Model:
+        model = table.models.get(name)
+        if model is None:
+            known = ", ".join(table.models)
+            raise RouterError("unknown_model", f"no model '{name}'; models: {known}")
+        return model
+
+    async def _read_body(self, request: web.Request, table: Table) -> _Body:
+        limit = table.server.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise RouterError("body_too_large", _too_large(limit))
+        if not request.body_exists:
+            return _Body(None)
+        if length is not None and length <= BUFFER_BYTES:
+            try:
+                return _Body(await request.content.readexactly(length))
+            except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
+                return _Body(None, client_gone=True)
+        return _Body(None, stream=request.content, limit=limit)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        table: Table,
+        model: Model,
+        name: str,
+        target: str,
+        body: _Body,
+        ex: Exchange,
+    ) -> web.StreamResponse:
+        if body.client_gone:
+            ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+            return web.Response(status=CLIENT_CLOSED)
+        version = model.versions[name]
+        try:
+            return await self._attempt(request, model, version, target, body, ex)
+        except _Unreachable as failure:
+            fallback = model.fallback
+            if fallback is None or fallback == name or not body.resendable:
+                ex.outcome = failure.outcome
+                raise failure.error from None
+        try:
+            return await self._attempt(request, model, model.versions[fallback], target, body, ex)
+        except _Unreachable as failure:
+            ex.outcome = failure.outcome
+            raise failure.error from None
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        model: Model,
+        version: Version,
+        target: str,
+        body: _Body,
+        ex: Exchange,
+    ) -> web.StreamResponse:
+        ex.version = version.name
+        headers = upstream_headers(
+            request.headers,
+            request.headers.items(),
+            remote=request.remote,
+            scheme=request.scheme,
+            version=version.name,
+            request_id=ex.request_id,
+        )
+        sent = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method,
+                URL(version.url + target, encoded=True),
+                headers=headers,
+                data=body.payload(),
+                timeout=_timeout(version.timeout_s),
+                allow_redirects=False,
+            )
+        except RouterError:
+            raise  # the body grew past max_body_mb on the way
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise _Unreachable(_upstream_timeout(version, exc), "timeout") from exc
+        except TimeoutError as exc:
+            ex.upstream_ms = _ms_since(sent)
+            ex.outcome = "timeout"
+            raise _upstream_timeout(version, exc) from exc
+        except aiohttp.ClientConnectionError as exc:
+            if body.too_large:
+                raise RouterError("body_too_large", _too_large(body.limit)) from exc
+            if body.client_gone:
+                ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+                return web.Response(status=CLIENT_CLOSED)
+            error = RouterError(
+                "upstream_unavailable",
+                f"version '{version.name}' of model '{model.name}' could not be reached: {exc}",
+            )
+            raise _Unreachable(error, "unavailable") from exc
+        async with upstream:
+            return await self._relay(request, model, version, upstream, sent, ex)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        model: Model,
+        version: Version,
+        upstream: aiohttp.ClientResponse,
+        sent: float,
+        ex: Exchange,
+    ) -> web.StreamResponse:
+        status = upstream.status
+        ex.status = status
+        ex.outcome = "ok" if status < 400 else "client_error" if status < 500 else "server_error"
+        headers = downstream_headers(
+            upstream.headers,
+            upstream.headers.items(),
+            version=version.name,
+            request_id=ex.request_id,
+            extra=version.response_headers,
+        )
+        length = upstream.content_length
+        if request.method == "HEAD" or (length is not None and length <= BUFFER_BYTES):
+            try:
+                data = await upstream.read()
+            except TimeoutError as exc:
+                ex.upstream_ms, ex.outcome = _ms_since(sent), "timeout"
+                raise _upstream_timeout(version, exc) from exc
+            except aiohttp.ClientError as exc:
+                ex.upstream_ms, ex.outcome = _ms_since(sent), "unavailable"
+                raise RouterError(
+                    "upstream_unavailable",
+                    f"version '{version.name}' broke off its answer: {exc}",
+                ) from exc
+            ex.upstream_ms = _ms_since(sent)
+            if model.log_response:
+                ex.response = _pick(data, model.log_response)
+            response = web.Response(status=status, reason=upstream.reason, headers=headers)
+            response.body = data
+            return response
+        return await self._stream(request, model, version, upstream, headers, sent, ex)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: Model,
+        version: Version,
+        upstream: aiohttp.ClientResponse,
+        headers: list[tuple[str, str]],
+        sent: float,
+        ex: Exchange,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        captured: list[bytes] | None = [] if model.log_response else None
+        size = 0
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                size += len(chunk)
+                if captured is not None and size <= LOG_RESPONSE_BYTES:
+                    captured.append(chunk)
+                elif captured is not None:
+                    captured = None
+            ex.upstream_ms = _ms_since(sent)
+            await response.write_eof()
+        except ConnectionResetError:
+            ex.upstream_ms = _ms_since(sent)
+            ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+            return response
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The status line is out already: all that is left is to break the
+            # connection, so the client sees a truncated answer, never a complete one.
+            ex.upstream_ms = _ms_since(sent)
+            ex.outcome = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        if captured is not None:
+            ex.response = _pick(b"".join(captured), model.log_response)
+        return response
+
+    # --- the router's own answers ---
+
+    async def _feedback(
+        self, request: web.Request, table: Table, name: str, ex: Exchange
+    ) -> web.StreamResponse:
+        """Ground truth for an earlier request: logged as a `feedback` event only."""
+        if request.method != "POST":
+            raise RouterError("not_found", f"feedback is sent with POST /feedback/{name}")
+        model = self._model(table, name)
+        ex.model = model.name
+        length = request.content_length
+        if length is not None and length > FEEDBACK_BYTES:
+            raise RouterError("body_too_large", _too_large(FEEDBACK_BYTES))
+        try:
+            data = await request.content.read(FEEDBACK_BYTES + 1)
+            payload = orjson.loads(data)
+        except (ConnectionError, aiohttp.ClientPayloadError):
+            ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+            return web.Response(status=CLIENT_CLOSED)
+        except orjson.JSONDecodeError as exc:
+            raise RouterError("bad_feedback", f"the body is not JSON: {exc}") from exc
+        if (
+            not isinstance(payload, dict)
+            or not isinstance(payload.get("request_id"), str)
+            or not payload["request_id"]
+            or "label" not in payload
+        ):
+            raise RouterError(
+                "bad_feedback",
+                'expected {"request_id": "<id of the request>", "label": <the true answer>}',
+            )
+        self.log.info(
+            "feedback", model=model.name, request_id=payload["request_id"], label=payload["label"]
+        )
+        ex.feedback = True
+        return web.Response(status=202, body=b'{"accepted":true}', content_type="application/json")
+
+    @staticmethod
+    def _error(error: RouterError, ex: Exchange) -> web.Response:
+        """The contract's JSON error; the outcome was set where the failure was seen."""
+        ex.status = error.status
+        headers = {"X-Request-ID": ex.request_id}
+        if ex.version is not None:
+            headers["X-Model-Version"] = ex.version
+        return web.Response(
+            status=error.status,
+            body=error.body(ex.request_id),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    @staticmethod
+    async def _send(request: web.Request, response: web.StreamResponse, ex: Exchange) -> None:
+        """Write a whole answer now, so that a client gone by then is seen and logged."""
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+
+
+def _pick(data: bytes, names: tuple[str, ...]) -> dict[str, Any] | None:
+    if len(data) > LOG_RESPONSE_BYTES:
+        return None
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    return {name: parsed[name] for name in names if name in parsed}
+
+
+def _upstream_timeout(version: Version, exc: BaseException) -> RouterError:
+    return RouterError(
+        "upstream_timeout",
+        f"version '{version.name}' did not answer within {version.timeout_s:g} s",
+    )
+
+
+def _not_found(path: str) -> RouterError:
+    return RouterError("not_found", f"no route for '{path}'; models are under /models/<name>/")
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than {limit / 1024 / 1024:g} MiB (server.max_body_mb)"
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -1,0 +1,76 @@
+"""YAML loading that remembers where each key was written.
+
+PyYAML's composed nodes carry marks; this loader keeps the line of every mapping key and
+sequence item on the constructed containers, and notes duplicate keys (which plain PyYAML
+silently resolves to the last one), so that validation can say `FILE:LINE: key.path: ...`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class MarkedDict(dict[Any, Any]):
+    """A mapping with `line` (its own), `key_lines` (each key's) and `duplicates`."""
+
+    line: int
+    key_lines: dict[Any, int]
+    duplicates: list[tuple[Any, int]]
+
+
+class MarkedList(list[Any]):
+    """A sequence with `line` (its own) and `item_lines` (each item's)."""
+
+    line: int
+    item_lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:
+    loader.flatten_mapping(node)  # resolve `<<` merge keys first
+    result = MarkedDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    result.duplicates = []
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            key = str(key)
+        line = key_node.start_mark.line + 1
+        if key in result:
+            result.duplicates.append((key, line))
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = line
+    return result
+
+
+def _sequence(loader: _Loader, node: yaml.SequenceNode) -> MarkedList:
+    result = MarkedList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+
+
+def load(text: str) -> Any:
+    """Parse YAML text; raises `yaml.YAMLError` (with `problem_mark`) on a syntax error."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+
+
+def line_of(container: object, key: object) -> int | None:
+    """The line where `key` (a mapping key or list index) was written, if known."""
+    if isinstance(container, MarkedDict):
+        return container.key_lines.get(key, container.line)
+    if isinstance(container, MarkedList) and isinstance(key, int):
+        if 0 <= key < len(container.item_lines):
+            return container.item_lines[key]
+        return container.line
+    return None
