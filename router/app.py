@@ -87,35 +87,71 @@ def models_summary(table: Table) -> dict[str, Any]:
     return {name: {"split": model.split.as_dict()} for name, model in table.models.items()}
 
 
+class Router:
+    """One process's router: its log writer, table holder, proxy and listeners.
+
+    `serve` runs one until a signal; tests start one in-process the same way.
+    """
+
+    def __init__(self, table: Table, source: str | None = None) -> None:
+        self.sink = LogSink(table.log.path)
+        self.log = make_logger(self.sink)
+        self.tables = TableHolder(table, source)
+        self.proxy = Proxy(self.tables, self.log, Pseudonymizer.from_env(table.log.user_ids))
+        self.runner = web.AppRunner(
+            create_app(self.proxy),
+            handle_signals=False,
+            access_log_class=UnhandledRequestLog,
+            access_log=cast(Any, self.proxy),
+            shutdown_timeout=table.server.drain_s,
+            auto_decompress=False,  # bodies pass through byte for byte
+        )
+        self.admin = web.AppRunner(
+            create_admin_app(self.tables), handle_signals=False, access_log=None
+        )
+        self.log.info(
+            "config_loaded", config=table.digest, source=source, models=models_summary(table)
+        )
+
+    @property
+    def url(self) -> str:
+        return _url(self.runner)
+
+    @property
+    def admin_url(self) -> str:
+        return _url(self.admin)
+
+    async def start(self) -> None:
+        server = self.tables.current.server
+        await self.runner.setup()
+        await self.admin.setup()
+        await web.TCPSite(self.runner, server.listen.host, server.listen.port, backlog=1024).start()
+        await web.TCPSite(self.admin, server.admin_listen.host, server.admin_listen.port).start()
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
+        try:
+            await self.admin.cleanup()
+            await self.runner.cleanup()
+        finally:
+            self.sink.close()  # every record queued so far is on disk after this
+
+
 async def serve(table: Table, source: str) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the log and return 0."""
-    sink = LogSink(table.log.path)
-    log = make_logger(sink)
-    tables = TableHolder(table, source)
-    proxy = Proxy(tables, log, Pseudonymizer.from_env(table.log.user_ids))
-    log.info("config_loaded", config=table.digest, source=source, models=models_summary(table))
-    runner = web.AppRunner(
-        create_app(proxy),
-        handle_signals=False,
-        access_log_class=UnhandledRequestLog,
-        access_log=cast(Any, proxy),
-        shutdown_timeout=table.server.drain_s,
-        auto_decompress=False,  # bodies pass through byte for byte
-    )
-    admin = web.AppRunner(create_admin_app(tables), handle_signals=False, access_log=None)
+    router = Router(table, source)
     try:
-        await runner.setup()
-        await admin.setup()
-        server = table.server
-        await web.TCPSite(runner, server.listen.host, server.listen.port, backlog=1024).start()
-        await web.TCPSite(admin, server.admin_listen.host, server.admin_listen.port).start()
-        _announce(runner, admin, table)
-        await _until_stopped(sink)
+        await router.start()
+        print(
+            f"model-router: serving on {router.url} (admin {router.admin_url}), "
+            f"config {table.digest}, log {table.log.path}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await _until_stopped(router.sink)
         print("model-router: stopping; letting requests in flight finish", file=sys.stderr)
     finally:
-        await admin.cleanup()
-        await runner.cleanup()  # stops accepting, drains for up to drain_s
-        sink.close()  # every record queued so far is on disk after this
+        await router.stop()
     return 0
 
 
@@ -132,14 +168,6 @@ async def _until_stopped(sink: LogSink) -> None:
             loop.remove_signal_handler(signum)
 
 
-def _announce(runner: web.AppRunner, admin: web.AppRunner, table: Table) -> None:
-    def url(r: web.AppRunner) -> str:
-        host, port = r.addresses[0][:2]
-        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-
-    print(
-        f"model-router: serving on {url(runner)} (admin {url(admin)}), "
-        f"config {table.digest}, log {table.log.path}",
-        file=sys.stderr,
-        flush=True,
-    )
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"

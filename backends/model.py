@@ -1,0 +1,98 @@
+"""The example model behind each backend: a breast-cancer classifier in two versions.
+
+Both versions train at start-up on scikit-learn's bundled Wisconsin breast-cancer dataset
+(569 rows, 30 features, no network). Label 0 is malignant, 1 is benign.
+
+The two versions deliberately answer in different shapes (v2 adds ``probability``), so the
+router's shadowing and comparison features have a real response-format change to deal with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, Protocol
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+VERSIONS: tuple[str, ...] = ("v1", "v2")
+N_FEATURES = 30
+SEED = 0
+
+
+class Classifier(Protocol):
+    """The part of a fitted scikit-learn classifier this module uses."""
+
+    def fit(self, x: Any, y: Any, /) -> Any: ...
+
+    def predict(self, x: Any, /) -> Any: ...
+
+    def predict_proba(self, x: Any, /) -> Any: ...
+
+
+def check_version(version: str) -> None:
+    """Raise ValueError unless ``version`` is one this module can train."""
+    if version not in VERSIONS:
+        accepted = ", ".join(repr(v) for v in VERSIONS)
+        raise ValueError(f"unknown model version {version!r}: use one of {accepted}")
+
+
+@cache
+def _dataset() -> tuple[Any, Any]:
+    """Features and labels as NumPy arrays; loaded once per process (it is read from disk)."""
+    features, labels = load_breast_cancer(return_X_y=True)
+    return features, labels
+
+
+def train(version: str) -> Classifier:
+    """Fit the model for ``version`` on the whole dataset.
+
+    Deterministic: the logistic regression's lbfgs solver uses no randomness, and the
+    gradient boosting is seeded, so every process answers the same for the same input.
+    """
+    check_version(version)
+    model: Classifier
+    if version == "v1":
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    else:
+        model = GradientBoostingClassifier(random_state=SEED)
+    features, labels = _dataset()
+    model.fit(features, labels)
+    return model
+
+
+def predict(model: Classifier, version: str, features: Sequence[float]) -> dict[str, Any]:
+    """Classify one row of 30 features and answer in ``version``'s response format.
+
+    v1 answers ``{"prediction": 0 | 1}``; v2 answers ``{"prediction": 0 | 1, "probability": p}``
+    where ``p`` is the probability of class 1 (benign), rounded to 4 places.
+    """
+    check_version(version)
+    if len(features) != N_FEATURES:
+        raise ValueError(f"features must hold {N_FEATURES} numbers, got {len(features)}")
+    row = np.asarray(features, dtype=np.float64).reshape(1, -1)
+    prediction = int(model.predict(row)[0])
+    if version == "v1":
+        return {"prediction": prediction}
+    probability = float(model.predict_proba(row)[0][1])
+    return {"prediction": prediction, "probability": round(probability, 4)}
+
+
+def sample_rows(n: int) -> list[tuple[list[float], int]]:
+    """``n`` (features, true label) pairs from the dataset, for examples and traffic generators.
+
+    The rows are spread evenly over the dataset (which is not shuffled: its first rows are
+    mostly malignant), so any ``n`` sees a realistic mix of labels. The first pair is always
+    the dataset's first row. ``n`` larger than the dataset repeats rows.
+    """
+    if n < 0:
+        raise ValueError(f"sample_rows needs n >= 0, got {n}")
+    features, labels = _dataset()
+    total = len(labels)
+    picks = [i * total // n for i in range(n)]
+    return [([float(x) for x in features[i]], int(labels[i])) for i in picks]

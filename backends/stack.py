@@ -1,0 +1,268 @@
+"""Run the whole example stack for ``make run``: backends v1 and v2, then the router in front.
+
+    python -m backends.stack [--config config/routes.yaml] [--listen 127.0.0.1:8080]
+
+A small process supervisor on the standard library alone. Each child runs in its own process
+group, so a Ctrl-C in the terminal reaches only this process, which then stops the children
+in order: the router first (so it never proxies to a backend that is already gone), then the
+backends. The price: if this process is killed with SIGKILL, the children keep running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.client
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from backends.model import sample_rows
+from router.config import Address, ConfigError, load_table, parse_address
+
+LOOPBACK = "127.0.0.1"
+BACKENDS: tuple[tuple[str, int], ...] = (("v1", 9001), ("v2", 9002))
+MODEL_NAME = "cancer"  # the model's name in config/routes.yaml
+HEALTH_TIMEOUT = 60.0
+ROUTER_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.2
+PROBE_TIMEOUT = 0.5
+
+
+class StackFailed(Exception):
+    """Start-up failed or a child died; the message says which and what to do."""
+
+
+class Interrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP arrived: stop everything and exit 0."""
+
+
+def probe_host(address: Address) -> str:
+    """Where to connect to reach a server bound to `address` (a wildcard means loopback)."""
+    return {"": LOOPBACK, "0.0.0.0": LOOPBACK, "::": "::1"}.get(address.host, address.host)
+
+
+def url_of(address: Address) -> str:
+    host = probe_host(address)
+    return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
+
+
+def listen_address(text: str) -> Address:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+    def exit_status(self) -> str:
+        code = self.proc.returncode
+        if code is not None and code < 0:
+            try:
+                return f"on signal {signal.Signals(-code).name}"
+            except ValueError:  # a signal without a name, such as a real-time one
+                return f"on signal {-code}"
+        return f"with code {code}"
+
+
+class Supervisor:
+    """Owns the children: starts them, watches them, and stops them in order."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.signalled: int | None = None
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only note it: the polling loops notice within POLL_INTERVAL and unwind cleanly,
+        # which raising from here (in the middle of a Popen, say) would not.
+        self.signalled = signum
+
+    def spawn(self, name: str, argv: list[str]) -> Child:
+        # Own process group: see the module docstring. stdout/stderr are inherited.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, process_group=0)
+        child = Child(name, proc)
+        self.children.append(child)
+        return child
+
+    def wait_for(self, ready: Callable[[], bool], deadline: float | None, failure: str) -> None:
+        """Poll ``ready`` until it is true; raise if a signal arrives, a child dies, or time
+        runs out (``failure`` is the message then). ``deadline`` is on time.monotonic()."""
+        while True:
+            if self.signalled is not None:
+                raise Interrupted
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    raise StackFailed(
+                        f"{child.name} exited {child.exit_status()}; its output is above"
+                    )
+            if ready():
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StackFailed(failure)
+            time.sleep(POLL_INTERVAL)
+
+    def stop_all(self) -> None:
+        """SIGTERM the router, wait for it, then the same for the backends."""
+        live = [c.name for c in self.children if c.proc.poll() is None]
+        if live:
+            say(f"stopping {', '.join(sorted(live, key=lambda name: name != 'router'))}")
+        routers = [c for c in self.children if c.name == "router"]
+        self._stop(routers)
+        self._stop([c for c in self.children if c not in routers])
+
+    def _stop(self, group: list[Child]) -> None:
+        live = [child for child in group if child.proc.poll() is None]
+        for child in live:
+            child.proc.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for child in live:
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"{child.name} did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM; killing it")
+                child.proc.kill()
+                child.proc.wait()
+
+
+def say(message: str) -> None:
+    print(f"stack: {message}", file=sys.stderr, flush=True)
+
+
+def accepts_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
+# No proxies: an http_proxy in the environment must not swallow probes of loopback ports.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def answers_health(port: int) -> bool:
+    try:
+        with _direct.open(f"http://{LOOPBACK}:{port}/health", timeout=PROBE_TIMEOUT) as response:
+            return bool(response.status == 200)
+    except (OSError, http.client.HTTPException):  # URLError and HTTPError are OSErrors
+        return False
+
+
+def curl_examples(router_url: str) -> list[str]:
+    """Two ready-to-paste curl lines on the dataset's first row: routed, and pinned to v2."""
+    features, _label = sample_rows(1)[0]
+    body = shlex.quote(json.dumps({"features": features}))
+    curl = f"curl -s -H 'X-User-ID: alice' -H 'Content-Type: application/json' -d {body}"
+    base = f"{router_url}/models/{MODEL_NAME}"
+    return [f"{curl} {base}/predict", f"{curl} {base}/versions/v2/predict"]
+
+
+def preflight(config: Path, listen: Address) -> None:
+    """Fail before starting anything if a port is taken."""
+    for version, port in BACKENDS:
+        if accepts_tcp(LOOPBACK, port):
+            raise StackFailed(
+                f"port {port} (backend {version}) is already in use, perhaps by a stack left "
+                "from an earlier run; stop that process first"
+            )
+    if accepts_tcp(probe_host(listen), listen.port):
+        raise StackFailed(
+            f"{listen} (the router) is already in use; stop that process or pass --listen HOST:PORT"
+        )
+
+
+def run(args: argparse.Namespace, supervisor: Supervisor) -> None:
+    config: Path = args.config
+    try:
+        table = load_table(config)
+    except ConfigError as exc:
+        raise StackFailed(f"the routing table has problems:\n{exc}") from exc
+    listen: Address = args.listen or table.server.listen
+    preflight(config, listen)
+
+    started = time.monotonic()
+    for version, port in BACKENDS:
+        supervisor.spawn(
+            f"backend {version}",
+            [sys.executable, "-m", "backends", "--version", version, "--port", str(port)],
+        )
+    for version, port in BACKENDS:
+        supervisor.wait_for(
+            functools.partial(answers_health, port),
+            started + HEALTH_TIMEOUT,
+            f"backend {version} did not answer GET http://{LOOPBACK}:{port}/health within "
+            f"{HEALTH_TIMEOUT:.0f} s",
+        )
+
+    router_argv = [sys.executable, "-m", "router", "serve", "--config", str(config)]
+    if args.listen is not None:
+        router_argv += ["--listen", str(args.listen)]
+    supervisor.spawn("router", router_argv)
+    supervisor.wait_for(
+        lambda: accepts_tcp(probe_host(listen), listen.port),
+        time.monotonic() + ROUTER_TIMEOUT,
+        f"the router did not accept connections on {listen} within {ROUTER_TIMEOUT:.0f} s",
+    )
+
+    print(f"model-router is up: {url_of(listen)}")
+    first, pinned = curl_examples(url_of(listen))
+    print(f"Try it (traffic split by X-User-ID):\n  {first}")
+    print(f"Or pin a version:\n  {pinned}")
+    print("Ctrl-C stops all three.", flush=True)
+    supervisor.wait_for(lambda: False, None, "")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m backends.stack",
+        description="Start example backends v1 (port 9001) and v2 (port 9002) and the router.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config/routes.yaml"),
+        help="routing table for the router (default %(default)s)",
+    )
+    parser.add_argument(
+        "--listen",
+        type=listen_address,
+        default=None,
+        help="HOST:PORT for the router (default: server.listen of the routing table)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0 after a Ctrl-C or SIGTERM; 1 if start-up fails or a child exits on its own."""
+    args = parse_args(argv)
+    supervisor = Supervisor()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, supervisor.on_signal)
+    try:
+        run(args, supervisor)
+    except Interrupted:
+        pass
+    except StackFailed as exc:
+        say(str(exc))
+        return 1
+    finally:
+        supervisor.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
