@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
+from router import health
+from router.admin import create_admin_app
 from router.config import Table
 from router.events import LogSink, Pseudonymizer, make_logger
+from router.health import HealthBook
+from router.metrics import Metrics
 from router.proxy import Proxy
-from router.table import TableHolder
+from router.table import TableHolder, watching
 
 PROXY = web.AppKey("proxy", Proxy)
-TABLES = web.AppKey("tables", TableHolder)
 
 
 def client_session() -> aiohttp.ClientSession:
@@ -39,35 +44,33 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
-async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with client_session() as session:
-        app[PROXY].session = session
-        yield
-
-
 def create_app(proxy: Proxy) -> web.Application:
-    """The public app: every path goes to the proxy, which answers unknown ones itself."""
+    """The public app: every path goes to the proxy, which answers unknown ones itself.
+
+    Lifecycles, set up in order and torn down in reverse: the pooled client session, the
+    active health checks that use it, the table file watcher.
+    """
     app = web.Application()
     app[PROXY] = proxy
-    app.cleanup_ctx.append(_session_ctx)
+
+    async def session_ctx(_: web.Application) -> AsyncIterator[None]:
+        async with client_session() as session:
+            proxy.session = session
+            yield
+
+    async def checks_ctx(_: web.Application) -> AsyncIterator[None]:
+        tables = proxy.tables
+        async for running in health.active_checks(
+            lambda: tables.current, proxy.health, proxy.session
+        ):
+            yield running
+
+    async def watch_ctx(_: web.Application) -> AsyncIterator[None]:
+        async for running in watching(proxy.tables):
+            yield running
+
+    app.cleanup_ctx.extend([session_ctx, checks_ctx, watch_ctx])
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    return app
-
-
-def create_admin_app(tables: TableHolder) -> web.Application:
-    """The admin listener: health for probes; kept off the public port."""
-    app = web.Application()
-    app[TABLES] = tables
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        table = request.app[TABLES].current
-        return web.json_response({"status": "ready", "config": table.digest})
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
     return app
 
 
@@ -75,16 +78,11 @@ class UnhandledRequestLog(AbstractAccessLogger):
     """aiohttp's access-log hook, used only for requests it refused before the handler.
 
     aiohttp answers junk bytes and oversized headers with 400 itself; the contract still
-    wants one record per request, so this writes it. `logger` is the Proxy (see serve).
+    wants one record per request, so this writes it. `logger` is the Proxy (see Router).
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         cast(Proxy, self.logger).log_unhandled(request, response)
-
-
-def models_summary(table: Table) -> dict[str, Any]:
-    """The `models` field of `config_loaded`: each model's split in force."""
-    return {name: {"split": model.split.as_dict()} for name, model in table.models.items()}
 
 
 class Router:
@@ -93,11 +91,20 @@ class Router:
     `serve` runs one until a signal; tests start one in-process the same way.
     """
 
-    def __init__(self, table: Table, source: str | None = None) -> None:
+    def __init__(
+        self,
+        table: Table,
+        source: str | None = None,
+        overrides: Callable[[Table], Table] = lambda table: table,
+    ) -> None:
         self.sink = LogSink(table.log.path)
         self.log = make_logger(self.sink)
-        self.tables = TableHolder(table, source)
-        self.proxy = Proxy(self.tables, self.log, Pseudonymizer.from_env(table.log.user_ids))
+        self.metrics = Metrics()
+        self.tables = TableHolder(table, source, self.log, self.metrics, overrides)
+        book = HealthBook(lambda key, up: self.metrics.set_up(key[0], key[1], up))
+        pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
+        self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
+        self.draining = [False]
         self.runner = web.AppRunner(
             create_app(self.proxy),
             handle_signals=False,
@@ -106,12 +113,9 @@ class Router:
             shutdown_timeout=table.server.drain_s,
             auto_decompress=False,  # bodies pass through byte for byte
         )
-        self.admin = web.AppRunner(
-            create_admin_app(self.tables), handle_signals=False, access_log=None
-        )
-        self.log.info(
-            "config_loaded", config=table.digest, source=source, models=models_summary(table)
-        )
+        admin = create_admin_app(self.tables, self.metrics, book, self.draining)
+        self.admin = web.AppRunner(admin, handle_signals=False, access_log=None)
+        self.tables.announce()
 
     @property
     def url(self) -> str:
@@ -130,16 +134,31 @@ class Router:
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
+        self.draining[0] = True
         try:
-            await self.admin.cleanup()
             await self.runner.cleanup()
+            await self.admin.cleanup()
         finally:
             self.sink.close()  # every record queued so far is on disk after this
 
 
-async def serve(table: Table, source: str) -> int:
+class _QuietBadRequests(logging.Filter):
+    """Drop aiohttp's traceback for a malformed request: a client's fault, already logged
+    as a `rejected` record in the routing log, and a flood on stderr under a scanner."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="model-router: %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
+
+
+async def serve(table: Table, source: str, overrides: Callable[[Table], Table]) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the log and return 0."""
-    router = Router(table, source)
+    _configure_logging()
+    router = Router(table, source, overrides)
     try:
         await router.start()
         print(
@@ -148,24 +167,38 @@ async def serve(table: Table, source: str) -> int:
             file=sys.stderr,
             flush=True,
         )
-        await _until_stopped(router.sink)
+        await _until_stopped(router)
         print("model-router: stopping; letting requests in flight finish", file=sys.stderr)
     finally:
         await router.stop()
     return 0
 
 
-async def _until_stopped(sink: LogSink) -> None:
+async def _until_stopped(router: Router) -> None:
+    """Wait for SIGTERM or SIGINT; meanwhile SIGHUP reloads and SIGUSR1 reopens the log."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, sink.reopen)
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(router.tables.reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    handlers: dict[int, Callable[[], None]] = {
+        signal.SIGTERM: stop.set,
+        signal.SIGINT: stop.set,
+        signal.SIGHUP: reload,
+        signal.SIGUSR1: router.sink.reopen,
+    }
+    for signum, handler in handlers.items():
+        loop.add_signal_handler(signum, handler)
     try:
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for signum in handlers:
             loop.remove_signal_handler(signum)
+        await asyncio.gather(*reloads, return_exceptions=True)
 
 
 def _url(runner: web.AppRunner) -> str:

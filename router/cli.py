@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from router import churn
 from router.config import DEFAULT_CONFIG, ConfigError, Table, load_table, parse_address
 
 EXIT_OK = 0
@@ -45,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a routing table")
     check.add_argument("path", metavar="PATH")
+    check.add_argument("--against", metavar="OLD",
+                       help="also show which users would move from OLD to PATH")  # fmt: skip
     check.set_defaults(command=_check)
     return parser
 
@@ -72,7 +75,20 @@ def _check(args: argparse.Namespace) -> int:
     for name, model in table.models.items():
         shares = ", ".join(f"{v} {p.normalize():f}%" for v, p in model.split.shares())
         print(f"{name}: {shares}")
+    if args.against is not None:
+        old = _load(args.against)
+        if old is None:
+            return EXIT_USAGE
+        for line in _churn_lines(old, table):
+            print(line)
     return EXIT_OK
+
+
+def _churn_lines(old: Table, new: Table) -> list[str]:
+    lines = churn.render(churn.churn(old, new))
+    lines += [f"{name}: new model" for name in new.models if name not in old.models]
+    lines += [f"{name}: removed" for name in old.models if name not in new.models]
+    return lines
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -82,17 +98,20 @@ def _serve(args: argparse.Namespace) -> int:
     table = _load(args.config)
     if table is None:
         return EXIT_USAGE
-    server = dataclasses.replace(
-        table.server,
-        listen=args.listen or table.server.listen,
-        admin_listen=args.admin_listen or table.server.admin_listen,
-    )
-    log = dataclasses.replace(table.log, path=args.log or table.log.path)
-    table = dataclasses.replace(table, server=server, log=log)
+
+    def overrides(table: Table) -> Table:
+        """The command-line flags win over the file, on every reload too."""
+        server = dataclasses.replace(
+            table.server,
+            listen=args.listen or table.server.listen,
+            admin_listen=args.admin_listen or table.server.admin_listen,
+        )
+        log = dataclasses.replace(table.log, path=args.log or table.log.path)
+        return dataclasses.replace(table, server=server, log=log)
 
     from router.app import serve  # aiohttp is only needed when serving
 
-    return _run(serve(table, args.config))
+    return _run(serve(overrides(table), args.config, overrides))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

@@ -82,6 +82,22 @@ class UserIdSource:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """An active check: `GET path` every `interval_s`; 5xx or no answer is a failure."""
+
+    path: str
+    interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outlier:
+    """Passive outlier detection: `failures` in a row mark a version down for `cooloff_s`."""
+
+    failures: int = 5
+    cooloff_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     name: str
     url: str  # scheme://host[:port][/base], no trailing slash
@@ -89,6 +105,7 @@ class Version:
     state: State = "active"
     sunset: dt.date | None = None
     successor: str | None = None
+    health: HealthCheck | None = None
     # Deprecation, Sunset and Link headers, rendered once at load time.
     response_headers: tuple[tuple[str, str], ...] = ()
 
@@ -118,6 +135,7 @@ class Model:
     rules: tuple[Rule, ...] = ()
     fallback: str | None = None
     log_response: tuple[str, ...] = ()
+    outlier: Outlier = Outlier()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +188,9 @@ def parse_text(text: str, source: str = "<table>") -> Table:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None and context_mark.line + 1 != line:
+            problem += f" ({context} on line {context_mark.line + 1})"
         raise ConfigError(source, [Problem(line, "", f"not valid YAML: {problem}")]) from exc
     return parse_table(data, source)
 
@@ -185,11 +206,28 @@ def parse_table(data: Any, source: str = "<table>") -> Table:
 
 
 def digest_of(data: Any) -> str:
-    """A short digest of the table's content, the same for the same settings in any layout."""
-    canonical = orjson.dumps(
-        data, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str
-    )
+    """A short digest of the table's content, the same for the same settings in any layout.
+
+    Keys are sorted, except in a split, whose order decides which buckets go where; whole
+    floats count as integers (`100.0` is `100`).
+    """
+    canonical = orjson.dumps(_canonical(data), option=orjson.OPT_NON_STR_KEYS, default=str)
     return hashlib.sha256(canonical).hexdigest()[:12]
+
+
+def _canonical(data: Any, key: object = None) -> Any:
+    if isinstance(data, dict):
+        items = [(k, _canonical(v, k)) for k, v in data.items()]
+        return (
+            [[k, v] for k, v in items]
+            if key == "split"
+            else dict(sorted(items, key=lambda kv: str(kv[0])))
+        )
+    if isinstance(data, list):
+        return [_canonical(v) for v in data]
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    return data
 
 
 # --- validation -------------------------------------------------------------------------
@@ -199,9 +237,11 @@ _SERVER = ("listen", "admin_listen", "admin_token_env", "max_body_mb", "drain_s"
 _LOG = ("path", "user_ids")
 _MODEL = (
     "salt", "user_id", "when_no_user_id", "timeout_s", "versions", "split", "rules",
-    "fallback", "log_response",
+    "fallback", "log_response", "outlier",
 )  # fmt: skip
-_VERSION = ("url", "timeout_s", "state", "sunset", "successor")
+_VERSION = ("url", "timeout_s", "state", "sunset", "successor", "health")
+_HEALTH = ("path", "interval_s")
+_OUTLIER = ("failures", "cooloff_s")
 _RULE = ("match", "version")
 _MATCH = ("header", "user_id")
 
@@ -251,7 +291,7 @@ class _Reader:
         value = parent[key]
         if not _is_number(value) or value < 0 or (positive and value == 0):
             expected = "a number above 0" if positive else "a number, 0 or more"
-            self.fail(parent, key, _join(path, key), f"must be {expected}, not {value!r}")
+            self.fail(parent, key, _join(path, key), f"must be {expected}, not {_show(value)}")
             return default
         return float(value)
 
@@ -261,8 +301,15 @@ class _Reader:
         value = parent[key]
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # a salt or a header value written as a bare number
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+            message = f"must be a string, not the YAML boolean {text}; quote it: '{text}'"
+            self.fail(parent, key, _join(path, key), message)
+            return None
         if not isinstance(value, str) or not value:
-            self.fail(parent, key, _join(path, key), f"must be a non-empty string, not {value!r}")
+            self.fail(
+                parent, key, _join(path, key), f"must be a non-empty string, not {_show(value)}"
+            )
             return None
         return value
 
@@ -345,16 +392,16 @@ class _Reader:
 
     def model(self, models: dict[Any, Any], name: Any) -> Model | None:
         path = f"models.{name}"
+        before = len(self.problems)
         if not isinstance(name, str) or not NAME.match(name):
             self.fail(models, name, path, "model names match [A-Za-z0-9][A-Za-z0-9._-]*")
-            return None
         section = self.mapping(models, name, path, _MODEL)
         if section is None:
             return None
-        before = len(self.problems)
+        line = yamlmarks.line_of(models, name)
         timeout_s = self.number(section, "timeout_s", path, DEFAULT_TIMEOUT_S, positive=True)
-        versions = self.versions(section, name, path, timeout_s)
-        split = self.split(section, path, versions)
+        versions = self.versions(section, str(name), path, timeout_s, line)
+        split = self.split(section, path, versions, line)
         rules = self.rules(section, path, versions)
         user_id = self.user_id_sources(section, path)
         salt = self.string(section, "salt", path) or name
@@ -365,6 +412,7 @@ class _Reader:
         if fallback is not None:
             self.version_ref(section, "fallback", path, versions, what="a fallback")
         log_response = self.string_list(section, "log_response", path)
+        outlier = self.outlier(section, path)
         if len(self.problems) > before or split is None:
             return None
         return Model(
@@ -377,14 +425,17 @@ class _Reader:
             rules=rules,
             fallback=fallback,
             log_response=log_response,
+            outlier=outlier,
         )
 
     def versions(
-        self, section: dict[Any, Any], model: str, path: str, timeout_s: float
+        self, section: dict[Any, Any], model: str, path: str, timeout_s: float, line: int | None
     ) -> dict[str, Version]:
         path = f"{path}.versions"
         if "versions" not in section:
-            self.fail(section, None, path, "is missing; list the versions and their urls")
+            self.problems.append(
+                Problem(line, path, "is missing; list the versions and their urls")
+            )
             return {}
         found = self.mapping(section, "versions", path, ())
         if not found:
@@ -395,7 +446,7 @@ class _Reader:
         for name in found:
             version = self.version(found, name, model, f"{path}.{name}", timeout_s)
             if version is not None:
-                versions[name] = version
+                versions[version.name] = version
         for name, version in versions.items():
             if version.successor is not None:
                 self.version_ref(
@@ -415,11 +466,10 @@ class _Reader:
     ) -> Version | None:
         if not isinstance(name, str) or not NAME.match(name):
             self.fail(found, name, path, "version names match [A-Za-z0-9][A-Za-z0-9._-]*")
-            return None
         section = self.mapping(found, name, path, _VERSION)
         if section is None:
             return None
-        url = self.url(section, path)
+        url = self.url(section, path, yamlmarks.line_of(found, name))
         state = self.choice(section, "state", path, STATES) or "active"
         successor = self.string(section, "successor", path)
         sunset = self.sunset(section, path)
@@ -440,23 +490,50 @@ class _Reader:
                 headers.append(
                     ("Link", f'</models/{model}/versions/{successor}>; rel="successor-version"')
                 )
-        if url is None:
-            return None
+        # A version with a bad url is still a version, so that references to it are not
+        # reported as missing; the model is refused for the url problem anyway.
         return Version(
-            name=name,
-            url=url,
+            name=str(name),
+            url=url or "",
             timeout_s=self.number(section, "timeout_s", path, timeout_s, positive=True),
             state=state,  # type: ignore[arg-type]
             sunset=sunset,
             successor=successor,
+            health=self.health(section, path),
             response_headers=tuple(headers),
         )
 
-    def url(self, section: dict[Any, Any], path: str) -> str | None:
+    def health(self, section: dict[Any, Any], path: str) -> HealthCheck | None:
+        where = f"{path}.health"
+        if "health" not in section:
+            return None
+        found = self.mapping(section, "health", where, _HEALTH)
+        if found is None:
+            return None
+        check_path = self.string(found, "path", where)
+        if check_path is None or not check_path.startswith("/"):
+            self.fail(found, "path", f"{where}.path", "is needed and starts with /, like /health")
+            return None
+        return HealthCheck(check_path, self.number(found, "interval_s", where, 5.0, positive=True))
+
+    def outlier(self, section: dict[Any, Any], path: str) -> Outlier:
+        where = f"{path}.outlier"
+        if "outlier" not in section:
+            return Outlier()
+        found = self.mapping(section, "outlier", where, _OUTLIER)
+        if found is None:
+            return Outlier()
+        failures = found.get("failures", 5)
+        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
+            message = f"must be a whole number, 1 or more, not {_show(failures)}"
+            self.fail(found, "failures", f"{where}.failures", message)
+            failures = 5
+        return Outlier(failures, self.number(found, "cooloff_s", where, 10.0, positive=True))
+
+    def url(self, section: dict[Any, Any], path: str, line: int | None) -> str | None:
         if "url" not in section:
-            self.fail(
-                section, None, f"{path}.url", "is missing (for example url: http://127.0.0.1:9001)"
-            )
+            message = "is missing (for example url: http://127.0.0.1:9001)"
+            self.problems.append(Problem(line, f"{path}.url", message))
             return None
         text = self.string(section, "url", path)
         if text is None:
@@ -492,16 +569,17 @@ class _Reader:
                 section,
                 "sunset",
                 f"{path}.sunset",
-                f"must be a date like 2027-03-31, not {value!r}",
+                f"must be a date like 2027-03-31, not {_show(value)}",
             )
             return None
 
     def split(
-        self, section: dict[Any, Any], path: str, versions: dict[str, Version]
+        self, section: dict[Any, Any], path: str, versions: dict[str, Version], line: int | None
     ) -> Split | None:
         path = f"{path}.split"
         if "split" not in section:
-            self.fail(section, None, path, "is missing; give each version its percent of users")
+            message = "is missing; give each version its percent of users"
+            self.problems.append(Problem(line, path, message))
             return None
         found = self.mapping(section, "split", path, ())
         if found is None:
@@ -518,7 +596,7 @@ class _Reader:
                     found,
                     name,
                     where,
-                    f"must be a number from 0 to 100 with at most two decimals, not {value!r}",
+                    f"must be a number from 0 to 100 with at most two decimals, not {_show(value)}",
                 )
                 continue
             version = versions.get(str(name))
@@ -708,6 +786,15 @@ def _join(path: str, key: object) -> str:
     if key is None:
         return path
     return f"{path}.{key}" if path else str(key)
+
+
+def _show(value: object) -> str:
+    """A value as YAML spells it: `true`, not Python's `True`; `nothing` for an empty value."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def _kind(value: object) -> str:

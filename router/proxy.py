@@ -26,6 +26,8 @@ from router.config import Model, Table, Version
 from router.errors import RouterError
 from router.events import Pseudonymizer, now_rfc3339
 from router.headers import downstream_headers, request_id, upstream_headers
+from router.health import HealthBook
+from router.metrics import Metrics
 from router.table import TableHolder
 
 Outcome = Literal[
@@ -146,9 +148,16 @@ class Proxy:
     session: aiohttp.ClientSession
 
     def __init__(
-        self, tables: TableHolder, log: FilteringBoundLogger, pseudonymize: Pseudonymizer
+        self,
+        tables: TableHolder,
+        log: FilteringBoundLogger,
+        pseudonymize: Pseudonymizer,
+        metrics: Metrics,
+        health: HealthBook,
     ) -> None:
         self.tables = tables
+        self.metrics = metrics
+        self.health = health
         self._no_user = pseudonymize.fields(None)  # `user: null`, or nothing with `omit`
         self.log = log
         self.pseudonymize = pseudonymize
@@ -180,7 +189,7 @@ class Proxy:
             if response is not None and not response.prepared:
                 await self._send(request, response, ex)
             if not ex.feedback:
-                self.log.info("request", **ex.record())
+                self._record(ex)
         return response
 
     def log_unhandled(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
@@ -192,7 +201,12 @@ class Proxy:
             now_rfc3339(), time.perf_counter(), uuid.uuid4().hex, None, None, table.digest
         )
         ex.status = response.status
-        self.log.info("request", **ex.record())
+        self._record(ex)
+
+    def _record(self, ex: Exchange) -> None:
+        record = ex.record()
+        self.log.info("request", **record)
+        self.metrics.observe(ex.model, ex.version, ex.outcome, record["latency_ms"] / 1000)
 
     # --- routing ---
 
@@ -285,6 +299,10 @@ class Proxy:
         ex: Exchange,
     ) -> web.StreamResponse:
         ex.version = version.name
+        key = (model.name, version.name, version.url)
+        if not self.health.available(key):
+            message = f"version '{version.name}' of model '{model.name}' is down after failures"
+            raise _Unreachable(RouterError("upstream_unavailable", message), "unavailable")
         headers = upstream_headers(
             request.headers,
             request.headers.items(),
@@ -306,8 +324,10 @@ class Proxy:
         except RouterError:
             raise  # the body grew past max_body_mb on the way
         except aiohttp.ConnectionTimeoutError as exc:
+            self._failed(key, model)
             raise _Unreachable(_upstream_timeout(version, exc), "timeout") from exc
         except TimeoutError as exc:
+            self._failed(key, model)
             ex.upstream_ms = _ms_since(sent)
             ex.outcome = "timeout"
             raise _upstream_timeout(version, exc) from exc
@@ -317,13 +337,18 @@ class Proxy:
             if body.client_gone:
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
                 return web.Response(status=CLIENT_CLOSED)
+            self._failed(key, model)
             error = RouterError(
                 "upstream_unavailable",
                 f"version '{version.name}' of model '{model.name}' could not be reached: {exc}",
             )
             raise _Unreachable(error, "unavailable") from exc
+        self.health.success(key)
         async with upstream:
             return await self._relay(request, model, version, upstream, sent, ex)
+
+    def _failed(self, key: tuple[str, str, str], model: Model) -> None:
+        self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
 
     async def _relay(
         self,

@@ -1,26 +1,175 @@
-"""The holder of the routing table in force.
+"""The holder of the routing table in force, and its reloading.
 
-A table is immutable; reloading builds and validates a whole new one, then swaps one
-reference. A request reads `holder.current` once, at its start, and keeps that table to
-the end, so requests in flight finish on the table they started with.
+A table is immutable; reloading builds and validates a whole new one off the event loop,
+then swaps one reference. A request reads `holder.current` once, at its start, and keeps
+that table to the end, so requests in flight finish on the table they started with. A table
+that fails validation is refused whole: the old one stays in force.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import os
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from router.config import Table
+from structlog.typing import FilteringBoundLogger
+
+from router import churn
+from router.config import ConfigError, Table, load_table
+from router.metrics import Metrics
+
+WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    result: Literal["loaded", "unchanged", "rejected"]
+    digest: str
+    problems: tuple[str, ...] = ()
+    moves: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def models_summary(
+    table: Table, moves: dict[str, churn.ModelChurn] | None = None
+) -> dict[str, Any]:
+    """The `models` field of `config_loaded`: each model's split, and the moves a reload made."""
+    summary: dict[str, Any] = {}
+    for name, model in table.models.items():
+        summary[name] = {"split": model.split.as_dict()}
+        if moves is not None and name in moves:
+            summary[name].update(moves[name].as_dict())
+    return summary
+
+
+# Settings that belong to the process, not to routing: a reload cannot change them.
+_FIXED = (("server", "listen"), ("server", "admin_listen"), ("server", "admin_token_env"),
+          ("server", "drain_s"), ("log", "path"), ("log", "user_ids"))  # fmt: skip
 
 
 class TableHolder:
-    def __init__(self, table: Table, path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        table: Table,
+        path: str | Path | None,
+        log: FilteringBoundLogger,
+        metrics: Metrics,
+        overrides: Callable[[Table], Table] = lambda table: table,
+    ) -> None:
+        """`overrides` applies command-line flags to every table read from the file."""
         self.path = Path(path) if path is not None else None
+        self._overrides = overrides
         self.current = table
         self.loaded_at = time.time()
+        self.last_refusal: dict[str, Any] | None = None
+        self._log = log
+        self._metrics = metrics
+        self._lock = asyncio.Lock()
 
-    def swap(self, table: Table) -> Table:
-        """Put `table` in force; returns the one it replaces."""
+    def announce(self) -> None:
+        self._log.info(
+            "config_loaded", config=self.current.digest, source=str(self.path),
+            models=models_summary(self.current),
+        )  # fmt: skip
+
+    async def reload(self, reason: str) -> ReloadResult:
+        """Read the file again; put it in force if valid, else keep the old table."""
+        if self.path is None:
+            return ReloadResult("unchanged", self.current.digest)
+        async with self._lock:
+            try:
+                table = await asyncio.to_thread(load_table, self.path)
+            except ConfigError as exc:
+                return self._refuse(exc.messages(), reason)
+            return self._install(self._overrides(table), reason)
+
+    def _refuse(self, problems: list[str], reason: str) -> ReloadResult:
+        self.last_refusal = {"at": _iso(time.time()), "reason": reason, "problems": problems}
+        self._metrics.reloads.labels("rejected").inc()
+        self._log.warning(
+            "config_rejected", config=self.current.digest, source=str(self.path),
+            reason=reason, error=problems,
+        )  # fmt: skip
+        return ReloadResult("rejected", self.current.digest, tuple(problems))
+
+    def _install(self, table: Table, reason: str) -> ReloadResult:
+        table, ignored = _keep_fixed(self.current, table)
+        if table.digest == self.current.digest:
+            self._metrics.reloads.labels("unchanged").inc()
+            return ReloadResult("unchanged", table.digest)
+        moves = churn.churn(self.current, table)
         old, self.current = self.current, table
         self.loaded_at = time.time()
-        return old
+        self._metrics.reloads.labels("loaded").inc()
+        fields: dict[str, Any] = {"previous": old.digest, "reason": reason}
+        if ignored:
+            fields["restart_needed"] = ignored
+        self._log.info(
+            "config_loaded", config=table.digest, source=str(self.path),
+            models=models_summary(table, moves), **fields,
+        )  # fmt: skip
+        summary = {name: change.as_dict() for name, change in moves.items()}
+        return ReloadResult("loaded", table.digest, moves=summary)
+
+    async def watch(self, interval: float = WATCH_INTERVAL_S) -> None:
+        """Reload when the file changes: written in place, renamed over, or a symlink swapped.
+
+        `os.stat` follows symlinks, so a Kubernetes ConfigMap update (`..data` pointed at a
+        new folder) shows as a new inode. A change is acted on once the file has been stable
+        for one interval, so a half-written file is not read.
+        """
+        assert self.path is not None
+        seen = _signature(self.path)
+        while True:
+            await asyncio.sleep(interval)
+            now = await asyncio.to_thread(_signature, self.path)
+            if now == seen or now is None:
+                continue
+            await asyncio.sleep(interval)
+            if await asyncio.to_thread(_signature, self.path) != now:
+                continue  # still being written
+            seen = now
+            await self.reload("file changed")
+
+
+async def watching(holder: TableHolder) -> AsyncIterator[None]:
+    """Lifecycle of the file watcher: a task for as long as the app runs."""
+    if holder.path is None:
+        yield
+        return
+    task = asyncio.create_task(holder.watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # mid-swap, or removed: keep the table in force
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _keep_fixed(old: Table, new: Table) -> tuple[Table, list[str]]:
+    """Keep the process-level settings of `old` in `new`; name those a restart would change."""
+    ignored = [
+        f"{section}.{key}"
+        for section, key in _FIXED
+        if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)
+    ]
+    fixed_server = {k: getattr(old.server, k) for s, k in _FIXED if s == "server"}
+    fixed_log = {k: getattr(old.log, k) for s, k in _FIXED if s == "log"}
+    server = dataclasses.replace(new.server, **fixed_server)
+    log = dataclasses.replace(new.log, **fixed_log)
+    return dataclasses.replace(new, server=server, log=log), ignored
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -32,25 +32,48 @@ class _Loader(yaml.SafeLoader):
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:
-    loader.flatten_mapping(node)  # resolve `<<` merge keys first
+    # Keys written in this mapping, as opposed to those a `<<` merge brings in: only two of
+    # these can be duplicates; a written key overriding a merged one is what YAML intends.
+    own = {id(key_node) for key_node, _ in node.value}
+    loader.flatten_mapping(node)
     result = MarkedDict()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
     result.duplicates = []
+    written: set[object] = set()
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str | int | float | bool) and key is not None:
-            key = str(key)
+        key = _key(_construct(loader, key_node))
         line = key_node.start_mark.line + 1
-        if key in result:
-            result.duplicates.append((key, line))
-        result[key] = loader.construct_object(value_node, deep=True)
+        if id(key_node) in own:
+            if key in written:
+                result.duplicates.append((key, line))
+            written.add(key)
+        result[key] = _construct(loader, value_node)
         result.key_lines[key] = line
     return result
 
 
+def _key(key: object) -> object:
+    """Whole-number keys are names too (`versions: {1: ...}`); other odd keys become text."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key)
+    if not isinstance(key, str | float | bool) and key is not None:
+        return str(key)
+    return key
+
+
+def _construct(loader: _Loader, node: yaml.Node) -> Any:
+    """Construct a value; a value YAML cannot build (`2027-31-03`) is an error at its line."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot read {node.value!r}: {exc}", node.start_mark
+        ) from exc
+
+
 def _sequence(loader: _Loader, node: yaml.SequenceNode) -> MarkedList:
-    result = MarkedList(loader.construct_object(child, deep=True) for child in node.value)
+    result = MarkedList(_construct(loader, child) for child in node.value)
     result.line = node.start_mark.line + 1
     result.item_lines = [child.start_mark.line + 1 for child in node.value]
     return result

@@ -1,0 +1,121 @@
+"""The admin listener: probes, the table in force, reload, metrics (contract section 6).
+
+It runs on its own port (loopback by default), so the public port never serves these paths.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router.errors import RouterError
+from router.health import HealthBook
+from router.metrics import Metrics
+from router.table import TableHolder, _iso
+
+TABLES = web.AppKey("tables", TableHolder)
+METRICS = web.AppKey("metrics", Metrics)
+HEALTH = web.AppKey("health", HealthBook)
+TOKEN = web.AppKey("token", str)  # empty: POST endpoints are open
+DRAINING = web.AppKey("draining", list[bool])
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_admin_app(
+    tables: TableHolder, metrics: Metrics, health: HealthBook, draining: list[bool]
+) -> web.Application:
+    app = web.Application(middlewares=[_json_errors])
+    app[TABLES], app[METRICS], app[HEALTH], app[DRAINING] = tables, metrics, health, draining
+    env = tables.current.server.admin_token_env
+    app[TOKEN] = os.environ.get(env, "") if env else ""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/admin/config", config)
+    app.router.add_post("/admin/reload", reload)
+    app.router.add_get("/metrics", metrics_text)
+    return app
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admin errors in the contract's JSON shape too; POSTs checked for the bearer token."""
+    try:
+        if request.method == "POST":
+            _authorize(request)
+        return await handler(request)
+    except RouterError as error:
+        return web.Response(
+            body=error.body(""), status=error.status, content_type="application/json"
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "method_not_allowed"
+        body = {"error": {"code": code, "message": f"{request.method} {request.path}: {exc.reason}",
+                          "request_id": ""}}  # fmt: skip
+        return _json(body, exc.status)
+
+
+def _authorize(request: web.Request) -> None:
+    token = request.app[TOKEN]
+    if not token:
+        return
+    given = request.headers.get("Authorization", "")
+    scheme, _, credentials = given.partition(" ")
+    # compare_digest takes as long for a wrong token as for a right one: no timing oracle.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.encode(), token.encode()):
+        raise RouterError("unauthorized", "this endpoint needs 'Authorization: Bearer <token>'")
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready once a table is loaded; not ready while draining, so load balancers move on."""
+    if request.app[DRAINING][0]:
+        return _json({"status": "draining"}, 503)
+    return _json({"status": "ready", "config": request.app[TABLES].current.digest})
+
+
+async def config(request: web.Request) -> web.Response:
+    holder = request.app[TABLES]
+    health = request.app[HEALTH]
+    down = [
+        f"{model.name}/{version.name}"
+        for model in holder.current.models.values()
+        for version in model.versions.values()
+        if health.is_down((model.name, version.name, version.url))
+    ]
+    return _json({
+        "config": holder.current.digest,
+        "source": str(holder.path) if holder.path else None,
+        "loaded_at": _iso(holder.loaded_at),
+        "table": dict(holder.current.raw),
+        "last_refusal": holder.last_refusal,
+        "down": down,
+    })  # fmt: skip
+
+
+async def reload(request: web.Request) -> web.Response:
+    result = await request.app[TABLES].reload("admin")
+    if result.result == "rejected":
+        message = f"the routing table was refused; {result.digest} stays in force"
+        error = {"code": "config_rejected", "message": message, "problems": list(result.problems)}
+        return _json({"error": error}, 422)
+    return _json({"result": result.result, "config": result.digest, "models": result.moves})
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,123 @@
+"""Upstream health: passive outlier detection, and optional active checks.
+
+Passive (as Envoy's outlier detection): after `failures` consecutive connect failures or
+timeouts a version is marked down for `cooloff_s`; then a single request goes through as a
+probe, and its result marks the version up or down again. While a version is down, its
+traffic goes straight to the fallback, without waiting for a timeout.
+
+Active: a version with `health: {path, interval_s}` is asked `GET path` every interval; a
+failed check counts as a failure, a passing one marks the version up at once.
+
+Health is kept per (model, version, url), so it survives a reload that keeps the version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from router.config import Table
+
+Key = tuple[str, str, str]  # model, version, url
+
+
+@dataclass(slots=True)
+class _State:
+    failures: int = 0
+    down_until: float = 0.0  # monotonic time; 0 while up
+    went_down: float = 0.0
+    probe_until: float = 0.0  # a probe is out until then; if it never reports, another may go
+
+
+class HealthBook:
+    def __init__(self, on_change: Callable[[Key, bool], None] | None = None) -> None:
+        self._states: dict[Key, _State] = {}
+        self._on_change = on_change
+
+    def available(self, key: Key) -> bool:
+        """May a request go to this version now? Claims the probe when the cool-off is over."""
+        state = self._states.get(key)
+        if state is None or not state.down_until:
+            return True
+        now = time.monotonic()
+        if now < state.down_until or now < state.probe_until:
+            return False
+        state.probe_until = now + (state.down_until - state.went_down)
+        return True
+
+    def is_down(self, key: Key) -> bool:
+        state = self._states.get(key)
+        return state is not None and bool(state.down_until)
+
+    def success(self, key: Key) -> None:
+        state = self._states.get(key)
+        if state is None:
+            return
+        was_down = bool(state.down_until)
+        del self._states[key]
+        if was_down and self._on_change is not None:
+            self._on_change(key, True)
+
+    def failure(self, key: Key, threshold: int, cooloff_s: float) -> None:
+        state = self._states.setdefault(key, _State())
+        state.failures += 1
+        if state.down_until or state.failures >= threshold:
+            was_up = not state.down_until
+            state.went_down = time.monotonic()
+            state.down_until = state.went_down + cooloff_s
+            state.probe_until = 0.0
+            if was_up and self._on_change is not None:
+                self._on_change(key, False)
+
+
+async def active_checks(
+    tables: Callable[[], Table], book: HealthBook, session: aiohttp.ClientSession
+) -> AsyncIterator[None]:
+    """Run every configured check on time, following the table in force across reloads."""
+    due: dict[Key, float] = {}
+    running: set[asyncio.Task[None]] = set()
+
+    async def check(key: Key, url: str, seconds: float, threshold: int, cooloff: float) -> None:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=seconds)) as resp:
+                ok = resp.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        if ok:
+            book.success(key)
+        else:
+            book.failure(key, threshold, cooloff)
+
+    async def loop() -> None:
+        while True:
+            now = time.monotonic()
+            table = tables()
+            for model in table.models.values():
+                for version in model.versions.values():
+                    if version.health is None:
+                        continue
+                    key = (model.name, version.name, version.url)
+                    if due.get(key, 0.0) > now:
+                        continue
+                    due[key] = now + version.health.interval_s
+                    task = asyncio.create_task(check(
+                        key, version.url + version.health.path,
+                        min(version.timeout_s, version.health.interval_s),
+                        model.outlier.failures, model.outlier.cooloff_s,
+                    ))  # fmt: skip
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        for t in list(running):
+            t.cancel()
+        await asyncio.gather(task, *running, return_exceptions=True)
