@@ -112,6 +112,10 @@ class Router:
             access_log=cast(Any, self.proxy),
             shutdown_timeout=table.server.drain_s,
             auto_decompress=False,  # bodies pass through byte for byte
+            # After an early answer (413), read what the client still sends for up to 2 s
+            # before closing, so its answer is not lost to a reset; not aiohttp's 10 s,
+            # which would hold up a shutdown that long.
+            lingering_time=2.0,
         )
         admin = create_admin_app(self.tables, self.metrics, book, self.draining)
         self.admin = web.AppRunner(admin, handle_signals=False, access_log=None)

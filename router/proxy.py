@@ -206,7 +206,9 @@ class Proxy:
     def _record(self, ex: Exchange) -> None:
         record = ex.record()
         self.log.info("request", **record)
-        self.metrics.observe(ex.model, ex.version, ex.outcome, record["latency_ms"] / 1000)
+        # A timeout or a failure counts against the version that was tried.
+        version = ex.version or ex.assigned_version
+        self.metrics.observe(ex.model, version, ex.outcome, record["latency_ms"] / 1000)
 
     # --- routing ---
 
@@ -215,6 +217,8 @@ class Proxy:
     ) -> web.StreamResponse:
         raw_path, has_query, query = request.raw_path.partition("?")
         segments = raw_path.split("/")
+        if len(segments) >= 3 and segments[1] == "models" and segments[2] in table.models:
+            ex.model = segments[2]
         if any(unquote(s) in (".", "..") for s in segments):
             raise RouterError("bad_path", f"path '{raw_path}' has '.' or '..' segments")
         if len(segments) < 3 or segments[0] != "":
@@ -473,6 +477,8 @@ class Proxy:
     def _error(error: RouterError, ex: Exchange) -> web.Response:
         """The contract's JSON error; the outcome was set where the failure was seen."""
         ex.status = error.status
+        if error.code in ("upstream_timeout", "upstream_unavailable"):
+            ex.version = None  # no version answered: the router did
         headers = {"X-Request-ID": ex.request_id}
         if ex.version is not None:
             headers["X-Model-Version"] = ex.version

@@ -7,11 +7,28 @@ thing the proxy must get right.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 NAME = web.AppKey("name", str)
+# The raw target of every request the backend received, in order: lets a test show that
+# the proxy never forwarded something.
+SEEN = web.AppKey("seen", list[str])
+
+# What /gzip answers: compressed once (mtime 0, so the bytes are always the same).
+GZIP_PLAIN = b'{"compressed": true}\n' * 64
+GZIP_BODY = gzip.compress(GZIP_PLAIN, mtime=0)
+
+
+@web.middleware
+async def remember(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request.app[SEEN].append(request.raw_path)
+    return await handler(request)
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -93,9 +110,17 @@ async def hop(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
+async def gzipped(request: web.Request) -> web.Response:
+    """An answer already gzip-encoded by the backend: the proxy must pass it as it is."""
+    return web.Response(
+        body=GZIP_BODY, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
+
+
 def create_echo_app(name: str) -> web.Application:
-    app = web.Application(client_max_size=1 << 30)
+    app = web.Application(client_max_size=1 << 30, middlewares=[remember])
     app[NAME] = name
+    app[SEEN] = []
     app.router.add_route("POST", "/upload", upload)
     app.router.add_get("/download", download)
     app.router.add_route("*", "/status/{code}", status)
@@ -104,5 +129,6 @@ def create_echo_app(name: str) -> web.Application:
     app.router.add_route("*", "/predict", prediction)
     app.router.add_get("/cookies", cookies)
     app.router.add_get("/hop", hop)
+    app.router.add_get("/gzip", gzipped)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app

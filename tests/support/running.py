@@ -13,23 +13,24 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
+import yaml
 from aiohttp import web
 
 from router.app import Router
-from router.config import parse_table
+from router.config import load_table, parse_table
 
 LOOPBACK = "127.0.0.1"
 
 
 @asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Run `app` on a free loopback port; yields its base URL."""
+async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
+    """Run `app` on a loopback port (a free one unless given); yields its base URL."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, 0)
+    site = web.TCPSite(runner, LOOPBACK, port)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
@@ -56,10 +57,13 @@ def requests_in(path: Path) -> list[dict[str, Any]]:
     return [r for r in read_log(path) if r["event"] == "request"]
 
 
-def table_data(models: dict[str, Any], log_path: Path, **server: Any) -> dict[str, Any]:
+def table_data(
+    models: dict[str, Any], log_path: Path, log: dict[str, Any] | None = None, **server: Any
+) -> dict[str, Any]:
+    """A routing table on free loopback ports; `log` adds keys to the `log` section."""
     return {
         "server": {"listen": f"{LOOPBACK}:0", "admin_listen": f"{LOOPBACK}:0", **server},
-        "log": {"path": str(log_path)},
+        "log": {"path": str(log_path), **(log or {})},
         "models": models,
     }
 
@@ -77,11 +81,15 @@ class RunningRouter:
 
 @asynccontextmanager
 async def router_running(
-    models: dict[str, Any], tmp_path: Path, **server: Any
+    models: dict[str, Any], tmp_path: Path, log: dict[str, Any] | None = None, **server: Any
 ) -> AsyncIterator[RunningRouter]:
-    """The real router, in this process, on a free port, logging to tmp_path."""
+    """The real router, in this process, on a free port, logging to tmp_path.
+
+    `log` adds keys to the table's `log` section (`{"user_ids": "raw"}`); `server` to its
+    `server` section.
+    """
     log_path = tmp_path / "routing.jsonl"
-    router = Router(parse_table(table_data(models, log_path, **server)), "test")
+    router = Router(parse_table(table_data(models, log_path, log, **server)), "test")
     await router.start()
     try:
         yield RunningRouter(router, log_path)
@@ -89,27 +97,55 @@ async def router_running(
         await router.stop()
 
 
+@asynccontextmanager
+async def router_from_file(config: Path) -> AsyncIterator[Router]:
+    """The real router, in this process, reading its table from the file `config`.
+
+    Unlike `router_running`, it knows its file, so the watcher, SIGHUP-style reloads and
+    `POST /admin/reload` all work. The table should listen on port 0 (see `table_data`).
+    """
+    router = Router(load_table(config), str(config))
+    await router.start()
+    try:
+        yield router
+    finally:
+        await router.stop()
+
+
 class RouterProcess:
     """`model-router serve` as a real child process, on free ports."""
 
-    def __init__(self, config: Path, log_path: Path, *extra: str) -> None:
+    def __init__(
+        self, config: Path, log_path: Path, *extra: str, capture_stdout: bool = False
+    ) -> None:
+        """`capture_stdout`: pipe the child's stdout into `.stdout` (for `--log -`)."""
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "serve", "--config", str(config),
              "--listen", f"{LOOPBACK}:0", "--admin-listen", f"{LOOPBACK}:0",
              "--log", str(log_path), *extra],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE if capture_stdout else None,
         )  # fmt: skip
-        self.url, self.admin_url = self._wait_for_banner()
+        self.stdout: list[str] = []
+        self._readers: list[threading.Thread] = []
+        if capture_stdout:
+            # Read stdout from the start, so the router never blocks on a full pipe.
+            self._follow(self.proc.stdout, self.stdout)
         self.stderr: list[str] = []
+        try:
+            self.url, self.admin_url = self._wait_for_banner()
+        except BaseException:
+            self.stop()  # no child, thread or pipe outlives a router that failed to start
+            raise
         # Keep reading stderr so a chatty router never blocks on a full pipe.
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
+        self._follow(self.proc.stderr, self.stderr)
 
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
+    def _follow(self, stream: IO[str] | None, lines: list[str]) -> None:
+        assert stream is not None
+        reader = threading.Thread(target=_collect, args=(stream, lines), daemon=True)
+        reader.start()
+        self._readers.append(reader)
 
     def _wait_for_banner(self) -> tuple[str, str]:
         assert self.proc.stderr is not None
@@ -124,11 +160,47 @@ class RouterProcess:
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.proc.send_signal(signum)
 
-    async def wait(self, timeout: float = 30) -> int:
+    # A blocking wait in a thread: asyncio.timeout could not interrupt it, so it takes its own.
+    async def wait(self, timeout: float = 30) -> int:  # noqa: ASYNC109
         return await asyncio.to_thread(self.proc.wait, timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self._reader.join(timeout=5)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@asynccontextmanager
+async def router_process(
+    models: dict[str, Any],
+    tmp_path: Path,
+    *extra: str,
+    capture_stdout: bool = False,
+    **server: Any,
+) -> AsyncIterator[RouterProcess]:
+    """`model-router serve` as a child process on a table written to tmp_path.
+
+    It logs to `tmp_path / "routing.jsonl"` unless `extra` says otherwise, and is killed on
+    the way out if a test left it running. Started in a thread: the wait for its banner
+    must not hold up the backends serving in this event loop.
+    """
+    log_path = tmp_path / "routing.jsonl"
+    config = tmp_path / "routes.yaml"
+    config.write_text(yaml.safe_dump(table_data(models, log_path, **server)))
+    proc = await asyncio.to_thread(
+        RouterProcess, config, log_path, *extra, capture_stdout=capture_stdout
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _collect(stream: IO[str], lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
