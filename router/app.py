@@ -102,6 +102,7 @@ class Router:
         self.metrics = Metrics()
         self.tables = TableHolder(table, source, self.log, self.metrics, overrides)
         book = HealthBook(lambda key, up: self.metrics.set_up(key[0], key[1], up))
+        self.tables.on_swap.append(lambda t: self.metrics.track(t, book.is_down))
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
         self.draining = [False]
@@ -110,7 +111,9 @@ class Router:
             handle_signals=False,
             access_log_class=UnhandledRequestLog,
             access_log=cast(Any, self.proxy),
-            shutdown_timeout=table.server.drain_s,
+            # Router.stop drains for drain_s itself; this is how long aiohttp then gives
+            # a request cut off at the deadline to unwind before cancelling it.
+            shutdown_timeout=0.25,
             auto_decompress=False,  # bodies pass through byte for byte
             # After an early answer (413), read what the client still sends for up to 2 s
             # before closing, so its answer is not lost to a reset; not aiohttp's 10 s,
@@ -140,7 +143,14 @@ class Router:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
         self.draining[0] = True
         try:
-            await self.runner.cleanup()
+            for site in list(self.runner.sites):
+                await site.stop()  # new connections are refused from here
+            if self.runner.server is not None:
+                self.runner.server.pre_shutdown()  # idle keep-alive connections close
+            if not await self.proxy.drained(self.tables.current.server.drain_s):
+                self.proxy.cut_off()
+                await self.proxy.drained(1.0)
+            await self.runner.cleanup()  # closes the connections
             await self.admin.cleanup()
         finally:
             self.sink.close()  # every record queued so far is on disk after this

@@ -63,6 +63,8 @@ class ServerSettings:
     admin_token_env: str | None = None
     max_body_mb: float = 10.0
     drain_s: float = 10.0
+    # Longest wait for each piece of a request body (nginx's client_body_timeout).
+    body_timeout_s: float = 30.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -233,7 +235,7 @@ def _canonical(data: Any, key: object = None) -> Any:
 # --- validation -------------------------------------------------------------------------
 
 _TOP = ("server", "log", "models")
-_SERVER = ("listen", "admin_listen", "admin_token_env", "max_body_mb", "drain_s")
+_SERVER = ("listen", "admin_listen", "admin_token_env", "max_body_mb", "drain_s", "body_timeout_s")
 _LOG = ("path", "user_ids")
 _MODEL = (
     "salt", "user_id", "when_no_user_id", "timeout_s", "versions", "split", "rules",
@@ -380,6 +382,9 @@ class _Reader:
                 section, "max_body_mb", "server", defaults.max_body_mb, positive=True
             ),
             drain_s=self.number(section, "drain_s", "server", defaults.drain_s, positive=False),
+            body_timeout_s=self.number(
+                section, "body_timeout_s", "server", defaults.body_timeout_s, positive=True
+            ),
         )
 
     def log(self, data: dict[Any, Any]) -> LogSettings:

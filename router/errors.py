@@ -18,6 +18,8 @@ ErrorCode = Literal[
     "not_found",
     "unauthorized",
     "bad_feedback",
+    "body_timeout",
+    "bad_body",
 ]
 
 STATUS: dict[ErrorCode, int] = {
@@ -32,6 +34,8 @@ STATUS: dict[ErrorCode, int] = {
     "not_found": 404,
     "unauthorized": 401,
     "bad_feedback": 400,
+    "body_timeout": 408,
+    "bad_body": 400,
 }
 
 

@@ -7,10 +7,13 @@ and two increments, not a label resolution each time.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from importlib.metadata import version as package_version
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from router.config import Table
 
 # From 1 ms to 10 s: model calls are rarely faster, and timeouts rarely longer.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -58,6 +61,13 @@ class Metrics:
         if histogram is None:
             histogram = self._histograms[model, version] = self.latency.labels(model, version)
         histogram.observe(seconds)
+
+    def track(self, table: Table, is_down: Callable[[tuple[str, str, str]], bool]) -> None:
+        """Show every version of a table in force as up, unless its health says down."""
+        for model in table.models.values():
+            for version in model.versions.values():
+                down = is_down((model.name, version.name, version.url))
+                self.set_up(model.name, version.name, not down)
 
     def set_up(self, model: str, version: str, up: bool) -> None:
         self.upstream_up.labels(model, version).set(1 if up else 0)

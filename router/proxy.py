@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
@@ -97,9 +98,12 @@ class _Body:
     data: bytes | None
     stream: aiohttp.StreamReader | None = None
     limit: int = 0
+    timeout: float = 0.0
     consumed: bool = False  # a byte was read from the client: it can't be sent again
     client_gone: bool = False
     too_large: bool = False
+    timed_out: bool = False
+    malformed: bool = False
 
     @property
     def resendable(self) -> bool:
@@ -113,10 +117,17 @@ class _Body:
         total = 0
         while True:
             try:
-                chunk = await self.stream.readany()
+                async with asyncio.timeout(self.timeout):
+                    chunk = await self.stream.readany()
             except (ConnectionError, aiohttp.ClientPayloadError):
                 self.client_gone = True
                 raise
+            except RequestPayloadError as exc:
+                self.malformed = True
+                raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
+            except TimeoutError:
+                self.timed_out = True
+                raise RouterError("body_timeout", _slow_body(self.timeout)) from None
             if not chunk:
                 return
             total += len(chunk)
@@ -157,12 +168,41 @@ class Proxy:
     ) -> None:
         self.tables = tables
         self.metrics = metrics
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.health = health
         self._no_user = pseudonymize.fields(None)  # `user: null`, or nothing with `omit`
         self.log = log
         self.pseudonymize = pseudonymize
 
+    async def drained(self, seconds: float) -> bool:
+        """Wait until no request is in flight, for up to `seconds`; True if none is left."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def cut_off(self) -> None:
+        """Cancel the requests still in flight (drain time is over); each logs its record."""
+        for task in self._in_flight:
+            task.cancel()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        self._idle.clear()
+        try:
+            return await self._handle(request)
+        finally:
+            self._in_flight.discard(task)
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         request[HANDLED] = True
         table = self.tables.current  # read once: this request keeps this table
         given = request.headers.get("X-Request-ID")
@@ -200,6 +240,7 @@ class Proxy:
         ex = Exchange(
             now_rfc3339(), time.perf_counter(), uuid.uuid4().hex, None, None, table.digest
         )
+        ex.user = self._no_user
         ex.status = response.status
         self._record(ex)
 
@@ -259,12 +300,18 @@ class Proxy:
             raise RouterError("body_too_large", _too_large(limit))
         if not request.body_exists:
             return _Body(None)
+        timeout = table.server.body_timeout_s
         if length is not None and length <= BUFFER_BYTES:
             try:
-                return _Body(await request.content.readexactly(length))
+                async with asyncio.timeout(timeout):
+                    return _Body(await request.content.readexactly(length))
             except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
                 return _Body(None, client_gone=True)
-        return _Body(None, stream=request.content, limit=limit)
+            except RequestPayloadError as exc:
+                raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
+            except TimeoutError:
+                raise RouterError("body_timeout", _slow_body(timeout)) from None
+        return _Body(None, stream=request.content, limit=limit, timeout=timeout)
 
     async def _forward(
         self,
@@ -338,6 +385,10 @@ class Proxy:
         except aiohttp.ClientConnectionError as exc:
             if body.too_large:
                 raise RouterError("body_too_large", _too_large(body.limit)) from exc
+            if body.timed_out:
+                raise RouterError("body_timeout", _slow_body(body.timeout)) from exc
+            if body.malformed:
+                raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
             if body.client_gone:
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
                 return web.Response(status=CLIENT_CLOSED)
@@ -482,12 +533,15 @@ class Proxy:
         headers = {"X-Request-ID": ex.request_id}
         if ex.version is not None:
             headers["X-Model-Version"] = ex.version
-        return web.Response(
+        response = web.Response(
             status=error.status,
             body=error.body(ex.request_id),
             content_type="application/json",
             headers=headers,
         )
+        if error.code in ("body_timeout", "bad_body"):
+            response.force_close()  # what is left of that body cannot be trusted
+        return response
 
     @staticmethod
     async def _send(request: web.Request, response: web.StreamResponse, ex: Exchange) -> None:
@@ -524,6 +578,10 @@ def _not_found(path: str) -> RouterError:
 
 def _too_large(limit: int) -> str:
     return f"the request body is larger than {limit / 1024 / 1024:g} MiB (server.max_body_mb)"
+
+
+def _slow_body(timeout: float) -> str:
+    return f"the request body stalled for {timeout:g} s (server.body_timeout_s)"
 
 
 def _ms_since(start: float) -> float:

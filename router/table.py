@@ -60,7 +60,11 @@ class TableHolder:
         metrics: Metrics,
         overrides: Callable[[Table], Table] = lambda table: table,
     ) -> None:
-        """`overrides` applies command-line flags to every table read from the file."""
+        """`overrides` applies command-line flags to every table read from the file.
+
+        `on_swap` callbacks run with each table put in force, the first one included.
+        """
+        self.on_swap: list[Callable[[Table], None]] = []
         self.path = Path(path) if path is not None else None
         self._overrides = overrides
         self.current = table
@@ -71,6 +75,8 @@ class TableHolder:
         self._lock = asyncio.Lock()
 
     def announce(self) -> None:
+        for callback in self.on_swap:
+            callback(self.current)
         self._log.info(
             "config_loaded", config=self.current.digest, source=str(self.path),
             models=models_summary(self.current),
@@ -104,6 +110,8 @@ class TableHolder:
         moves = churn.churn(self.current, table)
         old, self.current = self.current, table
         self.loaded_at = time.time()
+        for callback in self.on_swap:
+            callback(table)
         self._metrics.reloads.labels("loaded").inc()
         fields: dict[str, Any] = {"previous": old.digest, "reason": reason}
         if ignored:

@@ -1,0 +1,386 @@
+"""`model-router serve` as a real child process: signals, drain, malformed input, exit codes.
+
+The backends run in this test's event loop and the router in its own process, so every
+wait on the child goes through a thread (`RouterProcess.wait`) and never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from yarl import URL
+
+from tests.support.running import LOOPBACK, read_log, requests_in, router_process
+
+# Longest wait for any answer on a raw socket: a router that hangs fails, never stalls the suite.
+ANSWER_TIMEOUT_S = 5.0
+CRLF = b"\r\n"
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+def one_model(backends: dict[str, str]) -> dict[str, Any]:
+    """One model `m`, wholly on the v1 backend."""
+    return {"m": {"versions": {"v1": {"url": backends["v1"]}}, "split": {"v1": 100}}}
+
+
+async def connect(url: str) -> None:
+    """Open and close one TCP connection to the router's public port."""
+    target = URL(url)
+    assert target.host is not None
+    assert target.port is not None
+    _, writer = await asyncio.wait_for(
+        asyncio.open_connection(target.host, target.port), ANSWER_TIMEOUT_S
+    )
+    writer.close()
+    await writer.wait_closed()
+
+
+# --- signals and drain ---
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_lets_the_request_in_flight_finish(
+    backends: dict[str, str], tmp_path: Path, signum: signal.Signals
+) -> None:
+    async with router_process(one_model(backends), tmp_path) as proc:
+        async with aiohttp.ClientSession() as client:
+
+            async def slow() -> tuple[int, Any]:
+                async with client.get(f"{proc.url}/models/m/slow?s=1") as resp:
+                    return resp.status, await resp.json()
+
+            in_flight = asyncio.create_task(slow())
+            await asyncio.sleep(0.3)
+            proc.signal(signum)
+            await asyncio.sleep(0.2)
+            # Shutdown has begun: the listener is closed while the request still runs.
+            with pytest.raises(ConnectionRefusedError):
+                await connect(proc.url)
+            assert not in_flight.done()
+            status, body = await in_flight
+        assert status == 200
+        assert body == {"version": "v1", "slept": True}
+        assert await proc.wait() == 0
+    records = read_log(tmp_path / "routing.jsonl")
+    assert [r["event"] for r in records] == ["config_loaded", "request"]
+    request = records[1]
+    assert request["path"] == "/models/m/slow"
+    assert (request["model"], request["version"], request["status"], request["outcome"]) == (
+        "m",
+        "v1",
+        200,
+        "ok",
+    )
+
+
+async def cut_off_by_drain(
+    tmp_path: Path, backends: dict[str, str], drain_s: float, slow_s: float
+) -> tuple[float, int | BaseException, dict[str, Any]]:
+    """SIGTERM while /slow?s=slow_s runs, with `drain_s` well below it.
+
+    Returns how long the router took to exit, what the client saw (a status, or the
+    error that ended its request) and the request's one record.
+    """
+    async with (
+        router_process(one_model(backends), tmp_path, drain_s=drain_s) as proc,
+        aiohttp.ClientSession() as client,
+    ):
+
+        async def slow() -> int:
+            async with client.get(f"{proc.url}/models/m/slow?s={slow_s:g}") as resp:
+                await resp.read()
+                return resp.status
+
+        in_flight = asyncio.create_task(slow())
+        await asyncio.sleep(0.3)
+        signalled = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait(timeout=10) == 0
+        exited_after = time.monotonic() - signalled
+        seen: int | BaseException
+        try:
+            seen = await asyncio.wait_for(in_flight, ANSWER_TIMEOUT_S)
+        except aiohttp.ClientError as exc:
+            # aiohttp's client retries an idempotent request once when the server
+            # drops it, so this is often the refused reconnection.
+            seen = exc
+    print(f"\ndrain_s {drain_s:g}: exit {exited_after:.2f} s after SIGTERM; client saw {seen!r}")
+    (record,) = requests_in(tmp_path / "routing.jsonl")
+    return exited_after, seen, record
+
+
+async def test_drain_time_bounds_shutdown(backends: dict[str, str], tmp_path: Path) -> None:
+    exited_after, seen, record = await cut_off_by_drain(tmp_path, backends, 0.5, slow_s=5)
+    assert exited_after < 3.0
+    assert seen != 200  # cut off: a broken connection or an error status, never a 200
+    assert (record["path"], record["model"]) == ("/models/m/slow", "m")
+    assert record["outcome"] != "ok"
+
+
+async def test_drain_lasts_no_longer_than_drain_s(backends: dict[str, str], tmp_path: Path) -> None:
+    """Contract 6: requests in flight finish "for up to drain_s", then the process exits.
+
+    Exiting with nothing in flight takes about 0.1 s; drain_s + 2 s is a generous bound
+    on a loaded machine, and far below the 10 s the request would take.
+    """
+    drain_s = 1.5
+    exited_after, _, record = await cut_off_by_drain(tmp_path, backends, drain_s, slow_s=10)
+    assert exited_after < drain_s + 2
+    assert record["latency_ms"] < (0.3 + drain_s + 2) * 1000
+
+
+# --- malformed input over raw sockets ---
+
+
+@dataclass(frozen=True)
+class Junk:
+    name: str
+    data: bytes
+    bad_path: bool = False  # reaches the handler, which answers 400 bad_path itself
+
+
+def _request(target: str, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"GET {target} HTTP/1.1", f"Host: {LOOPBACK}", "Connection: close", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+JUNK = [
+    Junk("junk bytes", b"\x00\x01\x02garbage\r\n\r\n"),
+    Junk(
+        "Content-Length and Transfer-Encoding",
+        _request(
+            "/models/m/echo",
+            "Content-Length: 5",
+            "Transfer-Encoding: chunked",
+            body=b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ),
+    Junk("100 kB header value", _request("/models/m/echo", "X-Big: " + "a" * 100_000)),
+    Junk("dot-dot segment", _request("/models/m/../echo"), bad_path=True),
+    Junk("percent-encoded dot-dot", _request("/models/m/%2e%2e/echo"), bad_path=True),
+    Junk(
+        "invalid chunked body",
+        _request("/models/m/echo", "Transfer-Encoding: chunked", body=b"zz\r\nhello\r\n0\r\n\r\n"),
+    ),
+    Junk("header without a colon", _request("/models/m/echo", "X-No-Colon-Here")),
+]
+
+
+async def send_raw(url: str, *parts: bytes, pause: float = 0.3) -> bytes:
+    """Send `parts` on a new connection, `pause` s apart; all that comes back until it closes.
+
+    A reset (the router closing on unread input) ends the answer like a close does. A
+    router that neither answers nor closes within ANSWER_TIMEOUT_S fails the test.
+    """
+    target = URL(url)
+    assert target.host is not None
+    assert target.port is not None
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    received = bytearray()
+    try:
+        with contextlib.suppress(ConnectionError):
+            for i, part in enumerate(parts):
+                if i:
+                    await asyncio.sleep(pause)
+                writer.write(part)
+                await writer.drain()
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                with contextlib.suppress(ConnectionError):
+                    while chunk := await reader.read(65536):
+                        received += chunk
+        except TimeoutError:
+            pytest.fail(
+                f"no answer and no close within {ANSWER_TIMEOUT_S:g} s; got {bytes(received)!r}"
+            )
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return bytes(received)
+
+
+def status_of(answer: bytes) -> int | None:
+    """The status of a raw answer, None when the router closed without one."""
+    found = STATUS_LINE.match(answer)
+    assert answer == b"" or found, f"not an HTTP answer: {answer[:200]!r}"
+    return int(found.group(1)) if found else None
+
+
+async def test_malformed_requests_are_refused_and_the_router_keeps_serving(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    answers: dict[str, bytes] = {}
+    async with router_process(one_model(backends), tmp_path) as proc:
+        # A fresh connection per request: nothing may depend on an earlier connection.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as client:
+            for junk in JUNK:
+                answers[junk.name] = answer = await send_raw(proc.url, junk.data)
+                status = status_of(answer)
+                assert status is None or 400 <= status < 500, f"{junk.name}: {answer!r}"
+                if junk.bad_path:
+                    assert status == 400, junk.name
+                    body = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+                    assert body["error"]["code"] == "bad_path", junk.name
+                assert proc.proc.poll() is None, f"router died after {junk.name}"
+                async with client.get(f"{proc.url}/models/m/echo") as resp:
+                    assert resp.status == 200, f"no normal answer after {junk.name}"
+            proc.signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    for name, answer in answers.items():
+        first_line = answer.split(CRLF, 1)[0]
+        print(f"\n{name}: {first_line!r}", end="")
+    print("\nrouter stderr:\n" + "".join(proc.stderr))
+
+    records = requests_in(tmp_path / "routing.jsonl")
+    # One record per request sent: each malformed one and each normal one after it.
+    assert len(records) == 2 * len(JUNK), orjson.dumps(records, option=orjson.OPT_INDENT_2)
+    normal = [r for r in records if r["path"] == "/models/m/echo" and r["status"] == 200]
+    assert len(normal) == len(JUNK)
+    refused = [r for r in records if r not in normal]
+    # Sent whole, every one of them is refused: by aiohttp's parser before the handler (model,
+    # method and path null) or, for the two bad paths, by the router itself.
+    for record in refused:
+        assert (record["status"], record["outcome"]) == (400, "rejected"), record
+        if record["path"] is None:
+            assert record["model"] is None, record
+    bad_paths = {r["path"]: r for r in refused if r["path"] is not None}
+    assert set(bad_paths) == {"/models/m/../echo", "/models/m/%2e%2e/echo"}
+    assert all(r["model"] in (None, "m") and r["version"] is None for r in bad_paths.values())
+
+
+async def test_invalid_chunk_after_the_headers_is_refused(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """The body turns bad after the handler has started streaming it to the backend.
+
+    Sent whole, such a request is refused by aiohttp's parser (see JUNK). Sent in two
+    parts, the handler is already forwarding the body when the bad chunk size arrives;
+    aiohttp's C parser then stops feeding the body without raising in it, so what ends
+    the wait is `server.body_timeout_s` (nginx's client_body_timeout): 408 `body_timeout`.
+    """
+    head = _request("/models/m/echo", "Transfer-Encoding: chunked").replace(b"GET", b"POST", 1)
+    async with router_process(one_model(backends), tmp_path, body_timeout_s=1) as proc:
+        answer = await send_raw(proc.url, head, b"5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n")
+        status = status_of(answer)
+        assert status is None or 400 <= status < 500, answer
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{proc.url}/models/m/echo") as resp,
+        ):
+            assert resp.status == 200
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    bad, good = requests_in(tmp_path / "routing.jsonl")  # exactly one record each
+    assert good["status"] == 200
+    assert bad["path"] == "/models/m/echo"
+    assert bad["method"] == "POST"
+    if status is not None:
+        assert bad["status"] == status
+
+
+# The fields every `request` record carries with `log.user_ids: hash` (contract section 5;
+# `response` only with `log_response`).
+RECORD_FIELDS = {
+    "event", "ts", "request_id", "model", "version", "assigned_version", "assigned_by",
+    "bucket", "user", "method", "path", "status", "outcome", "latency_ms", "upstream_ms",
+    "config",
+}  # fmt: skip
+
+
+async def test_records_of_refused_requests_carry_every_field(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    async with router_process(one_model(backends), tmp_path) as proc:
+        for junk in JUNK[:4]:  # refused by aiohttp (3) and by the router (1)
+            await send_raw(proc.url, junk.data)
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    records = requests_in(tmp_path / "routing.jsonl")
+    assert len(records) == 4
+    for record in records:
+        assert set(record) == RECORD_FIELDS, f"missing {RECORD_FIELDS - set(record)}: {record}"
+
+
+# --- exit codes and log destinations ---
+
+
+def test_serve_with_an_invalid_table_exits_2_before_listening(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    log_path = tmp_path / "routing.jsonl"
+    config.write_text(
+        textwrap.dedent(f"""\
+            server:
+              listen: {LOOPBACK}:0
+              admin_listen: {LOOPBACK}:0
+            log:
+              path: {log_path}
+            models:
+              m:
+                versions:
+                  v1: {{url: "http://{LOOPBACK}:9"}}
+                  v2: {{url: "http://{LOOPBACK}:9"}}
+                spilt: {{v1: 100}}
+                split:
+                  v1: 90
+                  v2: 5
+            """)
+    )
+    result, checked = (
+        subprocess.run(
+            [sys.executable, "-m", "router", *command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        for command in (["serve", "--config", str(config)], ["check", str(config)])
+    )
+    assert result.returncode == 2
+    assert result.stderr == checked.stderr  # the same messages as `check`
+    lines = result.stderr.splitlines()
+    assert lines, "no messages on stderr"
+    where = re.compile(re.escape(str(config)) + r":(\d+): (.+)")
+    problems = {}
+    for line in lines:
+        found = where.fullmatch(line)
+        assert found, f"not PATH:LINE: message: {line!r}"
+        problems[int(found.group(1))] = found.group(2)
+    assert problems[11].startswith("models.m.spilt: ")
+    assert problems[12] == "models.m.split: percentages add up to 95, not 100"
+    assert "serving on" not in result.stdout + result.stderr
+    assert not log_path.exists()  # never got as far as opening the log
+
+
+async def test_log_dash_writes_records_to_stdout(backends: dict[str, str], tmp_path: Path) -> None:
+    log_path = tmp_path / "routing.jsonl"
+    async with router_process(
+        one_model(backends), tmp_path, "--log", "-", capture_stdout=True
+    ) as proc:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{proc.url}/models/m/echo", headers={"X-Request-ID": "on-stdout"}) as resp,
+        ):
+            assert resp.status == 200
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    # Leaving the block joined the thread that reads stdout: every line is in.
+    records = [orjson.loads(line) for line in proc.stdout]
+    assert [r["event"] for r in records] == ["config_loaded", "request"]
+    assert records[1]["request_id"] == "on-stdout"
+    assert records[1]["status"] == 200
+    assert not log_path.exists()
