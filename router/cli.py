@@ -12,6 +12,7 @@ from typing import Any
 from router import churn
 from router.config import DEFAULT_CONFIG, ConfigError, Table, load_table, parse_address
 
+REPORT_FORMATS = ("text", "json", "html")
 EXIT_OK = 0
 EXIT_USAGE = 2  # also: the routing table has problems
 
@@ -49,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--against", metavar="OLD",
                        help="also show which users would move from OLD to PATH")  # fmt: skip
     check.set_defaults(command=_check)
+
+    report = commands.add_parser("report", help="compare versions from routing logs")
+    report.add_argument("logs", nargs="+", metavar="LOG",
+                        help="routing logs, plain or .gz; globs allowed")  # fmt: skip
+    report.add_argument("--model", metavar="NAME", help="only this model")
+    report.add_argument("--baseline", metavar="VERSION",
+                        help="compare against it (default: the largest share)")  # fmt: skip
+    report.add_argument("--format", choices=REPORT_FORMATS, default="text")
+    report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    report.set_defaults(command=_report)
     return parser
 
 
@@ -112,6 +123,23 @@ def _serve(args: argparse.Namespace) -> int:
     from router.app import serve  # aiohttp is only needed when serving
 
     return _run(serve(overrides(table), args.config, overrides))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from router import report  # DuckDB and NumPy are only needed for the report
+
+    try:
+        data = report.make_report(args.logs, args.model, args.baseline)
+    except (report.LogError, report.ReportError) as exc:
+        print(f"model-router report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = report.render(data, args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    return EXIT_OK
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

@@ -1,0 +1,309 @@
+"""From the loaded log to the report: one JSON-ready dict, rendered as text, JSON or HTML.
+
+Only randomised traffic (`split`, `no_user_random`) enters the comparison, grouped by
+`assigned_version` (intent to treat: a request counts for the version it was assigned to,
+even when a fallback answered it). Pinned, header and rule traffic is shown apart: who asks
+for a version is not a random sample, so comparing it would mislead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import duckdb
+import numpy as np
+import orjson
+
+from router.report import stats
+from router.report.read import Loaded
+
+RANDOMISED = ("split", "no_user_random")
+ERRORS = ("server_error", "timeout", "unavailable")
+BOOTSTRAP_SAMPLE = 10_000  # latencies per arm for the bootstrap, drawn reproducibly
+_IN_RANDOMISED = "assigned_by IN ('split', 'no_user_random')"
+_IS_ERROR = "outcome IN ('server_error', 'timeout', 'unavailable')"
+
+
+class ReportError(Exception):
+    """The report cannot answer what was asked (an unknown model or baseline)."""
+
+
+def build(loaded: Loaded, model: str | None = None, baseline: str | None = None) -> dict[str, Any]:
+    con = loaded.con
+    models = [row[0] for row in con.execute(
+        "SELECT model FROM requests WHERE model IS NOT NULL GROUP BY model ORDER BY model"
+    ).fetchall()]  # fmt: skip
+    if model is not None:
+        if model not in models:
+            raise ReportError(
+                f"no model '{model}' in the log; models: {', '.join(models) or 'none'}"
+            )
+        models = [model]
+    totals = con.execute("SELECT count(*), min(ts), max(ts) FROM requests").fetchone() or (
+        0,
+        None,
+        None,
+    )
+    splits = _splits(con)
+    report: dict[str, Any] = {
+        "files": list(loaded.files),
+        "records": int(totals[0]),
+        "bad_lines": loaded.bad_lines,
+        "first": _iso(totals[1]),
+        "last": _iso(totals[2]),
+        "models": {name: _model(con, name, baseline, splits) for name in models},
+    }
+    if baseline is not None and not any(
+        m["baseline"] == baseline for m in report["models"].values()
+    ):
+        raise ReportError(f"no version '{baseline}' in the randomised traffic of the log")
+    return report
+
+
+def _model(
+    con: duckdb.DuckDBPyConnection, model: str, baseline: str | None, splits: dict[str, Any]
+) -> dict[str, Any]:
+    versions = _versions(con, model)
+    base = baseline if baseline in versions else _largest(versions)
+    for name, version in versions.items():
+        version["vs_baseline"] = (
+            None if name == base else _compare(con, model, name, base, versions)
+        )
+    return {
+        "baseline": base,
+        "srm": _srm(con, model, splits),
+        "versions": versions,
+        "by_assigned_by": _by_assigned_by(con, model),
+        "timeline": _timeline(con, model),
+        "latency_histogram": _histogram(con, model),
+    }
+
+
+def _versions(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, dict[str, Any]]:
+    rows = con.execute(
+        f"""
+        SELECT r.assigned_version,
+               count(*) AS n,
+               count(*) FILTER (WHERE {_IS_ERROR}) AS errors,
+               count(*) FILTER (WHERE outcome = 'timeout') AS timeouts,
+               count(DISTINCT user_h) AS users,
+               quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS q,
+               count(f.label) AS labelled,
+               count(f.label) FILTER (WHERE f.label = r.prediction) AS correct
+        FROM requests r LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL
+        WHERE r.model = $model AND r.{_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
+        GROUP BY r.assigned_version ORDER BY r.assigned_version
+        """,
+        {"model": model},
+    ).fetchall()
+    total = sum(row[1] for row in rows)
+    versions: dict[str, dict[str, Any]] = {}
+    for name, n, errors, timeouts, users, q, labelled, correct in rows:
+        p50, p95, p99 = q if q is not None else (None, None, None)
+        versions[name] = {
+            "requests": n,
+            "share": n / total if total else 0.0,
+            "users": users,
+            "errors": errors,
+            "error_rate": errors / n,
+            "error_rate_ci95": list(stats.wilson(errors, n)),
+            "timeout_rate": timeouts / n,
+            "latency_ms": {"p50": _f(p50), "p95": _f(p95), "p99": _f(p99)},
+            "accuracy": correct / labelled if labelled else None,
+            "accuracy_ci95": list(stats.wilson(correct, labelled)) if labelled else None,
+            "labelled": labelled,
+        }
+    return versions
+
+
+def _largest(versions: dict[str, dict[str, Any]]) -> str | None:
+    if not versions:
+        return None
+    return max(versions, key=lambda v: (versions[v]["requests"], v))
+
+
+def _compare(
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    candidate: str,
+    base: str | None,
+    versions: dict[str, dict[str, Any]],
+) -> dict[str, Any] | None:
+    if base is None:
+        return None
+    c, b = versions[candidate], versions[base]
+    rate = stats.rate_difference(c["errors"], c["requests"], b["errors"], b["requests"])
+    latency = stats.quantile_differences(
+        _latencies(con, model, candidate), _latencies(con, model, base)
+    )
+    return {
+        "error_rate_diff": rate.diff,
+        "ci95": list(rate.ci95),
+        "p_value": rate.p_value,
+        "significant": rate.significant,
+        "latency_ms": {
+            f"p{round(d.quantile * 100)}": {
+                "diff": _f(d.diff),
+                "ci95": [_f(d.ci95[0]), _f(d.ci95[1])],
+                "significant": d.significant,
+            }
+            for d in latency
+        },
+    }
+
+
+def _latencies(con: duckdb.DuckDBPyConnection, model: str, version: str) -> np.ndarray:
+    rows = con.execute(
+        f"""
+        SELECT latency_ms FROM (
+            SELECT latency_ms FROM requests
+            WHERE model = $model AND assigned_version = $version AND {_IN_RANDOMISED}
+              AND latency_ms IS NOT NULL
+        ) USING SAMPLE reservoir({BOOTSTRAP_SAMPLE} ROWS) REPEATABLE (1)
+        """,
+        {"model": model, "version": version},
+    ).fetchnumpy()
+    return np.asarray(rows["latency_ms"], dtype=float)
+
+
+def _splits(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """config digest -> {model: {version: percent}}, from the `config_loaded` events."""
+    splits: dict[str, Any] = {}
+    for digest, models in con.execute("SELECT config, models FROM configs").fetchall():
+        if digest is None or models is None:
+            continue
+        parsed = orjson.loads(models)
+        splits[digest] = {
+            name: entry.get("split", {})
+            for name, entry in parsed.items()
+            if isinstance(entry, dict)
+        }
+    return splits
+
+
+def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> dict[str, Any]:
+    """Observed split users per version against the split in force for their records.
+
+    The unit is the user (the unit of randomisation), counted once per config digest and
+    version; records of a digest whose `config_loaded` event is not in the log are left out.
+    """
+    rows = con.execute(
+        """
+        SELECT config, assigned_version,
+               CASE WHEN count(user_h) > 0 THEN count(DISTINCT user_h) ELSE count(*) END
+        FROM requests
+        WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
+        GROUP BY config, assigned_version
+        """,
+        {"model": model},
+    ).fetchall()
+    observed: dict[str, float] = {}
+    expected: dict[str, float] = {}
+    per_config: dict[str, dict[str, int]] = {}
+    unmatched = 0
+    for digest, version, count in rows:
+        split = splits.get(digest, {}).get(model)
+        if split is None:
+            unmatched += count
+            continue
+        per_config.setdefault(digest, {})[version] = count
+    for digest, counts in per_config.items():
+        split = splits[digest][model]
+        total = sum(counts.values())
+        for version, count in counts.items():
+            observed[version] = observed.get(version, 0) + count
+        for version, percent in split.items():
+            expected[version] = expected.get(version, 0.0) + total * float(percent) / 100
+    result = stats.sample_ratio(observed, expected)
+    return {
+        "p_value": result.p_value,
+        "mismatch": result.mismatch,
+        "observed": observed,
+        "expected": {v: round(e, 2) for v, e in expected.items()},
+        "unmatched": unmatched,
+    }
+
+
+def _by_assigned_by(con: duckdb.DuckDBPyConnection, model: str) -> list[dict[str, Any]]:
+    rows = con.execute(
+        f"""
+        SELECT assigned_by, coalesce(assigned_version, version) AS v, count(*),
+               count(*) FILTER (WHERE {_IS_ERROR}),
+               quantile_cont(latency_ms, [0.5, 0.95, 0.99])
+        FROM requests WHERE model = $model
+        GROUP BY assigned_by, v ORDER BY assigned_by NULLS LAST, v NULLS LAST
+        """,
+        {"model": model},
+    ).fetchall()
+    out = []
+    for assigned_by, version, n, errors, q in rows:
+        p50, p95, p99 = q if q is not None else (None, None, None)
+        out.append({
+            "assigned_by": assigned_by, "version": version, "requests": n,
+            "randomised": assigned_by in RANDOMISED, "error_rate": errors / n,
+            "latency_ms": {"p50": _f(p50), "p95": _f(p95), "p99": _f(p99)},
+        })  # fmt: skip
+    return out
+
+
+_STEPS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400)
+
+
+def _timeline(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
+    """Requests and errors per version over time, in at most about 60 steps."""
+    span = con.execute(
+        f"SELECT epoch(max(ts)) - epoch(min(ts)), epoch(min(ts)) FROM requests "
+        f"WHERE model = $model AND {_IN_RANDOMISED}",
+        {"model": model},
+    ).fetchone()
+    if span is None or span[0] is None:
+        return {"step_s": None, "points": []}
+    seconds, start = span
+    step = next((s for s in _STEPS if seconds / s <= 60), _STEPS[-1])
+    rows = con.execute(
+        f"""
+        SELECT floor((epoch(ts) - $start) / $step)::BIGINT AS k, assigned_version,
+               count(*), count(*) FILTER (WHERE {_IS_ERROR})
+        FROM requests WHERE model = $model AND {_IN_RANDOMISED} AND ts IS NOT NULL
+        GROUP BY k, assigned_version ORDER BY k, assigned_version
+        """,
+        {"model": model, "start": start, "step": step},
+    ).fetchall()
+    points = [
+        {"t": _iso_epoch(start + k * step), "version": v, "requests": n, "errors": e}
+        for k, v, n, e in rows
+    ]
+    return {"step_s": step, "points": points}
+
+
+def _histogram(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
+    """Latency counts per version in log-spaced bins, 10 per decade from 0.1 ms."""
+    rows = con.execute(
+        f"""
+        SELECT assigned_version,
+               floor(log10(greatest(latency_ms, 0.1)) * 10)::INT AS b, count(*)
+        FROM requests WHERE model = $model AND {_IN_RANDOMISED} AND latency_ms IS NOT NULL
+        GROUP BY ALL ORDER BY 1, 2
+        """,
+        {"model": model},
+    ).fetchall()
+    bins: dict[str, list[list[float]]] = {}
+    for version, b, n in rows:
+        bins.setdefault(version, []).append([round(10 ** (b / 10), 4), n])
+    return {"bins_per_decade": 10, "versions": bins}
+
+
+def _f(value: float | None) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), 3)
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso_epoch(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,136 @@
+"""The text report: a readable table per model and one verdict line per candidate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for name, model in report["models"].items():
+        if model["srm"]["mismatch"]:
+            lines.append(_srm_warning(name, model["srm"]))
+    if lines:
+        lines.append("")
+    files = len(report["files"])
+    lines.append(
+        f"model-router report: {report['records']:,} requests from {files} file"
+        f"{'s' if files != 1 else ''}, {report['first']} to {report['last']}"
+    )
+    if report["bad_lines"]:
+        bad = report["bad_lines"]
+        lines.append(f"  {bad:,} line{'s' if bad != 1 else ''} could not be read and were skipped")
+    for name, model in report["models"].items():
+        lines.append("")
+        lines.extend(_model(name, model))
+    return "\n".join(lines) + "\n"
+
+
+def _srm_warning(name: str, srm: dict[str, Any]) -> str:
+    observed = _shares(srm["observed"])
+    expected = _shares(srm["expected"])
+    return (
+        f"WARNING: sample ratio mismatch in model {name}: users split {observed}, but the "
+        f"split in force expects {expected} (chi-square p {_p(srm['p_value'])}). Assignment "
+        "is broken somewhere (a rule or client catching users, lost log records, a bot): "
+        "the comparison below cannot be trusted."
+    )
+
+
+def _shares(counts: dict[str, float]) -> str:
+    total = sum(counts.values()) or 1
+    return ", ".join(f"{v} {c / total:.1%}" for v, c in sorted(counts.items()))
+
+
+def _model(name: str, model: dict[str, Any]) -> list[str]:
+    versions = model["versions"]
+    base = model["baseline"]
+    lines = [f"{name}: randomised traffic (split, no_user_random) by assigned version; "
+             f"baseline {base}"]  # fmt: skip
+    if not versions:
+        return [*lines, "  no randomised traffic"]
+    header = ("version", "requests", "share", "users", "errors", "timeouts", "p50 ms",
+              "p95 ms", "p99 ms", "accuracy [95% CI] (labelled)")  # fmt: skip
+    rows = [header]
+    for v, s in versions.items():
+        lat = s["latency_ms"]
+        rows.append((
+            v, f"{s['requests']:,}", f"{s['share']:.1%}", f"{s['users']:,}",
+            f"{s['error_rate']:.2%}", f"{s['timeout_rate']:.2%}",
+            _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), _accuracy(s),
+        ))  # fmt: skip
+    lines.extend("  " + line for line in _table(rows))
+    for v, s in versions.items():
+        if s["vs_baseline"] is not None:
+            lines.extend("  " + line for line in verdicts(v, base, s["vs_baseline"]))
+    srm = model["srm"]
+    if srm["observed"]:
+        lines.append(
+            f"  sample ratio: users {_shares(srm['observed'])}; split in force "
+            f"{_shares(srm['expected'])}; p {_p(srm['p_value'])}"
+            + (" (MISMATCH)" if srm["mismatch"] else "")
+        )
+    other = [r for r in model["by_assigned_by"] if not r["randomised"]]
+    if other:
+        lines.append("  not in the comparison (who asks for a version is not a random sample):")
+        rows = [("assigned_by", "version", "requests", "errors", "p50 ms", "p95 ms")]
+        for r in other:
+            rows.append((
+                r["assigned_by"] or "(refused)", r["version"] or "-", f"{r['requests']:,}",
+                f"{r['error_rate']:.2%}", _ms(r["latency_ms"]["p50"]), _ms(r["latency_ms"]["p95"]),
+            ))  # fmt: skip
+        lines.extend("    " + line for line in _table(rows))
+    return lines
+
+
+def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[str]:
+    """`v2 vs v1: error rate -0.4 pp [-0.9, +0.1], p = 0.11, no significant difference`."""
+    low, high = vs["ci95"]
+    if not vs["significant"]:
+        word = "no significant difference"
+    else:
+        word = "significantly higher" if vs["error_rate_diff"] > 0 else "significantly lower"
+    lines = [
+        f"{version} vs {base}: error rate {_pp(vs['error_rate_diff'])} pp "
+        f"[{_pp(low)}, {_pp(high)}], p {_p(vs['p_value'])}, {word}"
+    ]
+    parts = []
+    for q, d in vs["latency_ms"].items():
+        if d["diff"] is None:
+            continue
+        flag = "" if d["significant"] else " (n.s.)"
+        parts.append(f"{q} {d['diff']:+.1f} ms [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]{flag}")
+    if parts:
+        lines.append(f"{version} vs {base}: latency " + ", ".join(parts))
+    return lines
+
+
+def _accuracy(s: dict[str, Any]) -> str:
+    if s["accuracy"] is None:
+        return "-"
+    low, high = s["accuracy_ci95"]
+    return f"{s['accuracy']:.1%} [{low:.1%}, {high:.1%}] ({s['labelled']:,})"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                  enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in rows
+    ]  # fmt: skip
+
+
+def _pp(value: float) -> str:
+    return f"{value * 100:+.2f}"
+
+
+def _p(value: float) -> str:
+    """`= 0.11`, `= 0.0032`, or `< 0.0001`: to be written after `p `."""
+    if value < 0.0001:
+        return "< 0.0001"
+    return f"= {value:.4f}" if value < 0.01 else f"= {value:.2f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
