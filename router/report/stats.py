@@ -31,7 +31,9 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, center - half), min(1.0, center + half))
+    low = 0.0 if successes == 0 else max(0.0, center - half)  # exact at the edges
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return (low, high)
 
 
 @dataclass(frozen=True, slots=True)

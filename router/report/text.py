@@ -30,7 +30,7 @@ def _srm_warning(name: str, srm: dict[str, Any]) -> str:
     observed = _shares(srm["observed"])
     expected = _shares(srm["expected"])
     return (
-        f"WARNING: sample ratio mismatch in model {name}: users split {observed}, but the "
+        f"sample ratio mismatch in model {name}: users split {observed}, but the "
         f"split in force expects {expected} (chi-square p {_p(srm['p_value'])}). Assignment "
         "is broken somewhere (a rule or client catching users, lost log records, a bot): "
         "the comparison below cannot be trusted."

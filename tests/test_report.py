@@ -1,0 +1,212 @@
+"""`model-router report` end to end: logs written to disk, the real CLI, parsed output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from router.cli import main
+from router.report import make_report
+from router.report.stats import rate_difference
+from tests.support import logs
+from tests.support.running import router_running
+
+SPLIT = {"v1": 90.0, "v2": 10.0}
+
+
+def report_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(["report", *args, "--format", "json"]) == 0
+    data: dict[str, Any] = orjson.loads(capsys.readouterr().out)
+    return data
+
+
+def standard_log(tmp_path: Path, name: str = "routing.jsonl", **kw: Any) -> Path:
+    records: list[Any] = [logs.config_loaded("cfg1", SPLIT)]
+    records += logs.split_traffic(6000, SPLIT, error_rates={"v1": 0.01, "v2": 0.05}, **kw)
+    return logs.write(tmp_path / name, records)
+
+
+def test_json_has_the_contract_keys_and_honest_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = report_json(capsys, str(standard_log(tmp_path)))
+    model = data["models"]["cancer"]
+    assert model["baseline"] == "v1"  # the largest share
+    assert set(model["srm"]) >= {"p_value", "mismatch"}
+    assert model["srm"]["mismatch"] is False
+    v1, v2 = model["versions"]["v1"], model["versions"]["v2"]
+    for v in (v1, v2):
+        assert set(v) >= {"requests", "share", "error_rate", "latency_ms", "accuracy",
+                          "labelled", "vs_baseline"}  # fmt: skip
+        assert set(v["latency_ms"]) == {"p50", "p95", "p99"}
+    assert v1["vs_baseline"] is None
+    assert v1["requests"] + v2["requests"] == 6000
+    assert v1["share"] + v2["share"] == pytest.approx(1.0)
+    expected = rate_difference(v2["errors"], v2["requests"], v1["errors"], v1["requests"])
+    assert v2["vs_baseline"]["error_rate_diff"] == pytest.approx(expected.diff)
+    assert v2["vs_baseline"]["ci95"] == pytest.approx(list(expected.ci95))
+    assert v2["vs_baseline"]["p_value"] == pytest.approx(expected.p_value)
+    assert v2["vs_baseline"]["p_value"] < 0.05  # 5% against 1% on ~600 requests
+
+
+def test_text_gives_one_verdict_line_per_candidate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(standard_log(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    verdicts = [line.strip() for line in out.splitlines() if "vs v1: error rate" in line]
+    assert len(verdicts) == 1
+    assert verdicts[0].startswith("v2 vs v1: error rate +")
+    assert verdicts[0].endswith("significantly higher")
+    assert not out.startswith("sample ratio mismatch")
+
+
+def test_plain_gzip_and_globs_are_read_once_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [logs.config_loaded("cfg1", SPLIT)]
+    records += logs.split_traffic(2000, SPLIT, error_rates={"v1": 0.01, "v2": 0.01})
+    logs.write(tmp_path / "a.jsonl", records[:1000])
+    logs.write(tmp_path / "b.jsonl.gz", records[1000:])
+    glob = str(tmp_path / "*.jsonl*")
+    data = report_json(capsys, glob, str(tmp_path / "a.jsonl"))
+    assert data["records"] == 2000
+    assert len(data["files"]) == 2
+
+
+def test_bad_lines_are_counted_never_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records: list[Any] = [logs.config_loaded("cfg1", SPLIT)]
+    records += logs.split_traffic(500, SPLIT, error_rates={"v1": 0.0, "v2": 0.0})
+    records[10:10] = [b'{"event": "request", "model": "canc', b"\x00\x01 not json", b"[1, 2]"]
+    path = logs.write(tmp_path / "bad.jsonl", records)
+    data = report_json(capsys, str(path))
+    assert data["bad_lines"] == 3
+    assert data["records"] == 500
+    assert main(["report", str(path)]) == 0
+    assert "3 lines could not be read" in capsys.readouterr().out
+
+
+def test_sample_ratio_mismatch_opens_the_text_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = standard_log(tmp_path, drop={"v2": 0.3})
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sample ratio mismatch")
+    data = report_json(capsys, str(path))
+    assert data["models"]["cancer"]["srm"]["mismatch"] is True
+    assert data["models"]["cancer"]["srm"]["p_value"] < 0.001
+
+
+def test_the_split_in_force_is_matched_per_config_digest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ramp half-way: each record is checked against the split of its own digest."""
+    ramp = {"v1": 50.0, "v2": 50.0}
+    first = logs.split_traffic(3000, SPLIT, error_rates={"v1": 0, "v2": 0}, seed=1)
+    second = logs.split_traffic(3000, ramp, error_rates={"v1": 0, "v2": 0}, seed=2)
+    for record in second:
+        record["config"] = "cfg2"
+    path = logs.write(tmp_path / "ramp.jsonl", [
+        logs.config_loaded("cfg1", SPLIT), *first, logs.config_loaded("cfg2", ramp), *second,
+    ])  # fmt: skip
+    data = report_json(capsys, str(path))
+    assert data["models"]["cancer"]["srm"]["mismatch"] is False
+    # Against the first split alone, the pooled traffic would look badly skewed.
+    for record in second:
+        record["config"] = "cfg1"
+    logs.write(path, [logs.config_loaded("cfg1", SPLIT), *first, *second])
+    assert report_json(capsys, str(path))["models"]["cancer"]["srm"]["mismatch"] is True
+
+
+def test_only_randomised_traffic_is_compared_by_assigned_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records: list[Any] = [logs.config_loaded("cfg1", SPLIT)]
+    records += [logs.request(i, version="v1", user=f"u{i}") for i in range(90)]
+    records += [logs.request(100 + i, version="v2", user=f"w{i}") for i in range(8)]
+    # Two of v2's requests fell back to v1: they still count for v2 (intent to treat).
+    records += [logs.request(200 + i, version="v2", user=f"x{i}", answered_by="v1")
+                for i in range(2)]  # fmt: skip
+    records += [logs.request(300 + i, version="v2", assigned_by="pinned", outcome="server_error")
+                for i in range(50)]  # fmt: skip
+    records += [
+        logs.request(400 + i, version="v1", assigned_by="no_user_random") for i in range(10)
+    ]
+    data = report_json(capsys, str(logs.write(tmp_path / "mix.jsonl", records)))
+    versions = data["models"]["cancer"]["versions"]
+    assert versions["v2"]["requests"] == 10
+    assert versions["v2"]["error_rate"] == 0  # the pinned errors are not in the comparison
+    assert versions["v1"]["requests"] == 100  # split and no_user_random
+    other = [r for r in data["models"]["cancer"]["by_assigned_by"] if not r["randomised"]]
+    latency = {"p50": 10.0, "p95": 10.0, "p99": 10.0}
+    assert other == [{"assigned_by": "pinned", "version": "v2", "requests": 50,
+                      "randomised": False, "error_rate": 1.0, "latency_ms": latency}]  # fmt: skip
+
+
+def test_accuracy_joins_feedback_by_request_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records: list[Any] = [logs.config_loaded("cfg1", SPLIT)]
+    records += [logs.request(i, version="v1", user=f"u{i}", prediction=1) for i in range(10)]
+    records += [logs.feedback(f"req-{i}", 1) for i in range(6)]  # right
+    records += [logs.feedback(f"req-{i}", 0) for i in range(6, 8)]  # wrong
+    records += [logs.feedback("req-0", 0), logs.feedback("req-0", 1)]  # the last label wins
+    records += [logs.feedback("no-such-request", 1)]
+    data = report_json(capsys, str(logs.write(tmp_path / "fb.jsonl", records)))
+    v1 = data["models"]["cancer"]["versions"]["v1"]
+    assert v1["labelled"] == 8
+    assert v1["accuracy"] == pytest.approx(6 / 8)
+    low, high = v1["accuracy_ci95"]
+    assert low < 0.75 < high
+
+
+def test_baseline_and_model_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(standard_log(tmp_path))
+    data = report_json(capsys, path, "--baseline", "v2", "--model", "cancer")
+    versions = data["models"]["cancer"]["versions"]
+    assert data["models"]["cancer"]["baseline"] == "v2"
+    assert versions["v2"]["vs_baseline"] is None
+    assert versions["v1"]["vs_baseline"]["error_rate_diff"] < 0
+    assert main(["report", path, "--model", "books"]) == 2
+    assert "no model 'books'" in capsys.readouterr().err
+    assert main(["report", path, "--baseline", "v9"]) == 2
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such log file" in capsys.readouterr().err
+
+
+def test_output_file(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    assert main(["report", str(standard_log(tmp_path)), "--format", "json", "-o", str(out)]) == 0
+    assert "cancer" in orjson.loads(out.read_bytes())["models"]
+
+
+async def test_report_on_a_real_routers_log_with_feedback(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """The whole loop: traffic through the router, labels posted back, the report reads it."""
+    models = {"m": {"versions": {"v1": {"url": backends["v1"]}, "v2": {"url": backends["v2"]}},
+                    "split": {"v1": 50, "v2": 50}, "log_response": ["prediction"]}}  # fmt: skip
+    async with router_running(models, tmp_path) as r, aiohttp.ClientSession() as client:
+        for i in range(40):
+            headers = {"X-User-ID": f"user-{i}"}
+            async with client.post(f"{r.url}/models/m/predict", json={}, headers=headers) as resp:
+                assert resp.status == 200
+                request_id = resp.headers["X-Request-ID"]
+            label = 1 if i % 4 else 0  # the echo backends always predict 1
+            feedback = {"request_id": request_id, "label": label}
+            async with client.post(f"{r.url}/feedback/m", json=feedback) as resp:
+                assert resp.status == 202
+    report = make_report([str(r.log_path)])
+    versions = report["models"]["m"]["versions"]
+    assert sum(v["requests"] for v in versions.values()) == 40
+    assert sum(v["labelled"] for v in versions.values()) == 40
+    correct = sum(v["accuracy"] * v["labelled"] for v in versions.values())
+    assert correct == pytest.approx(30)
+    assert report["models"]["m"]["srm"]["mismatch"] is False
