@@ -2,4 +2,6 @@
 
 from router.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes are spawned, and spawning imports the parent's __main__ again.
+if __name__ == "__main__":
+    raise SystemExit(main())

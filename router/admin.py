@@ -11,27 +11,35 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.errors import RouterError
 from router.health import HealthBook
-from router.metrics import Metrics
-from router.table import TableHolder, _iso
+from router.table import ReloadResult, TableHolder, _iso
 
 TABLES = web.AppKey("tables", TableHolder)
-METRICS = web.AppKey("metrics", Metrics)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
 HEALTH = web.AppKey("health", HealthBook)
 TOKEN = web.AppKey("token", str)  # empty: POST endpoints are open
-DRAINING = web.AppKey("draining", list[bool])
+NOT_READY: web.AppKey[Callable[[], str | None]] = web.AppKey("not_ready")
+RELOAD: web.AppKey[Callable[[], Awaitable[ReloadResult]]] = web.AppKey("reload")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_admin_app(
-    tables: TableHolder, metrics: Metrics, health: HealthBook, draining: list[bool]
+    tables: TableHolder,
+    registry: CollectorRegistry,
+    health: HealthBook,
+    not_ready: Callable[[], str | None],
+    reload_all: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
+    """`not_ready` gives the reason the process is not ready, or None; `reload_all` defaults
+    to reloading `tables` (a supervisor passes one that reaches its workers too)."""
     app = web.Application(middlewares=[_json_errors])
-    app[TABLES], app[METRICS], app[HEALTH], app[DRAINING] = tables, metrics, health, draining
+    app[TABLES], app[REGISTRY], app[HEALTH] = tables, registry, health
+    app[NOT_READY] = not_ready
+    app[RELOAD] = reload_all or (lambda: tables.reload("admin"))
     env = tables.current.server.admin_token_env
     app[TOKEN] = os.environ.get(env, "") if env else ""
     app.router.add_get("/healthz", healthz)
@@ -83,8 +91,9 @@ async def healthz(_: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready once a table is loaded; not ready while draining, so load balancers move on."""
-    if request.app[DRAINING][0]:
-        return _json({"status": "draining"}, 503)
+    reason = request.app[NOT_READY]()
+    if reason is not None:
+        return _json({"status": reason}, 503)
     return _json({"status": "ready", "config": request.app[TABLES].current.digest})
 
 
@@ -108,7 +117,7 @@ async def config(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    result = await request.app[TABLES].reload("admin")
+    result = await request.app[RELOAD]()
     if result.result == "rejected":
         message = f"the routing table was refused; {result.digest} stays in force"
         error = {"code": "config_rejected", "message": message, "problems": list(result.problems)}
@@ -117,5 +126,5 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import aiohttp
@@ -96,7 +96,12 @@ class Router:
         table: Table,
         source: str | None = None,
         overrides: Callable[[Table], Table] = lambda table: table,
+        *,
+        admin: bool = True,
+        reuse_port: bool = False,
     ) -> None:
+        """`admin=False, reuse_port=True` make a worker: the public port only, shared."""
+        self.reuse_port = reuse_port
         self.sink = LogSink(table.log.path)
         self.log = make_logger(self.sink)
         self.metrics = Metrics()
@@ -120,8 +125,13 @@ class Router:
             # which would hold up a shutdown that long.
             lingering_time=2.0,
         )
-        admin = create_admin_app(self.tables, self.metrics, book, self.draining)
-        self.admin = web.AppRunner(admin, handle_signals=False, access_log=None)
+        self.admin: web.AppRunner | None = None
+        if admin:
+            app = create_admin_app(
+                self.tables, self.metrics.registry, book,
+                lambda: "draining" if self.draining[0] else None,
+            )  # fmt: skip
+            self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
         self.tables.announce()
 
     @property
@@ -130,14 +140,19 @@ class Router:
 
     @property
     def admin_url(self) -> str:
-        return _url(self.admin)
+        return _url(self.admin) if self.admin is not None else "-"
 
     async def start(self) -> None:
         server = self.tables.current.server
         await self.runner.setup()
-        await self.admin.setup()
-        await web.TCPSite(self.runner, server.listen.host, server.listen.port, backlog=1024).start()
-        await web.TCPSite(self.admin, server.admin_listen.host, server.admin_listen.port).start()
+        await web.TCPSite(
+            self.runner, server.listen.host, server.listen.port,
+            backlog=1024, reuse_port=self.reuse_port or None,
+        ).start()  # fmt: skip
+        if self.admin is not None:
+            await self.admin.setup()
+            address = server.admin_listen
+            await web.TCPSite(self.admin, address.host, address.port).start()
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
@@ -151,7 +166,8 @@ class Router:
                 self.proxy.cut_off()
                 await self.proxy.drained(1.0)
             await self.runner.cleanup()  # closes the connections
-            await self.admin.cleanup()
+            if self.admin is not None:
+                await self.admin.cleanup()
         finally:
             self.sink.close()  # every record queued so far is on disk after this
 
@@ -164,14 +180,14 @@ class _QuietBadRequests(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="model-router: %(levelname)s %(message)s")
     logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
 
 
 async def serve(table: Table, source: str, overrides: Callable[[Table], Table]) -> int:
     """Run until SIGTERM or SIGINT; then drain, flush the log and return 0."""
-    _configure_logging()
+    configure_logging()
     router = Router(table, source, overrides)
     try:
         await router.start()
@@ -181,21 +197,26 @@ async def serve(table: Table, source: str, overrides: Callable[[Table], Table]) 
             file=sys.stderr,
             flush=True,
         )
-        await _until_stopped(router)
+        await until_stopped(lambda: router.tables.reload("SIGHUP"), router.sink.reopen)
         print("model-router: stopping; letting requests in flight finish", file=sys.stderr)
     finally:
         await router.stop()
     return 0
 
 
-async def _until_stopped(router: Router) -> None:
+async def until_stopped(
+    on_hup: Callable[[], Awaitable[object]], on_usr1: Callable[[], None]
+) -> None:
     """Wait for SIGTERM or SIGINT; meanwhile SIGHUP reloads and SIGUSR1 reopens the log."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[Any]] = set()
 
+    async def hup() -> None:
+        await on_hup()
+
     def reload() -> None:
-        task = loop.create_task(router.tables.reload("SIGHUP"))
+        task = loop.create_task(hup())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -203,7 +224,7 @@ async def _until_stopped(router: Router) -> None:
         signal.SIGTERM: stop.set,
         signal.SIGINT: stop.set,
         signal.SIGHUP: reload,
-        signal.SIGUSR1: router.sink.reopen,
+        signal.SIGUSR1: on_usr1,
     }
     for signum, handler in handlers.items():
         loop.add_signal_handler(signum, handler)
@@ -213,6 +234,16 @@ async def _until_stopped(router: Router) -> None:
         for signum in handlers:
             loop.remove_signal_handler(signum)
         await asyncio.gather(*reloads, return_exceptions=True)
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed: a faster event loop for the same code."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _url(runner: web.AppRunner) -> str:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from router import churn
-from router.config import DEFAULT_CONFIG, ConfigError, Table, load_table, parse_address
+from router.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    Overrides,
+    Table,
+    load_table,
+    parse_address,
+)
 
 REPORT_FORMATS = ("text", "json", "html")
 EXIT_OK = 0
@@ -42,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log", metavar="PATH", help="routing log ('-' is stdout); overrides log.path"
     )
     serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes (only 1 for now)")  # fmt: skip
+                       help="worker processes sharing the port (default 1)")  # fmt: skip
     serve.set_defaults(command=_serve)
 
     check = commands.add_parser("check", help="validate a routing table")
@@ -103,26 +108,24 @@ def _churn_lines(old: Table, new: Table) -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.workers != 1:
-        print("model-router: --workers above 1 is not available yet", file=sys.stderr)
+    if args.workers < 1:
+        print("model-router: --workers needs 1 or more", file=sys.stderr)
         return EXIT_USAGE
     table = _load(args.config)
     if table is None:
         return EXIT_USAGE
+    overrides = Overrides(args.listen, args.admin_listen, args.log)
+    if args.workers > 1:
+        from router import workers  # sets up prometheus-client's multiprocess mode first
 
-    def overrides(table: Table) -> Table:
-        """The command-line flags win over the file, on every reload too."""
-        server = dataclasses.replace(
-            table.server,
-            listen=args.listen or table.server.listen,
-            admin_listen=args.admin_listen or table.server.admin_listen,
-        )
-        log = dataclasses.replace(table.log, path=args.log or table.log.path)
-        return dataclasses.replace(table, server=server, log=log)
+        main = workers.supervise(overrides(table), args.config, overrides, args.workers)
+    else:
+        from router.app import serve  # aiohttp is only needed when serving
 
-    from router.app import serve  # aiohttp is only needed when serving
+        main = serve(overrides(table), args.config, overrides)
+    from router.app import run_loop
 
-    return _run(serve(overrides(table), args.config, overrides))
+    return run_loop(main)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -140,13 +143,3 @@ def _report(args: argparse.Namespace) -> int:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)
     return EXIT_OK
-
-
-def _run(main: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop where it is installed: a faster event loop for the same code."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)

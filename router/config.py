@@ -12,7 +12,7 @@ import email.utils
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
@@ -148,6 +148,25 @@ class Table:
     digest: str
     # The table as written, for the admin view; never mutated.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line flags that win over the file, on every reload too (picklable, so that
+    worker processes get them)."""
+
+    listen: Address | None = None
+    admin_listen: Address | None = None
+    log_path: str | None = None
+
+    def __call__(self, table: Table) -> Table:
+        server = replace(
+            table.server,
+            listen=self.listen or table.server.listen,
+            admin_listen=self.admin_listen or table.server.admin_listen,
+        )
+        log = replace(table.log, path=self.log_path or table.log.path)
+        return replace(table, server=server, log=log)
 
 
 @dataclass(frozen=True, slots=True)

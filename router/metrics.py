@@ -11,7 +11,7 @@ from collections.abc import Callable
 from importlib.metadata import version as package_version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from router.config import Table
 
@@ -36,16 +36,17 @@ class Metrics:
             "model_router_upstream_up",
             "1 while a version takes traffic, 0 while it is marked down.",
             ["model", "version"], registry=r,
+            multiprocess_mode="livemin",  # with workers: 0 if any worker has it down
         )  # fmt: skip
         self.reloads = Counter(
             "model_router_reloads", "Routing-table reloads by result.", ["result"], registry=r
         )
-        self.build = Info(
-            "model_router_build", "Versions of the router and its runtime.", registry=r
-        )
-        self.build.info(
-            {"version": package_version("model-router"), "python": platform.python_version()}
-        )
+        # A gauge rather than an Info: Info does not work in multiprocess mode.
+        self.build = Gauge(
+            "model_router_build_info", "Versions of the router and its runtime.",
+            ["version", "python"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.build.labels(package_version("model-router"), platform.python_version()).set(1)
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 

@@ -57,7 +57,7 @@ class TableHolder:
         table: Table,
         path: str | Path | None,
         log: FilteringBoundLogger,
-        metrics: Metrics,
+        metrics: Metrics | None,
         overrides: Callable[[Table], Table] = lambda table: table,
     ) -> None:
         """`overrides` applies command-line flags to every table read from the file.
@@ -78,7 +78,7 @@ class TableHolder:
         for callback in self.on_swap:
             callback(self.current)
         self._log.info(
-            "config_loaded", config=self.current.digest, source=str(self.path),
+            "config_loaded", config=self.current.digest, source=str(self.path), pid=os.getpid(),
             models=models_summary(self.current),
         )  # fmt: skip
 
@@ -95,9 +95,9 @@ class TableHolder:
 
     def _refuse(self, problems: list[str], reason: str) -> ReloadResult:
         self.last_refusal = {"at": _iso(time.time()), "reason": reason, "problems": problems}
-        self._metrics.reloads.labels("rejected").inc()
+        self._count("rejected")
         self._log.warning(
-            "config_rejected", config=self.current.digest, source=str(self.path),
+            "config_rejected", config=self.current.digest, source=str(self.path), pid=os.getpid(),
             reason=reason, error=problems,
         )  # fmt: skip
         return ReloadResult("rejected", self.current.digest, tuple(problems))
@@ -105,23 +105,27 @@ class TableHolder:
     def _install(self, table: Table, reason: str) -> ReloadResult:
         table, ignored = _keep_fixed(self.current, table)
         if table.digest == self.current.digest:
-            self._metrics.reloads.labels("unchanged").inc()
+            self._count("unchanged")
             return ReloadResult("unchanged", table.digest)
         moves = churn.churn(self.current, table)
         old, self.current = self.current, table
         self.loaded_at = time.time()
         for callback in self.on_swap:
             callback(table)
-        self._metrics.reloads.labels("loaded").inc()
+        self._count("loaded")
         fields: dict[str, Any] = {"previous": old.digest, "reason": reason}
         if ignored:
             fields["restart_needed"] = ignored
         self._log.info(
-            "config_loaded", config=table.digest, source=str(self.path),
+            "config_loaded", config=table.digest, source=str(self.path), pid=os.getpid(),
             models=models_summary(table, moves), **fields,
         )  # fmt: skip
         summary = {name: change.as_dict() for name, change in moves.items()}
         return ReloadResult("loaded", table.digest, moves=summary)
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.reloads.labels(result).inc()
 
     async def watch(self, interval: float = WATCH_INTERVAL_S) -> None:
         """Reload when the file changes: written in place, renamed over, or a symlink swapped.

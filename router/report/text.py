@@ -51,7 +51,7 @@ def _model(name: str, model: dict[str, Any]) -> list[str]:
         return [*lines, "  no randomised traffic"]
     header = ("version", "requests", "share", "users", "errors", "timeouts", "p50 ms",
               "p95 ms", "p99 ms", "accuracy [95% CI] (labelled)")  # fmt: skip
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for v, s in versions.items():
         lat = s["latency_ms"]
         rows.append((

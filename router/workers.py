@@ -1,0 +1,206 @@
+"""`serve --workers N`: N worker processes sharing the public port, and a supervisor.
+
+Each worker is a whole router (its own event loop, client pool, table holder, file watcher
+and log writer) bound to the same port with SO_REUSEPORT, so the kernel spreads connections
+over them. The supervisor (this process) holds no public socket; it serves the admin port,
+forwards signals (SIGHUP reloads, SIGUSR1 reopens logs, SIGTERM and SIGINT drain every
+worker), restarts a worker that dies, and aggregates metrics with prometheus-client's
+multiprocess mode. Log lines of all workers stay whole: each appends whole lines with one
+`write` per batch to the same O_APPEND file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+# prometheus-client picks its value store when it is first imported: the directory must be
+# set before that, here and (inherited) in every worker.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-router-metrics-")
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, multiprocess
+
+from router.admin import create_admin_app
+from router.app import Router, configure_logging, run_loop, until_stopped
+from router.config import Address, Overrides, Table, load_table
+from router.health import HealthBook
+from router.table import ReloadResult, TableHolder
+
+START_TIMEOUT_S = 60.0
+_CTX = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop or threads
+
+
+def worker_main(config: str, overrides: Overrides, ready: Any) -> None:
+    """A worker's process: a router on the shared port until SIGTERM or SIGINT."""
+
+    async def main() -> int:
+        configure_logging()
+        router = Router(overrides(load_table(config)), config, overrides, admin=False,
+                        reuse_port=True)  # fmt: skip
+        orphan_watch = asyncio.create_task(_stop_when_orphaned(os.getppid()))
+        try:
+            await router.start()
+            ready.put(os.getpid())
+            await until_stopped(lambda: router.tables.reload("SIGHUP"), router.sink.reopen)
+        finally:
+            orphan_watch.cancel()
+            await router.stop()
+        return 0
+
+    sys.exit(run_loop(main()))
+
+
+async def _stop_when_orphaned(parent: int) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of lingering."""
+    while os.getppid() == parent:  # noqa: ASYNC110 (polls the OS: no event to wait on)
+        await asyncio.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, table: Table, source: str, overrides: Overrides, workers: int) -> None:
+        self.source = source
+        self.overrides = overrides
+        self.count = workers
+        self.procs: list[BaseProcess] = []
+        self.ready: Any = _CTX.Queue()
+        self.stopping = False
+        quiet = structlog.wrap_logger(
+            None, wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL)
+        )
+        # The supervisor's own view of the table: for /admin/config and to answer a reload
+        # with its result. The workers log the events; this one stays quiet.
+        self.tables = TableHolder(table, source, quiet, None, overrides)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+        app = create_admin_app(self.tables, registry, HealthBook(), self._not_ready, self.reload)
+        self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
+        self.listen = self._reserve(table.server.listen)
+        # Workers bind the port resolved here (port 0 becomes a real one), on every reload.
+        self.worker_overrides = dataclasses.replace(overrides, listen=self.listen)
+
+    def _reserve(self, address: Address) -> Address:
+        """Resolve port 0 to a real port the workers can all bind with SO_REUSEPORT.
+
+        The supervisor binds without listening (a socket that does not listen gets no
+        connections) and keeps it until the workers are up, so nobody else takes the port.
+        """
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self._placeholder = socket.socket(family, socket.SOCK_STREAM)
+        self._placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._placeholder.bind((address.host, address.port))
+        return Address(address.host, self._placeholder.getsockname()[1])
+
+    def _spawn(self) -> BaseProcess:
+        proc = _CTX.Process(
+            target=worker_main, args=(self.source, self.worker_overrides, self.ready),
+            name="model-router-worker",
+        )  # fmt: skip
+        proc.start()
+        return proc
+
+    def _not_ready(self) -> str | None:
+        if self.stopping:
+            return "draining"
+        dead = sum(not p.is_alive() for p in self.procs)
+        return f"{dead} of {self.count} workers down" if dead else None
+
+    async def reload_on_signal(self) -> None:
+        await self.tables.reload("SIGHUP")
+        self.signal_all(signal.SIGHUP)
+
+    async def reload(self) -> ReloadResult:
+        """Validate here (to answer with the result), then have every worker reload."""
+        result = await self.tables.reload("admin")
+        self.signal_all(signal.SIGHUP)
+        return result
+
+    def signal_all(self, signum: int) -> None:
+        for proc in self.procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    async def start(self) -> None:
+        self.procs = [self._spawn() for _ in range(self.count)]
+        for _ in range(self.count):
+            await asyncio.to_thread(self.ready.get, True, START_TIMEOUT_S)
+        self._placeholder.close()
+        await self.admin.setup()
+        admin = self.tables.current.server.admin_listen
+        await web.TCPSite(self.admin, admin.host, admin.port).start()
+
+    async def watch_workers(self) -> None:
+        """Restart a worker that exits on its own, as nginx's master does."""
+        while True:
+            await asyncio.sleep(0.5)
+            for i, proc in enumerate(self.procs):
+                if not proc.is_alive() and not self.stopping:
+                    print(f"model-router: worker {proc.pid} exited with {proc.exitcode}; "
+                          "starting another", file=sys.stderr)  # fmt: skip
+                    if proc.pid is not None:
+                        multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # untyped upstream
+                    self.procs[i] = self._spawn()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+        deadline = self.tables.current.server.drain_s + 10
+        for proc in self.procs:
+            await asyncio.to_thread(proc.join, deadline)
+            if proc.is_alive():
+                proc.kill()
+                await asyncio.to_thread(proc.join)
+        await self.admin.cleanup()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.listen.host}]" if ":" in self.listen.host else self.listen.host
+        return f"http://{host}:{self.listen.port}"
+
+    @property
+    def admin_url(self) -> str:
+        host, port = self.admin.addresses[0][:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+async def supervise(table: Table, source: str, overrides: Overrides, workers: int) -> int:
+    configure_logging()
+    supervisor = Supervisor(table, source, overrides, workers)
+    watcher: asyncio.Task[None] | None = None
+    try:
+        await supervisor.start()
+        watcher = asyncio.create_task(supervisor.watch_workers())
+        print(
+            f"model-router: serving on {supervisor.url} (admin {supervisor.admin_url}), "
+            f"config {table.digest}, log {table.log.path}, {workers} workers",
+            file=sys.stderr,
+            flush=True,
+        )
+        await until_stopped(
+            supervisor.reload_on_signal, lambda: supervisor.signal_all(signal.SIGUSR1)
+        )
+        print("model-router: stopping; workers let requests in flight finish", file=sys.stderr)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await supervisor.stop()
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    return 0

@@ -1,0 +1,118 @@
+"""`serve --workers N`: worker processes sharing the port, with one supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.running import read_log, requests_in, router_process
+
+N = 2
+
+
+def one_model(backends: dict[str, str]) -> dict[str, Any]:
+    return {"m": {"versions": {"v1": {"url": backends["v1"]}, "v2": {"url": backends["v2"]}},
+                  "split": {"v1": 50, "v2": 50}}}  # fmt: skip
+
+
+async def send(client: aiohttp.ClientSession, url: str, n: int) -> None:
+    async def one(i: int) -> None:
+        # A new connection each: the kernel spreads connections, not requests, over workers.
+        headers = {"X-User-ID": f"user-{i}", "Connection": "close"}
+        async with client.get(f"{url}/models/m/echo", headers=headers) as resp:
+            assert resp.status == 200
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def requests_total(text: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "model_router_requests"
+        for sample in family.samples
+        if sample.name == "model_router_requests_total"
+    )
+
+
+async def until(predicate: Any, seconds: float = 10.0) -> None:
+    """Poll another process's state (its log) until `predicate` holds."""
+    async with asyncio.timeout(seconds):
+        while not await predicate():  # noqa: ASYNC110 (the state is in a file: no event)
+            await asyncio.sleep(0.1)
+
+
+async def test_workers_share_the_port_and_the_log(backends: dict[str, str], tmp_path: Path) -> None:
+    async with (
+        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        aiohttp.ClientSession() as client,
+    ):
+        await send(client, proc.url, 200)
+        async with client.get(f"{proc.admin_url}/metrics") as resp:
+            assert requests_total(await resp.text()) == 200  # aggregated over the workers
+        async with client.get(f"{proc.admin_url}/readyz") as resp:
+            assert resp.status == 200
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    log = read_log(tmp_path / "routing.jsonl")  # every line parses: none torn
+    records = [r for r in log if r["event"] == "request"]
+    assert len(records) == 200
+    assert all(r["status"] == 200 for r in records)
+    loaded = {r["pid"] for r in log if r["event"] == "config_loaded"}
+    assert len(loaded) == N
+
+
+async def test_reload_and_signals_reach_every_worker(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    async with (
+        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        aiohttp.ClientSession() as client,
+    ):
+        config = tmp_path / "routes.yaml"
+        config.write_text(
+            config.read_text().replace("v1: 50", "v1: 100").replace("v2: 50", "v2: 0")
+        )
+        async with client.post(f"{proc.admin_url}/admin/reload") as resp:
+            assert resp.status == 200
+            new = (await resp.json())["config"]
+
+        async def all_reloaded() -> bool:
+            events = read_log(tmp_path / "routing.jsonl")
+            return len({e["pid"] for e in events if e.get("config") == new}) == N
+
+        await until(all_reloaded)
+        await send(client, proc.url, 50)
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    records = requests_in(tmp_path / "routing.jsonl")
+    assert len(records) == 50
+    assert {r["version"] for r in records} == {"v1"}
+    assert {r["config"] for r in records} == {new}
+
+
+async def test_a_dead_worker_is_replaced(backends: dict[str, str], tmp_path: Path) -> None:
+    async with (
+        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        aiohttp.ClientSession() as client,
+    ):
+        pids = {r["pid"] for r in read_log(tmp_path / "routing.jsonl")}
+        os.kill(pids.pop(), signal.SIGKILL)
+
+        async def replaced() -> bool:
+            events = read_log(tmp_path / "routing.jsonl")
+            return len({e["pid"] for e in events if e["event"] == "config_loaded"}) == N + 1
+
+        await until(replaced)
+        async with client.get(f"{proc.admin_url}/readyz") as resp:
+            assert resp.status == 200
+        await send(client, proc.url, 40)
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    assert len(requests_in(tmp_path / "routing.jsonl")) == 40
