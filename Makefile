@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean
+.PHONY: run demo test browser lint check bench-report clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m backends.stack --config config/routes.yaml
 
+## demo: the example stack, a few thousand simulated users with feedback, then the report on their log
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
 ## test: the whole suite, on real servers on loopback ports
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## browser: Debian's chromium for the headless browser test (installed if missing and we are root)
+browser:
+	command -v chromium >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 ## lint: ruff and mypy
 lint: $(STAMP)
@@ -29,6 +38,10 @@ lint: $(STAMP)
 ## check: validate the default routing table
 check: $(STAMP)
 	$(BIN)/model-router check config/routes.yaml
+
+## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan
+bench-report: $(STAMP)
+	$(BIN)/python bench/report_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -33,7 +33,7 @@ def _percent_tick(value: float) -> str:
 
 
 def _ms_tick(value: float) -> str:
-    return f"{value:g}" if value < 1 else f"{value:,.0f}"
+    return f"{value:g}" if value < 1 else f"{value:.0f}"
 
 
 def _percent_axis(box: svg.Box, top: float, label: str) -> tuple[svg.Linear, str]:
@@ -45,34 +45,42 @@ def _percent_axis(box: svg.Box, top: float, label: str) -> tuple[svg.Linear, str
 # Latency distribution ------------------------------------------------------------------------
 
 
+TAIL = 0.005  # the latency axis leaves out at most this share of a version's requests each side
+
+
 def latency(
     histogram: dict[str, Any], versions: dict[str, Any], palette: dict[str, str]
 ) -> str | None:
-    """Share of each version's requests per log-spaced latency bin, as overlaid steps."""
+    """Share of each version's requests per log-spaced latency bin, as overlaid steps.
+
+    The axis spans whole decades around the bins that hold all but TAIL of each version's
+    requests on either side; what falls outside is written under the chart.
+    """
     per_decade = int(histogram.get("bins_per_decade") or 10)
-    shares = {
-        v: _bin_shares(bins, per_decade)
-        for v, bins in (histogram.get("versions") or {}).items()
-        if bins and v in palette
-    }
+    given = histogram.get("versions") or {}
+    shares = {v: _bin_shares(given[v], per_decade) for v in palette if given.get(v)}
     if not shares:
         return None
-    keys = [k for s in shares.values() for k in s]
-    lo, hi = svg.decades(10 ** (min(keys) / per_decade), 10 ** ((max(keys) + 1) / per_decade))
+    spans = [_body(s) for s in shares.values()]
+    lo, hi = svg.decades(10 ** (min(a for a, _ in spans) / per_decade),
+                         10 ** ((max(b for _, b in spans) + 1) / per_decade))  # fmt: skip
+    first, last = round(math.log10(lo) * per_decade), round(math.log10(hi) * per_decade) - 1
+    inside = {v: {k: x for k, x in s.items() if first <= k <= last} for v, s in shares.items()}
     items = [(_latency_legend(v, versions.get(v)), palette[v]) for v in shares]
     legend, rows = svg.legend(items, 64, 16, WIDE - 88)
     box = svg.Box(64, 16 + rows * 18 + 4, WIDE - 88, 220)
     x = svg.Log10(lo, hi, box.left, box.right)
-    top = svg.nice_ceiling(max(max(s.values()) for s in shares.values()))
+    top = svg.nice_ceiling(max(max(s.values(), default=0.0) for s in inside.values()))
     y, y_axis = _percent_axis(box, top, "share of requests")
     major, minor = svg.log_ticks(lo, hi)
     parts = [y_axis, svg.x_axis(box, x, [(v, _ms_tick(v)) for v in major],
-                                "latency (ms, log scale)", minor)]  # fmt: skip
-    for version, bins in shares.items():
-        parts.append(_steps(bins, per_decade, x, y, palette[version]))
-    parts.append(legend)
+                                "latency (ms, log scale)", minor), legend]  # fmt: skip
+    parts += [_steps(bins, per_decade, x, y, palette[v]) for v, bins in inside.items() if bins]
+    notes = [_outside(v, shares[v], first, last, lo, hi) for v in shares]
+    note, note_rows = svg.flow([n for n in notes if n], box.left, box.bottom + 54, box.width)
+    parts.append(note)
     title = "Latency distribution per version (share of requests per bin)"
-    return svg.chart(WIDE, box.bottom + 44, title, parts)
+    return svg.chart(WIDE, box.bottom + 44 + note_rows * 18, title, parts)
 
 
 def _bin_shares(bins: list[list[float]], per_decade: int) -> dict[int, float]:
@@ -83,6 +91,39 @@ def _bin_shares(bins: list[list[float]], per_decade: int) -> dict[int, float]:
         k = round(math.log10(edge) * per_decade)
         out[k] = out.get(k, 0.0) + count / total
     return out
+
+
+def _body(shares: dict[int, float]) -> tuple[int, int]:
+    """The first and last bins once at most TAIL of the requests is left out at each end."""
+    keys = sorted(shares)
+    below = above = 0.0
+    first, last = keys[0], keys[-1]
+    for k in keys:
+        below += shares[k]
+        if below > TAIL:
+            first = k
+            break
+    for k in reversed(keys):
+        above += shares[k]
+        if above > TAIL:
+            last = k
+            break
+    return first, last
+
+
+def _outside(
+    version: str, shares: dict[int, float], first: int, last: int, lo: float, hi: float
+) -> str:
+    """`v1: 0.04% below 1 ms, 0.19% above 1000 ms not shown`, or "" when all is shown."""
+    below = sum(x for k, x in shares.items() if k < first)
+    above = sum(x for k, x in shares.items() if k > last)
+    parts = [f"{_small_percent(below)} below {_ms_tick(lo)} ms"] if below else []
+    parts += [f"{_small_percent(above)} above {_ms_tick(hi)} ms"] if above else []
+    return f"{version}: {' and '.join(parts)} not shown" if parts else ""
+
+
+def _small_percent(share: float) -> str:
+    return "<0.01%" if share < 0.0001 else percent(share, 2)
 
 
 def _steps(bins: dict[int, float], per_decade: int, x: svg.Scale, y: svg.Scale, colour: str) -> str:
@@ -172,8 +213,8 @@ def _over_time(
     title: str,
 ) -> str:
     names = [v for v in palette if v in series]
-    legend, rows = svg.legend([(v, palette[v]) for v in names], 64, 16, HALF - 84)
-    box = svg.Box(64, 16 + rows * 18 + 4, HALF - 84, 150)
+    legend, rows = svg.legend([(v, palette[v]) for v in names], 64, 16, HALF - 94)
+    box = svg.Box(64, 16 + rows * 18 + 4, HALF - 94, 150)
     start, end = parsed.times[0], parsed.times[-1] + parsed.step
     x = svg.Linear(start, end, box.left, box.right)
     y, y_axis = _percent_axis(box, top, label)
@@ -194,8 +235,8 @@ def _over_time(
     return svg.chart(HALF, box.bottom + 44, f"{title} (per {per})", parts)
 
 
-_TICK_STEPS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400,
-               7 * 86400, 14 * 86400, 28 * 86400)  # fmt: skip
+_TICK_STEPS = (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
+               86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)  # fmt: skip
 
 
 def _time_ticks(start: float, end: float, most: int = 6) -> list[tuple[float, str]]:
@@ -205,7 +246,8 @@ def _time_ticks(start: float, end: float, most: int = 6) -> list[tuple[float, st
     for k in range(math.ceil(start / step), math.floor(end / step) + 1):
         when = dt.datetime.fromtimestamp(k * step, dt.UTC)
         daily = step >= 86400 or (when.hour == 0 and when.minute == 0 and end - start > 86400)
-        ticks.append((float(k * step), when.strftime("%m-%d" if daily else "%H:%M")))
+        form = "%m-%d" if daily else "%H:%M" if step >= 60 else "%H:%M:%S"
+        ticks.append((float(k * step), when.strftime(form)))
     return ticks
 
 
@@ -249,8 +291,10 @@ def intervals(
         return None
     lo, hi = _interval_domain(known, from_zero)
     names = [r.version + (" (baseline)" if r.version == baseline else "") for r in rows]
-    left = min(max(max(svg.text_width(n) for n in names) + 18, 64), 200)
-    box = svg.Box(left, 12, HALF - left - 150, 30 * len(rows) + 8)
+    values = [_interval_text(r) for r in rows]
+    left = min(max(max(svg.text_width(n) for n in names) + 18, 64), 170)
+    right = max(svg.text_width(v) for v in values) + 24
+    box = svg.Box(left, 12, HALF - left - right, 30 * len(rows) + 8)
     x = svg.Linear(lo, hi, box.left, box.right)
     ticks = [(v, _percent_tick(v)) for v in svg.nice_ticks(lo, hi, 4)]
     parts = [svg.x_axis(box, x, ticks, label)]
@@ -259,8 +303,8 @@ def intervals(
     if base is not None and base.value is not None:
         bx = x(base.value)
         parts.append(svg.line(bx, box.top, bx, box.bottom, "#999", ' stroke-dasharray="4 3"'))
-    for i, (row, name) in enumerate(zip(rows, names, strict=True)):
-        parts.append(_interval_row(row, name, box, x, box.top + 19 + 30 * i, palette))
+    for i, (row, name, value) in enumerate(zip(rows, names, values, strict=True)):
+        parts.append(_interval_row(row, name, value, box, x, box.top + 19 + 30 * i, palette))
     return svg.chart(HALF, box.bottom + 44, title, parts)
 
 
@@ -273,17 +317,31 @@ def _interval_domain(known: Sequence[Estimate], from_zero: bool) -> tuple[float,
     return max(math.floor(low / step) * step, 0.0), min(math.ceil(high / step) * step, 1.0)
 
 
+def _interval_text(row: Estimate) -> str:
+    """`1.28% [1.23%, 1.32%]`, with two decimals below 10% and one above."""
+    if row.value is None or row.ci95 is None:
+        return ""
+    digits = 2 if row.ci95[1] < 0.1 else 1
+    low, high = row.ci95
+    return f"{percent(row.value, digits)} [{percent(low, digits)}, {percent(high, digits)}]"
+
+
 def _interval_row(
-    row: Estimate, name: str, box: svg.Box, x: svg.Scale, y: float, palette: dict[str, str]
+    row: Estimate,
+    name: str,
+    value: str,
+    box: svg.Box,
+    x: svg.Scale,
+    y: float,
+    palette: dict[str, str],
 ) -> str:
     colour = palette.get(row.version, svg.AXIS)
-    parts = [svg.text(box.left - 8, y + 4, name, "end")]
+    parts = [svg.text(box.left - 8, y + 4, svg.clip(name, box.left - 12), "end")]
     if row.value is None or row.ci95 is None:
         parts.append(svg.text(box.left + 8, y + 4, "no data", fill=svg.AXIS))
         return "".join(parts)
     low, high = row.ci95
     parts.append(svg.whisker(x(low), x(high), y, colour))
     parts.append(svg.dot(x(row.value), y, colour))
-    value = f"{percent(row.value, 2)} [{percent(low, 2)}, {percent(high, 2)}]"
     parts.append(svg.text(box.right + 10, y + 4, value))
     return "".join(parts)

@@ -39,6 +39,7 @@ th, td { padding: 5px 8px; border-bottom: 1px solid #e4e7eb; text-align: right;
   white-space: nowrap; }
 th { background: #f3f4f6; font-weight: 600; color: #3d444d; font-size: 13px; }
 th:first-child, td:first-child, td.name, th.name { text-align: left; }
+td:first-child, td.name { white-space: normal; overflow-wrap: anywhere; min-width: 5em; }
 .ci { color: #57606a; font-size: 12px; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px;
   margin-right: 7px; vertical-align: -1px; }
@@ -139,11 +140,8 @@ def _model(name: str, model: dict[str, Any]) -> str:
 
 
 def _version_order(model: dict[str, Any]) -> list[str]:
-    """The compared versions, baseline first, then any other version the charts show."""
+    """The compared versions in the table's order, then any other version the charts show."""
     names = list(model["versions"])
-    if model["baseline"] in names:
-        names.remove(model["baseline"])
-        names.insert(0, model["baseline"])
     extra = list(model["latency_histogram"].get("versions") or {})
     extra += [p["version"] for p in model["timeline"].get("points") or []]
     for name in extra:

@@ -71,6 +71,14 @@ def text_width(text: str, px: float = FONT_PX) -> float:
     return len(text) * CHAR_PX * px / FONT_PX
 
 
+def clip(text: str, width: float) -> str:
+    """The text, cut short with an ellipsis if it would be wider than `width` pixels."""
+    if text_width(text) <= width:
+        return text
+    keep = max(int(width / CHAR_PX) - 1, 1)
+    return text[:keep] + "\u2026"
+
+
 def nice_step(span: float, count: int) -> float:
     """A round step (1, 2, 2.5 or 5 times a power of ten) giving about `count` intervals."""
     if span <= 0:
@@ -228,5 +236,17 @@ def legend(items: Sequence[tuple[str, str]], x: float, y: float, width: float) -
         cy = y + row * 18
         parts.append(line(cx, cy, cx + 16, cy, colour, ' stroke-width="3"'))
         parts.append(text(cx + 22, cy + 4, name))
+        cx += size
+    return "".join(parts), row + 1 if items else 0
+
+
+def flow(items: Sequence[str], x: float, y: float, width: float) -> tuple[str, int]:
+    """Short texts one after another from (x, y), wrapped to `width`; returns markup and rows."""
+    parts, cx, row = [], x, 0
+    for item in items:
+        size = text_width(item) + 18
+        if cx > x and cx + size > x + width:
+            cx, row = x, row + 1
+        parts.append(text(cx, y + row * 18, item, fill=AXIS))
         cx += size
     return "".join(parts), row + 1 if items else 0

@@ -1,0 +1,1 @@
+"""Examples: the traffic generator and the one-command demo (importable for tests)."""
