@@ -252,7 +252,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         rows.append({**asdict(r), "x_nginx": r.rps / nginx.rps, "x_direct": r.rps / direct.rps,
                      "c1_p50_ms": one.p50_ms, "added_p50_us_at_c1": added_us})  # fmt: skip
         print(f"{r.target:<24}{r.rps:>10,.0f}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}"
-              f"{r.rps / nginx.rps:>9.2f}{r.rps / direct.rps:>10.2f}{added_us:>16.0f} us")  # fmt: skip
+              f"{r.rps / nginx.rps:>9.2f}{r.rps / direct.rps:>10.2f}"
+              f"{added_us:>16.0f} us")  # fmt: skip
     print(f"\nnginx adds {(nginx1.p50_ms - direct1.p50_ms) * 1000:.0f} us at p50, concurrency 1")
     out = ROOT / "bench" / "results" / "proxy.json"
     out.parent.mkdir(parents=True, exist_ok=True)
