@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test browser lint check bench-report clean
+.PHONY: run demo test browser lint check bench bench-report clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,13 +31,19 @@ browser:
 
 ## lint: ruff and mypy
 lint: $(STAMP)
-	$(BIN)/ruff check router backends tests
-	$(BIN)/ruff format --check router backends tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 ## check: validate the default routing table
 check: $(STAMP)
 	$(BIN)/model-router check config/routes.yaml
+
+## bench: model-router against nginx and a direct backend with wrk (installs wrk and nginx if missing)
+bench: $(STAMP)
+	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
+	$(BIN)/python bench/proxy_bench.py
 
 ## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan
 bench-report: $(STAMP)
