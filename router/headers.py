@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
@@ -86,6 +87,11 @@ def downstream_headers(
     return out
 
 
-def request_id(given: str | None, new: str) -> str:
-    """The client's X-Request-ID when it is 1-128 of [A-Za-z0-9._-], else `new`."""
-    return given if given is not None and REQUEST_ID.match(given) else new
+def request_id(given: str | None) -> str:
+    """The client's X-Request-ID when it is 1-128 of [A-Za-z0-9._-], else a new one."""
+    return given if given is not None and REQUEST_ID.match(given) else new_request_id()
+
+
+def new_request_id() -> str:
+    """128 random bits in hex, as a uuid4's hex but without building a UUID object."""
+    return os.urandom(16).hex()

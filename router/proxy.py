@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +25,7 @@ from router.assign import AssignedBy, choose
 from router.config import Model, Table, Version
 from router.errors import RouterError
 from router.events import Pseudonymizer, now_rfc3339
-from router.headers import downstream_headers, request_id, upstream_headers
+from router.headers import downstream_headers, new_request_id, request_id, upstream_headers
 from router.health import HealthBook
 from router.metrics import Metrics
 from router.table import TableHolder
@@ -41,6 +40,7 @@ BUFFER_BYTES: Final = 1024 * 1024
 # `log_response` looks into JSON answers up to this size only.
 LOG_RESPONSE_BYTES: Final = 64 * 1024
 FEEDBACK_BYTES: Final = 1024 * 1024
+CONNECT_S: Final = 5.0
 CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
 
 HANDLED: Final = web.RequestKey("model_router_handled", bool)
@@ -148,9 +148,14 @@ class _Unreachable(Exception):
 
 
 @lru_cache(maxsize=64)
-def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    # sock_read bounds the wait for the answer to start and for each later chunk.
-    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """A connect slower than half the timeout (5 s at most) counts as unreachable.
+
+    The waits for the answer (`timeout_s`) are one asyncio deadline per request, moved
+    forward for each chunk, rather than aiohttp's `sock_read`, which re-arms a timer on
+    every read and cost 15% of the throughput in the profile.
+    """
+    return aiohttp.ClientTimeout(total=None, sock_connect=min(seconds / 2, CONNECT_S))
 
 
 class Proxy:
@@ -209,7 +214,7 @@ class Proxy:
         ex = Exchange(
             ts=now_rfc3339(),
             started=time.perf_counter(),
-            request_id=request_id(given, uuid.uuid4().hex),
+            request_id=request_id(given),
             method=request.method,
             path=request.raw_path.partition("?")[0],
             config=table.digest,
@@ -238,7 +243,7 @@ class Proxy:
             return
         table = self.tables.current
         ex = Exchange(
-            now_rfc3339(), time.perf_counter(), uuid.uuid4().hex, None, None, table.digest
+            now_rfc3339(), time.perf_counter(), new_request_id(), None, None, table.digest
         )
         ex.user = self._no_user
         ex.status = response.status
@@ -302,9 +307,13 @@ class Proxy:
             return _Body(None)
         timeout = table.server.body_timeout_s
         if length is not None and length <= BUFFER_BYTES:
+            # Small bodies have usually arrived with the headers: take them without a wait.
+            ready = request.content.read_nowait(length)
+            if len(ready) == length:
+                return _Body(ready)
             try:
                 async with asyncio.timeout(timeout):
-                    return _Body(await request.content.readexactly(length))
+                    return _Body(ready + await request.content.readexactly(length - len(ready)))
             except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
                 return _Body(None, client_gone=True)
             except RequestPayloadError as exc:
@@ -364,14 +373,15 @@ class Proxy:
         )
         sent = time.perf_counter()
         try:
-            upstream = await self.session.request(
-                request.method,
-                URL(version.url + target, encoded=True),
-                headers=headers,
-                data=body.payload(),
-                timeout=_timeout(version.timeout_s),
-                allow_redirects=False,
-            )
+            async with asyncio.timeout(version.timeout_s):
+                upstream = await self.session.request(
+                    request.method,
+                    URL(version.url + target, encoded=True),
+                    headers=headers,
+                    data=body.payload(),
+                    timeout=_connect_timeout(version.timeout_s),
+                    allow_redirects=False,
+                )
         except RouterError:
             raise  # the body grew past max_body_mb on the way
         except aiohttp.ConnectionTimeoutError as exc:
@@ -427,7 +437,8 @@ class Proxy:
         length = upstream.content_length
         if request.method == "HEAD" or (length is not None and length <= BUFFER_BYTES):
             try:
-                data = await upstream.read()
+                async with asyncio.timeout(version.timeout_s):
+                    data = await upstream.read()
             except TimeoutError as exc:
                 ex.upstream_ms, ex.outcome = _ms_since(sent), "timeout"
                 raise _upstream_timeout(version, exc) from exc
@@ -460,10 +471,17 @@ class Proxy:
         )
         captured: list[bytes] | None = [] if model.log_response else None
         size = 0
+        loop = asyncio.get_running_loop()
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(loop.time() + version.timeout_s)  # for each chunk
+                    chunk = await upstream.content.readany()
+                    if not chunk:
+                        break
+                    deadline.reschedule(None)  # a slow client is not the backend's fault
+                    await response.write(chunk)
                 size += len(chunk)
                 if captured is not None and size <= LOG_RESPONSE_BYTES:
                     captured.append(chunk)
