@@ -196,8 +196,7 @@ class Proxy:
             task.cancel()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        task = asyncio.current_task()
-        assert task is not None
+        task = request.task  # the handler's task, known to aiohttp: no current_task() lookup
         self._in_flight.add(task)
         self._idle.clear()
         try:
@@ -373,7 +372,9 @@ class Proxy:
         )
         sent = time.perf_counter()
         try:
-            async with asyncio.timeout(version.timeout_s):
+            # One deadline for the whole exchange: the answer must start within timeout_s,
+            # and _relay moves it forward for each later chunk.
+            async with asyncio.timeout(version.timeout_s) as deadline:
                 upstream = await self.session.request(
                     request.method,
                     URL(version.url + target, encoded=True),
@@ -382,6 +383,9 @@ class Proxy:
                     timeout=_connect_timeout(version.timeout_s),
                     allow_redirects=False,
                 )
+                self.health.success(key)
+                async with upstream:
+                    return await self._relay(request, model, version, upstream, sent, ex, deadline)
         except RouterError:
             raise  # the body grew past max_body_mb on the way
         except aiohttp.ConnectionTimeoutError as exc:
@@ -408,9 +412,6 @@ class Proxy:
                 f"version '{version.name}' of model '{model.name}' could not be reached: {exc}",
             )
             raise _Unreachable(error, "unavailable") from exc
-        self.health.success(key)
-        async with upstream:
-            return await self._relay(request, model, version, upstream, sent, ex)
 
     def _failed(self, key: tuple[str, str, str], model: Model) -> None:
         self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
@@ -423,6 +424,7 @@ class Proxy:
         upstream: aiohttp.ClientResponse,
         sent: float,
         ex: Exchange,
+        deadline: asyncio.Timeout,
     ) -> web.StreamResponse:
         status = upstream.status
         ex.status = status
@@ -437,8 +439,7 @@ class Proxy:
         length = upstream.content_length
         if request.method == "HEAD" or (length is not None and length <= BUFFER_BYTES):
             try:
-                async with asyncio.timeout(version.timeout_s):
-                    data = await upstream.read()
+                data = await upstream.read()
             except TimeoutError as exc:
                 ex.upstream_ms, ex.outcome = _ms_since(sent), "timeout"
                 raise _upstream_timeout(version, exc) from exc
@@ -454,6 +455,7 @@ class Proxy:
             response = web.Response(status=status, reason=upstream.reason, headers=headers)
             response.body = data
             return response
+        deadline.reschedule(None)  # streaming keeps a deadline of its own, per chunk
         return await self._stream(request, model, version, upstream, headers, sent, ex)
 
     async def _stream(
@@ -482,11 +484,11 @@ class Proxy:
                         break
                     deadline.reschedule(None)  # a slow client is not the backend's fault
                     await response.write(chunk)
-                size += len(chunk)
-                if captured is not None and size <= LOG_RESPONSE_BYTES:
-                    captured.append(chunk)
-                elif captured is not None:
-                    captured = None
+                    size += len(chunk)
+                    if captured is not None and size <= LOG_RESPONSE_BYTES:
+                        captured.append(chunk)
+                    elif captured is not None:
+                        captured = None
             ex.upstream_ms = _ms_since(sent)
             await response.write_eof()
         except ConnectionResetError:

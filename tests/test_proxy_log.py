@@ -207,6 +207,22 @@ async def test_log_response_copies_the_named_fields(
     assert record["response"] == {"prediction": 1}
 
 
+async def test_log_response_reads_a_streamed_answer_too(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """An answer without a Content-Length is streamed; small JSON is still looked into."""
+    models = model(backends, log_response=["prediction", "version"])
+    async with (
+        router_running(models, tmp_path) as r,
+        aiohttp.ClientSession() as client,
+        client.post(f"{r.url}/models/m/predict-chunked", json={}) as resp,
+    ):
+        assert "Content-Length" not in resp.headers
+        body = await resp.json()
+    (record,) = r.records()
+    assert record["response"] == {"prediction": 0, "version": body["version"]}
+
+
 # --- feedback ---
 
 

@@ -146,8 +146,9 @@ def test_only_randomised_traffic_is_compared_by_assigned_version(
     assert versions["v1"]["requests"] == 100  # split and no_user_random
     other = [r for r in data["models"]["cancer"]["by_assigned_by"] if not r["randomised"]]
     latency = {"p50": 10.0, "p95": 10.0, "p99": 10.0}
-    assert other == [{"assigned_by": "pinned", "version": "v2", "requests": 50,
-                      "randomised": False, "error_rate": 1.0, "latency_ms": latency}]  # fmt: skip
+    assert other == [{"assigned_by": "pinned", "version": "v2", "requests": 50, "users": 0,
+                      "randomised": False, "error_rate": 1.0, "timeout_rate": 0.0,
+                      "latency_ms": latency}]  # fmt: skip
 
 
 def test_accuracy_joins_feedback_by_request_id(

@@ -231,18 +231,20 @@ def _by_assigned_by(con: duckdb.DuckDBPyConnection, model: str) -> list[dict[str
         f"""
         SELECT assigned_by, coalesce(assigned_version, version) AS v, count(*),
                count(*) FILTER (WHERE {_IS_ERROR}),
-               quantile_cont(latency_ms, [0.5, 0.95, 0.99])
+               quantile_cont(latency_ms, [0.5, 0.95, 0.99]),
+               count(DISTINCT user_h), count(*) FILTER (WHERE outcome = 'timeout')
         FROM requests WHERE model = $model
         GROUP BY assigned_by, v ORDER BY assigned_by NULLS LAST, v NULLS LAST
         """,
         {"model": model},
     ).fetchall()
     out = []
-    for assigned_by, version, n, errors, q in rows:
+    for assigned_by, version, n, errors, q, users, timeouts in rows:
         p50, p95, p99 = q if q is not None else (None, None, None)
         out.append({
             "assigned_by": assigned_by, "version": version, "requests": n,
-            "randomised": assigned_by in RANDOMISED, "error_rate": errors / n,
+            "randomised": assigned_by in RANDOMISED, "users": users, "error_rate": errors / n,
+            "timeout_rate": timeouts / n,
             "latency_ms": {"p50": _f(p50), "p95": _f(p95), "p99": _f(p99)},
         })  # fmt: skip
     return out

@@ -94,6 +94,17 @@ async def prediction(request: web.Request) -> web.Response:
     return web.json_response({"prediction": 1, "probability": 0.75, "version": request.app[NAME]})
 
 
+async def prediction_chunked(request: web.Request) -> web.StreamResponse:
+    """A JSON answer in pieces, without a Content-Length: the proxy streams it."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(b'{"prediction": 0, ')
+    await asyncio.sleep(0.01)
+    await response.write(b'"version": "' + request.app[NAME].encode() + b'"}')
+    await response.write_eof()
+    return response
+
+
 async def cookies(request: web.Request) -> web.Response:
     response = web.json_response({"cookies": dict(request.cookies)})
     response.set_cookie("session", "from-" + request.app[NAME])
@@ -127,6 +138,7 @@ def create_echo_app(name: str) -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_get("/stall", stall)
     app.router.add_route("*", "/predict", prediction)
+    app.router.add_route("*", "/predict-chunked", prediction_chunked)
     app.router.add_get("/cookies", cookies)
     app.router.add_get("/hop", hop)
     app.router.add_get("/gzip", gzipped)
