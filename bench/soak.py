@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-import proxy_bench as pb  # noqa: E402 (a sibling script, not a package)
+import proxy_bench as pb
 
 WARM_UP_S = 10
 
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     checks = {
         "no non-2xx or socket error": result["non_2xx"] == 0 and result["socket_errors"] == 0,
-        "a record for every completed request": 0 <= ok - result["wrk_requests"] <= args.connections,
+        "a record for every completed request": (
+            0 <= ok - result["wrk_requests"] <= args.connections
+        ),
         # wrk closes its connections at the end: what was in flight then is logged 499.
         "the rest are requests wrk left at the end": all(
             r["status"] == 200 or r["outcome"] == "client_closed" for r in requests
