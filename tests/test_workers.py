@@ -102,6 +102,7 @@ async def test_a_dead_worker_is_replaced(backends: dict[str, str], tmp_path: Pat
         router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
         aiohttp.ClientSession() as client,
     ):
+
         async def started() -> bool:
             return len({r["pid"] for r in read_log(tmp_path / "routing.jsonl")}) == N
 
