@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -31,9 +30,8 @@ from tests.support.running import (
     serving,
     table_data,
 )
+from tests.support.waiting import poll
 
-T = TypeVar("T")
-POLL_S = 0.05
 REQUESTS = "model_router_requests", "model_router_requests_total"  # family, sample
 
 
@@ -65,18 +63,6 @@ async def get_json(
 ) -> tuple[int, dict[str, Any]]:
     async with client.get(url, **kwargs) as resp:
         return resp.status, await resp.json()
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    """Call `probe` every POLL_S until it returns something, for at most `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within} s: {what}")
-        await asyncio.sleep(POLL_S)
 
 
 class Metrics:

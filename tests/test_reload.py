@@ -17,9 +17,9 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -35,12 +35,10 @@ from tests.support.running import (
     router_from_file,
     serving,
 )
-
-T = TypeVar("T")
+from tests.support.waiting import poll
 
 USERS = [f"user-{i}" for i in range(40)]  # under 50/50, all on one side has odds 2**-40
 IN_FORCE_WITHIN_S = 2.0  # the watcher polls every 0.5 s and waits for the file to settle
-POLL_S = 0.05
 
 
 def table_text(
@@ -75,18 +73,6 @@ def write_unseen(path: Path, text: str) -> None:
     assert len(text.encode()) == before.st_size, "write_unseen needs a same-size table"
     path.write_text(text)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    """Call `probe` every POLL_S until it returns something, for at most `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within} s: {what}")
-        await asyncio.sleep(POLL_S)
 
 
 async def log_record(

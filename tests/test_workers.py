@@ -12,6 +12,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.running import read_log, requests_in, router_process
+from tests.support.waiting import poll
 
 N = 2
 
@@ -39,13 +40,6 @@ def requests_total(text: str) -> float:
         for sample in family.samples
         if sample.name == "model_router_requests_total"
     )
-
-
-async def until(predicate: Any, seconds: float = 10.0) -> None:
-    """Poll another process's state (its log) until `predicate` holds."""
-    async with asyncio.timeout(seconds):
-        while not await predicate():  # noqa: ASYNC110 (the state is in a file: no event)
-            await asyncio.sleep(0.1)
 
 
 async def test_workers_share_the_port_and_the_log(backends: dict[str, str], tmp_path: Path) -> None:
@@ -83,11 +77,11 @@ async def test_reload_and_signals_reach_every_worker(
             assert resp.status == 200
             new = (await resp.json())["config"]
 
-        async def all_reloaded() -> bool:
+        async def all_reloaded() -> bool | None:
             events = read_log(tmp_path / "routing.jsonl")
-            return len({e["pid"] for e in events if e.get("config") == new}) == N
+            return len({e["pid"] for e in events if e.get("config") == new}) == N or None
 
-        await until(all_reloaded)
+        await poll(all_reloaded, 10, "every worker loading the new table")
         await send(client, proc.url, 50)
         proc.signal(signal.SIGTERM)
         assert await proc.wait() == 0
@@ -103,18 +97,19 @@ async def test_a_dead_worker_is_replaced(backends: dict[str, str], tmp_path: Pat
         aiohttp.ClientSession() as client,
     ):
 
-        async def started() -> bool:
-            return len({r["pid"] for r in read_log(tmp_path / "routing.jsonl")}) == N
+        async def started() -> bool | None:
+            return len({r["pid"] for r in read_log(tmp_path / "routing.jsonl")}) == N or None
 
-        await until(started)  # the log reaches the file a moment after the event
+        await poll(started, 10, "every worker started")  # the log reaches the file a moment later
         pids = {r["pid"] for r in read_log(tmp_path / "routing.jsonl")}
         os.kill(pids.pop(), signal.SIGKILL)
 
-        async def replaced() -> bool:
+        async def replaced() -> bool | None:
             events = read_log(tmp_path / "routing.jsonl")
-            return len({e["pid"] for e in events if e["event"] == "config_loaded"}) == N + 1
+            pids = {e["pid"] for e in events if e["event"] == "config_loaded"}
+            return len(pids) == N + 1 or None
 
-        await until(replaced)
+        await poll(replaced, 10, "a new worker in place of the killed one")
         async with client.get(f"{proc.admin_url}/readyz") as resp:
             assert resp.status == 200
         await send(client, proc.url, 40)

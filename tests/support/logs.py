@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def split_traffic(
     return records
 
 
-def write(path: Path, lines: list[dict[str, Any] | bytes]) -> Path:
+def write(path: Path, lines: Sequence[dict[str, Any] | bytes]) -> Path:
     data = b"".join(
         (line if isinstance(line, bytes) else orjson.dumps(line)) + b"\n" for line in lines
     )
