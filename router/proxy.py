@@ -306,11 +306,11 @@ class Proxy:
             return _Body(None)
         timeout = table.server.body_timeout_s
         if length is not None and length <= BUFFER_BYTES:
-            # Small bodies have usually arrived with the headers: take them without a wait.
-            ready = request.content.read_nowait(length)
-            if len(ready) == length:
-                return _Body(ready)
             try:
+                # Small bodies have usually arrived with the headers: take them at once.
+                ready = request.content.read_nowait(length)
+                if len(ready) == length:
+                    return _Body(ready)
                 async with asyncio.timeout(timeout):
                     return _Body(ready + await request.content.readexactly(length - len(ready)))
             except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
