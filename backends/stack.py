@@ -27,7 +27,8 @@ from pathlib import Path
 from types import FrameType
 
 from backends.model import sample_rows
-from router.config import Address, ConfigError, load_table, parse_address
+from router.config import Address, ConfigError, parse_address
+from router.validate import load_table
 
 LOOPBACK = "127.0.0.1"
 BACKENDS: tuple[tuple[str, int], ...] = (("v1", 9001), ("v2", 9002))

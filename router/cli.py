@@ -8,14 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from router import churn
-from router.config import (
-    DEFAULT_CONFIG,
-    ConfigError,
-    Overrides,
-    Table,
-    load_table,
-    parse_address,
-)
+from router.config import DEFAULT_CONFIG, ConfigError, Overrides, Table, parse_address
+from router.validate import load_table
 
 REPORT_FORMATS = ("text", "json", "html")
 EXIT_OK = 0

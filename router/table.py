@@ -20,8 +20,9 @@ from typing import Any, Literal
 from structlog.typing import FilteringBoundLogger
 
 from router import churn
-from router.config import ConfigError, Table, load_table
+from router.config import ConfigError, Table
 from router.metrics import Metrics
+from router.validate import load_table
 
 WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
 

@@ -27,10 +27,8 @@ from router.config import (
     Table,
     UserIdSource,
     Version,
-    load_table,
-    parse_table,
-    parse_text,
 )
+from router.validate import load_table, parse_table, parse_text
 
 SOURCE = "routes.yaml"
 

@@ -1,0 +1,686 @@
+"""Reading and validating a routing table: YAML with line marks in, frozen dataclasses out.
+
+`parse_table(data)` is pure and reports every problem at once; `load_table(path)` reads the
+YAML file keeping line numbers so that each problem reads `FILE:LINE: key.path: message`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import email.utils
+import hashlib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import yaml
+
+from router import yamlmarks
+from router.assign import Split
+from router.config import (
+    DEFAULT_TIMEOUT_S,
+    NAME,
+    STATES,
+    USER_ID_KINDS,
+    USER_ID_MODES,
+    Address,
+    ConfigError,
+    HealthCheck,
+    LogSettings,
+    Model,
+    Outlier,
+    Problem,
+    Rule,
+    ServerSettings,
+    Table,
+    UserIdSource,
+    Version,
+    parse_address,
+)
+
+
+def load_table(path: str | Path) -> Table:
+    """Read and validate a routing table file; raises ConfigError with every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [Problem(None, "", f"cannot read the file: {exc}")]) from exc
+    return parse_text(text, source)
+
+
+def parse_text(text: str, source: str = "<table>") -> Table:
+    try:
+        data = yamlmarks.load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None and context_mark.line + 1 != line:
+            problem += f" ({context} on line {context_mark.line + 1})"
+        raise ConfigError(source, [Problem(line, "", f"not valid YAML: {problem}")]) from exc
+    return parse_table(data, source)
+
+
+def parse_table(data: Any, source: str = "<table>") -> Table:
+    """Validate a table given as plain data (from YAML or JSON); freeze it or raise."""
+    reader = _Reader()
+    table = reader.table(data)
+    if reader.problems or table is None:
+        reader.problems.sort(key=lambda p: p.line or 0)
+        raise ConfigError(source, reader.problems)
+    return table
+
+
+def digest_of(data: Any) -> str:
+    """A short digest of the table's content, the same for the same settings in any layout.
+
+    Keys are sorted, except in a split, whose order decides which buckets go where; whole
+    floats count as integers (`100.0` is `100`).
+    """
+    canonical = orjson.dumps(_canonical(data), option=orjson.OPT_NON_STR_KEYS, default=str)
+    return hashlib.sha256(canonical).hexdigest()[:12]
+
+
+def _canonical(data: Any, key: object = None) -> Any:
+    if isinstance(data, dict):
+        items = [(k, _canonical(v, k)) for k, v in data.items()]
+        return (
+            [[k, v] for k, v in items]
+            if key == "split"
+            else dict(sorted(items, key=lambda kv: str(kv[0])))
+        )
+    if isinstance(data, list):
+        return [_canonical(v) for v in data]
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    return data
+
+
+# --- validation -------------------------------------------------------------------------
+
+_TOP = ("server", "log", "models")
+_SERVER = ("listen", "admin_listen", "admin_token_env", "max_body_mb", "drain_s", "body_timeout_s")
+_LOG = ("path", "user_ids")
+_MODEL = (
+    "salt", "user_id", "when_no_user_id", "timeout_s", "versions", "split", "rules",
+    "fallback", "log_response", "outlier",
+)  # fmt: skip
+_VERSION = ("url", "timeout_s", "state", "sunset", "successor", "health")
+_HEALTH = ("path", "interval_s")
+_OUTLIER = ("failures", "cooloff_s")
+_RULE = ("match", "version")
+_MATCH = ("header", "user_id")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Reader:
+    """Walks the data once, collecting every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def fail(self, parent: object, key: object, path: str, message: str) -> None:
+        self.problems.append(Problem(yamlmarks.line_of(parent, key), path, message))
+
+    def mapping(
+        self, parent: dict[Any, Any] | list[Any], key: Any, path: str, keys: tuple[str, ...]
+    ) -> dict[Any, Any] | None:
+        """The mapping at parent[key], its unknown and duplicate keys reported."""
+        value = parent[key]
+        if not isinstance(value, dict):
+            self.fail(parent, key, path, f"must be a mapping, not {_kind(value)}")
+            return None
+        self.check_keys(value, path, keys)
+        return value
+
+    def check_keys(self, value: dict[Any, Any], path: str, keys: tuple[str, ...]) -> None:
+        for name, line in getattr(value, "duplicates", []):
+            self.problems.append(Problem(line, _join(path, name), "is given twice"))
+        if not keys:
+            return
+        for name in value:
+            if name not in keys:
+                hint = difflib.get_close_matches(str(name), keys, n=1)
+                expected = (
+                    f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(keys)}"
+                )
+                self.fail(value, name, _join(path, name), f"unknown key ({expected})")
+
+    def number(
+        self, parent: dict[Any, Any], key: str, path: str, default: float, *, positive: bool
+    ) -> float:
+        if key not in parent:
+            return default
+        value = parent[key]
+        if not _is_number(value) or value < 0 or (positive and value == 0):
+            expected = "a number above 0" if positive else "a number, 0 or more"
+            self.fail(parent, key, _join(path, key), f"must be {expected}, not {_show(value)}")
+            return default
+        return float(value)
+
+    def string(self, parent: dict[Any, Any], key: str, path: str) -> str | None:
+        if key not in parent:
+            return None
+        value = parent[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # a salt or a header value written as a bare number
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+            message = f"must be a string, not the YAML boolean {text}; quote it: '{text}'"
+            self.fail(parent, key, _join(path, key), message)
+            return None
+        if not isinstance(value, str) or not value:
+            self.fail(
+                parent, key, _join(path, key), f"must be a non-empty string, not {_show(value)}"
+            )
+            return None
+        return value
+
+    def choice(
+        self, parent: dict[Any, Any], key: str, path: str, options: tuple[str, ...]
+    ) -> str | None:
+        value = self.string(parent, key, path)
+        if value is not None and value not in options:
+            self.fail(
+                parent,
+                key,
+                _join(path, key),
+                f"is '{value}'; expected one of: {', '.join(options)}",
+            )
+            return None
+        return value
+
+    def address(self, parent: dict[Any, Any], key: str, path: str, default: Address) -> Address:
+        text = self.string(parent, key, path)
+        if text is None:
+            return default
+        try:
+            return parse_address(text)
+        except ValueError as exc:
+            self.fail(parent, key, _join(path, key), str(exc))
+            return default
+
+    # --- sections ---
+
+    def table(self, data: Any) -> Table | None:
+        if not isinstance(data, dict):
+            self.problems.append(
+                Problem(1, "", f"a routing table is a mapping with 'models', not {_kind(data)}")
+            )
+            return None
+        self.check_keys(data, "", _TOP)
+        server = self.server(data)
+        log = self.log(data)
+        models: dict[str, Model] = {}
+        if "models" not in data:
+            self.problems.append(
+                Problem(getattr(data, "line", 1), "models", "is missing; name at least one model")
+            )
+        elif (found := self.mapping(data, "models", "models", ())) is not None:
+            if not found:
+                self.fail(data, "models", "models", "is empty; name at least one model")
+            for name in found:
+                model = self.model(found, name)
+                if model is not None:
+                    models[str(name)] = model
+        return Table(
+            server, log, MappingProxyType(models), digest_of(data), MappingProxyType(dict(data))
+        )
+
+    def server(self, data: dict[Any, Any]) -> ServerSettings:
+        defaults = ServerSettings()
+        if (
+            "server" not in data
+            or (section := self.mapping(data, "server", "server", _SERVER)) is None
+        ):
+            return defaults
+        token_env = self.string(section, "admin_token_env", "server")
+        return ServerSettings(
+            listen=self.address(section, "listen", "server", defaults.listen),
+            admin_listen=self.address(section, "admin_listen", "server", defaults.admin_listen),
+            admin_token_env=token_env,
+            max_body_mb=self.number(
+                section, "max_body_mb", "server", defaults.max_body_mb, positive=True
+            ),
+            drain_s=self.number(section, "drain_s", "server", defaults.drain_s, positive=False),
+            body_timeout_s=self.number(
+                section, "body_timeout_s", "server", defaults.body_timeout_s, positive=True
+            ),
+        )
+
+    def log(self, data: dict[Any, Any]) -> LogSettings:
+        defaults = LogSettings()
+        if "log" not in data or (section := self.mapping(data, "log", "log", _LOG)) is None:
+            return defaults
+        path = self.string(section, "path", "log") or defaults.path
+        mode = self.choice(section, "user_ids", "log", USER_ID_MODES) or defaults.user_ids
+        return LogSettings(path=path, user_ids=mode)  # type: ignore[arg-type]
+
+    def model(self, models: dict[Any, Any], name: Any) -> Model | None:
+        path = f"models.{name}"
+        before = len(self.problems)
+        if not isinstance(name, str) or not NAME.match(name):
+            self.fail(models, name, path, "model names match [A-Za-z0-9][A-Za-z0-9._-]*")
+        section = self.mapping(models, name, path, _MODEL)
+        if section is None:
+            return None
+        line = yamlmarks.line_of(models, name)
+        timeout_s = self.number(section, "timeout_s", path, DEFAULT_TIMEOUT_S, positive=True)
+        versions = self.versions(section, str(name), path, timeout_s, line)
+        split = self.split(section, path, versions, line)
+        rules = self.rules(section, path, versions)
+        user_id = self.user_id_sources(section, path)
+        salt = self.string(section, "salt", path) or name
+        when = self.string(section, "when_no_user_id", path) or "random"
+        if when not in ("random", "reject"):
+            self.version_ref(section, "when_no_user_id", path, versions, what="when_no_user_id")
+        fallback = self.string(section, "fallback", path)
+        if fallback is not None:
+            self.version_ref(section, "fallback", path, versions, what="a fallback")
+        log_response = self.string_list(section, "log_response", path)
+        outlier = self.outlier(section, path)
+        if len(self.problems) > before or split is None:
+            return None
+        return Model(
+            name=name,
+            salt=salt,
+            user_id=user_id,
+            when_no_user_id=when,
+            versions=MappingProxyType(versions),
+            split=split,
+            rules=rules,
+            fallback=fallback,
+            log_response=log_response,
+            outlier=outlier,
+        )
+
+    def versions(
+        self, section: dict[Any, Any], model: str, path: str, timeout_s: float, line: int | None
+    ) -> dict[str, Version]:
+        path = f"{path}.versions"
+        if "versions" not in section:
+            self.problems.append(
+                Problem(line, path, "is missing; list the versions and their urls")
+            )
+            return {}
+        found = self.mapping(section, "versions", path, ())
+        if not found:
+            if found is not None:
+                self.fail(section, "versions", path, "is empty; list the versions and their urls")
+            return {}
+        versions: dict[str, Version] = {}
+        for name in found:
+            version = self.version(found, name, model, f"{path}.{name}", timeout_s)
+            if version is not None:
+                versions[version.name] = version
+        for name, version in versions.items():
+            if version.successor is not None:
+                self.version_ref(
+                    found[name], "successor", f"{path}.{name}", versions, what="a successor"
+                )
+                if version.successor == name:
+                    self.fail(
+                        found[name],
+                        "successor",
+                        f"{path}.{name}.successor",
+                        "cannot be the version itself",
+                    )
+        return versions
+
+    def version(
+        self, found: dict[Any, Any], name: Any, model: str, path: str, timeout_s: float
+    ) -> Version | None:
+        if not isinstance(name, str) or not NAME.match(name):
+            self.fail(found, name, path, "version names match [A-Za-z0-9][A-Za-z0-9._-]*")
+        section = self.mapping(found, name, path, _VERSION)
+        if section is None:
+            return None
+        url = self.url(section, path, yamlmarks.line_of(found, name))
+        state = self.choice(section, "state", path, STATES) or "active"
+        successor = self.string(section, "successor", path)
+        sunset = self.sunset(section, path)
+        if sunset is not None and state == "active":
+            self.fail(
+                section,
+                "sunset",
+                f"{path}.sunset",
+                "only a deprecated or retired version has a sunset; add state: deprecated",
+            )
+        headers: list[tuple[str, str]] = []
+        if state == "deprecated":
+            headers.append(("Deprecation", "true"))
+            if sunset is not None:
+                midnight = dt.datetime.combine(sunset, dt.time(), dt.UTC)
+                headers.append(("Sunset", email.utils.format_datetime(midnight, usegmt=True)))
+            if successor is not None:
+                headers.append(
+                    ("Link", f'</models/{model}/versions/{successor}>; rel="successor-version"')
+                )
+        # A version with a bad url is still a version, so that references to it are not
+        # reported as missing; the model is refused for the url problem anyway.
+        return Version(
+            name=str(name),
+            url=url or "",
+            timeout_s=self.number(section, "timeout_s", path, timeout_s, positive=True),
+            state=state,  # type: ignore[arg-type]
+            sunset=sunset,
+            successor=successor,
+            health=self.health(section, path),
+            response_headers=tuple(headers),
+        )
+
+    def health(self, section: dict[Any, Any], path: str) -> HealthCheck | None:
+        where = f"{path}.health"
+        if "health" not in section:
+            return None
+        found = self.mapping(section, "health", where, _HEALTH)
+        if found is None:
+            return None
+        check_path = self.string(found, "path", where)
+        if check_path is None or not check_path.startswith("/"):
+            self.fail(found, "path", f"{where}.path", "is needed and starts with /, like /health")
+            return None
+        return HealthCheck(check_path, self.number(found, "interval_s", where, 5.0, positive=True))
+
+    def outlier(self, section: dict[Any, Any], path: str) -> Outlier:
+        where = f"{path}.outlier"
+        if "outlier" not in section:
+            return Outlier()
+        found = self.mapping(section, "outlier", where, _OUTLIER)
+        if found is None:
+            return Outlier()
+        failures = found.get("failures", 5)
+        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
+            message = f"must be a whole number, 1 or more, not {_show(failures)}"
+            self.fail(found, "failures", f"{where}.failures", message)
+            failures = 5
+        return Outlier(failures, self.number(found, "cooloff_s", where, 10.0, positive=True))
+
+    def url(self, section: dict[Any, Any], path: str, line: int | None) -> str | None:
+        if "url" not in section:
+            message = "is missing (for example url: http://127.0.0.1:9001)"
+            self.problems.append(Problem(line, f"{path}.url", message))
+            return None
+        text = self.string(section, "url", path)
+        if text is None:
+            return None
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError as exc:
+            self.fail(section, "url", f"{path}.url", f"'{text}' is not a valid URL: {exc}")
+            return None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(
+                section, "url", f"{path}.url", f"'{text}' must be http:// or https:// with a host"
+            )
+            return None
+        if parts.query or parts.fragment:
+            self.fail(section, "url", f"{path}.url", f"'{text}' must not carry a query or fragment")
+            return None
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+    def sunset(self, section: dict[Any, Any], path: str) -> dt.date | None:
+        if "sunset" not in section:
+            return None
+        value = section["sunset"]
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            self.fail(
+                section,
+                "sunset",
+                f"{path}.sunset",
+                f"must be a date like 2027-03-31, not {_show(value)}",
+            )
+            return None
+
+    def split(
+        self, section: dict[Any, Any], path: str, versions: dict[str, Version], line: int | None
+    ) -> Split | None:
+        path = f"{path}.split"
+        if "split" not in section:
+            message = "is missing; give each version its percent of users"
+            self.problems.append(Problem(line, path, message))
+            return None
+        found = self.mapping(section, "split", path, ())
+        if found is None:
+            return None
+        if not found:
+            self.fail(section, "split", path, "is empty; give each version its percent of users")
+            return None
+        shares: dict[str, Decimal] = {}
+        for name, value in found.items():
+            where = f"{path}.{name}"
+            percent = _percent(value)
+            if percent is None:
+                self.fail(
+                    found,
+                    name,
+                    where,
+                    f"must be a number from 0 to 100 with at most two decimals, not {_show(value)}",
+                )
+                continue
+            version = versions.get(str(name))
+            if version is None:
+                self.fail(
+                    found,
+                    name,
+                    where,
+                    f"no such version; versions: {', '.join(versions) or 'none'}",
+                )
+            elif version.state == "retired" and percent != 0:
+                self.fail(
+                    found,
+                    name,
+                    where,
+                    f"version '{name}' is retired; its share must be 0, not {value}",
+                )
+            shares[str(name)] = percent
+        total = sum(shares.values(), Decimal(0))
+        if len(shares) == len(found) and total != 100:
+            self.fail(section, "split", path, f"percentages add up to {_fmt(total)}, not 100")
+        return Split.of(shares) if total == 100 else None
+
+    def rules(
+        self, section: dict[Any, Any], path: str, versions: dict[str, Version]
+    ) -> tuple[Rule, ...]:
+        if "rules" not in section:
+            return ()
+        found = section["rules"]
+        if not isinstance(found, list):
+            self.fail(
+                section, "rules", f"{path}.rules", f"must be a list of rules, not {_kind(found)}"
+            )
+            return ()
+        rules = []
+        for i in range(len(found)):
+            where = f"{path}.rules[{i}]"
+            item = self.mapping(found, i, where, _RULE)
+            if item is None:
+                continue
+            rule = self.rule(item, where, versions)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, item: dict[Any, Any], path: str, versions: dict[str, Version]) -> Rule | None:
+        version = self.version_ref(item, "version", path, versions, what="a rule's version")
+        if "match" not in item:
+            self.fail(
+                item,
+                None,
+                f"{path}.match",
+                "is missing (for example match: {header: {X-Beta-Tester: 'true'}})",
+            )
+            return None
+        match = self.mapping(item, "match", f"{path}.match", _MATCH)
+        if match is None:
+            return None
+        if not match:
+            self.fail(item, "match", f"{path}.match", "has no condition; use header or user_id")
+            return None
+        headers: list[tuple[str, str]] = []
+        if (
+            "header" in match
+            and (wanted := self.mapping(match, "header", f"{path}.match.header", ())) is not None
+        ):
+            for name in wanted:
+                value = self.string(wanted, name, f"{path}.match.header")
+                if value is not None:
+                    headers.append((str(name), value))
+        user_ids: frozenset[str] | None = None
+        if "user_id" in match:
+            ids = match["user_id"]
+            ids = [ids] if isinstance(ids, str) else ids
+            if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+                self.fail(
+                    match,
+                    "user_id",
+                    f"{path}.match.user_id",
+                    "must be a user id or a list of user ids (strings)",
+                )
+            else:
+                user_ids = frozenset(ids)
+        if version is None:
+            return None
+        return Rule(version=version, headers=tuple(headers), user_ids=user_ids)
+
+    def version_ref(
+        self,
+        parent: dict[Any, Any],
+        key: str,
+        path: str,
+        versions: dict[str, Version],
+        *,
+        what: str,
+    ) -> str | None:
+        """A version named by a key; it must exist and must not be retired."""
+        where = _join(path, key)
+        if key not in parent:
+            self.fail(parent, None, where, "is missing; name a version")
+            return None
+        name = self.string(parent, key, path)
+        if name is None:
+            return None
+        version = versions.get(name)
+        if version is None:
+            self.fail(
+                parent,
+                key,
+                where,
+                f"no version '{name}'; versions: {', '.join(versions) or 'none'}",
+            )
+            return None
+        if version.state == "retired" and what != "a successor":
+            self.fail(parent, key, where, f"version '{name}' is retired and cannot be {what}")
+            return None
+        return name
+
+    def user_id_sources(self, section: dict[Any, Any], path: str) -> tuple[UserIdSource, ...]:
+        default = (UserIdSource("header", "X-User-ID"),)
+        if "user_id" not in section:
+            return default
+        found = section["user_id"]
+        where = f"{path}.user_id"
+        if not isinstance(found, list) or not found:
+            self.fail(
+                section,
+                "user_id",
+                where,
+                "must be a non-empty list like [{header: X-User-ID}, {cookie: uid}]",
+            )
+            return default
+        sources = []
+        for i, item in enumerate(found):
+            if not isinstance(item, dict) or len(item) != 1:
+                self.fail(
+                    found,
+                    i,
+                    f"{where}[{i}]",
+                    "must be one of {header: NAME}, {cookie: NAME}, {query: NAME}",
+                )
+                continue
+            (kind,) = item
+            if kind not in USER_ID_KINDS:
+                self.fail(
+                    found,
+                    i,
+                    f"{where}[{i}]",
+                    f"unknown source '{kind}'; expected one of: {', '.join(USER_ID_KINDS)}",
+                )
+            elif (value := self.string(item, kind, f"{where}[{i}]")) is not None:
+                sources.append(UserIdSource(kind, value))
+        return tuple(sources) or default
+
+    def string_list(self, section: dict[Any, Any], key: str, path: str) -> tuple[str, ...]:
+        if key not in section:
+            return ()
+        found = section[key]
+        if not isinstance(found, list) or not all(isinstance(i, str) and i for i in found):
+            self.fail(
+                section, key, _join(path, key), "must be a list of field names, like [prediction]"
+            )
+            return ()
+        return tuple(found)
+
+
+def _percent(value: object) -> Decimal | None:
+    """A percentage as an exact Decimal, or None if it is not 0..100 with two decimals at most."""
+    if not _is_number(value):
+        return None
+    try:
+        percent = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    if not percent.is_finite() or percent < 0 or percent > 100:
+        return None
+    if percent != percent.quantize(Decimal("0.01")):
+        return None
+    return percent
+
+
+def _fmt(value: Decimal) -> str:
+    return str(value.normalize()) if value != value.to_integral() else str(int(value))
+
+
+def _join(path: str, key: object) -> str:
+    if key is None:
+        return path
+    return f"{path}.{key}" if path else str(key)
+
+
+def _show(value: object) -> str:
+    """A value as YAML spells it: `true`, not Python's `True`; `nothing` for an empty value."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    for kind, name in (
+        (bool, "a boolean"),
+        (dict, "a mapping"),
+        (list, "a list"),
+        (str, "a string"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
