@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import unquote
 
 import aiohttp
@@ -21,18 +21,15 @@ from aiohttp.web_protocol import RequestPayloadError
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
-from router.assign import AssignedBy, choose
+from router.assign import choose
 from router.config import Model, Table, Version
 from router.errors import RouterError
 from router.events import Pseudonymizer, now_rfc3339
 from router.headers import downstream_headers, new_request_id, request_id, upstream_headers
 from router.health import HealthBook
 from router.metrics import Metrics
+from router.record import Exchange, Outcome
 from router.table import TableHolder
-
-Outcome = Literal[
-    "ok", "client_error", "server_error", "timeout", "unavailable", "rejected", "client_closed"
-]
 
 # Bodies up to this size are read whole before forwarding: one write each way, and a
 # request that can be sent again to the fallback. Larger ones are streamed.
@@ -44,51 +41,6 @@ CONNECT_S: Final = 5.0
 CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
 
 HANDLED: Final = web.RequestKey("model_router_handled", bool)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What is known of one request so far; becomes its `request` record."""
-
-    ts: str
-    started: float
-    request_id: str
-    method: str | None
-    path: str | None
-    config: str
-    model: str | None = None
-    version: str | None = None
-    assigned_version: str | None = None
-    assigned_by: AssignedBy | None = None
-    bucket: int | None = None
-    user: dict[str, Any] = field(default_factory=dict)
-    status: int | None = None
-    outcome: Outcome = "rejected"
-    upstream_ms: float | None = None
-    response: dict[str, Any] | None = None
-    feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
-
-    def record(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "ts": self.ts,
-            "request_id": self.request_id,
-            "model": self.model,
-            "version": self.version,
-            "assigned_version": self.assigned_version,
-            "assigned_by": self.assigned_by,
-            "bucket": self.bucket,
-            **self.user,
-            "method": self.method,
-            "path": self.path,
-            "status": self.status,
-            "outcome": self.outcome,
-            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
-            "upstream_ms": self.upstream_ms,
-            "config": self.config,
-        }
-        if self.response is not None:
-            fields["response"] = self.response
-        return fields
 
 
 @dataclass(slots=True)

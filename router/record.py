@@ -1,0 +1,58 @@
+"""The routing-log record of one request (contract section 5), filled in as it goes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from router.assign import AssignedBy
+
+Outcome = Literal[
+    "ok", "client_error", "server_error", "timeout", "unavailable", "rejected", "client_closed"
+]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What is known of one request so far; becomes its `request` record."""
+
+    ts: str
+    started: float
+    request_id: str
+    method: str | None
+    path: str | None
+    config: str
+    model: str | None = None
+    version: str | None = None
+    assigned_version: str | None = None
+    assigned_by: AssignedBy | None = None
+    bucket: int | None = None
+    user: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None
+    outcome: Outcome = "rejected"
+    upstream_ms: float | None = None
+    response: dict[str, Any] | None = None
+    feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
+
+    def record(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "ts": self.ts,
+            "request_id": self.request_id,
+            "model": self.model,
+            "version": self.version,
+            "assigned_version": self.assigned_version,
+            "assigned_by": self.assigned_by,
+            "bucket": self.bucket,
+            **self.user,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "outcome": self.outcome,
+            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "upstream_ms": self.upstream_ms,
+            "config": self.config,
+        }
+        if self.response is not None:
+            fields["response"] = self.response
+        return fields
