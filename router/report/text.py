@@ -45,10 +45,10 @@ def _shares(counts: dict[str, float]) -> str:
 def _model(name: str, model: dict[str, Any]) -> list[str]:
     versions = model["versions"]
     base = model["baseline"]
+    if not versions:
+        return [f"{name}: no randomised traffic (split, no_user_random) to compare"]
     lines = [f"{name}: randomised traffic (split, no_user_random) by assigned version; "
              f"baseline {base}"]  # fmt: skip
-    if not versions:
-        return [*lines, "  no randomised traffic"]
     header = ("version", "requests", "share", "users", "errors", "timeouts", "p50 ms",
               "p95 ms", "p99 ms", "accuracy [95% CI] (labelled)")  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
