@@ -43,10 +43,26 @@ def _shares(counts: dict[str, float]) -> str:
 
 
 def _model(name: str, model: dict[str, Any]) -> list[str]:
+    if not model["versions"]:
+        lines = [f"{name}: no randomised traffic (split, no_user_random) to compare"]
+    else:
+        lines = _comparison(name, model)
+    other = [r for r in model["by_assigned_by"] if not r["randomised"]]
+    if other:
+        lines.append("  not in the comparison (who asks for a version is not a random sample):")
+        rows = [("assigned_by", "version", "requests", "errors", "p50 ms", "p95 ms")]
+        for r in other:
+            rows.append((
+                r["assigned_by"] or "(refused)", r["version"] or "-", f"{r['requests']:,}",
+                f"{r['error_rate']:.2%}", _ms(r["latency_ms"]["p50"]), _ms(r["latency_ms"]["p95"]),
+            ))  # fmt: skip
+        lines.extend("    " + line for line in _table(rows))
+    return lines
+
+
+def _comparison(name: str, model: dict[str, Any]) -> list[str]:
     versions = model["versions"]
     base = model["baseline"]
-    if not versions:
-        return [f"{name}: no randomised traffic (split, no_user_random) to compare"]
     lines = [f"{name}: randomised traffic (split, no_user_random) by assigned version; "
              f"baseline {base}"]  # fmt: skip
     header = ("version", "requests", "share", "users", "errors", "timeouts", "p50 ms",
@@ -70,16 +86,6 @@ def _model(name: str, model: dict[str, Any]) -> list[str]:
             f"{_shares(srm['expected'])}; p {_p(srm['p_value'])}"
             + (" (MISMATCH)" if srm["mismatch"] else "")
         )
-    other = [r for r in model["by_assigned_by"] if not r["randomised"]]
-    if other:
-        lines.append("  not in the comparison (who asks for a version is not a random sample):")
-        rows = [("assigned_by", "version", "requests", "errors", "p50 ms", "p95 ms")]
-        for r in other:
-            rows.append((
-                r["assigned_by"] or "(refused)", r["version"] or "-", f"{r['requests']:,}",
-                f"{r['error_rate']:.2%}", _ms(r["latency_ms"]["p50"]), _ms(r["latency_ms"]["p95"]),
-            ))  # fmt: skip
-        lines.extend("    " + line for line in _table(rows))
     return lines
 
 
