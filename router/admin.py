@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.errors import RouterError
+from router.headers import new_request_id
 from router.health import HealthBook
 from router.table import ReloadResult, TableHolder, _iso
 
@@ -63,14 +64,14 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except RouterError as error:
         return web.Response(
-            body=error.body(""), status=error.status, content_type="application/json"
+            body=error.body(new_request_id()), status=error.status, content_type="application/json"
         )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = "not_found" if exc.status == 404 else "method_not_allowed"
         body = {"error": {"code": code, "message": f"{request.method} {request.path}: {exc.reason}",
-                          "request_id": ""}}  # fmt: skip
+                          "request_id": new_request_id()}}  # fmt: skip
         return _json(body, exc.status)
 
 
@@ -120,7 +121,8 @@ async def reload(request: web.Request) -> web.Response:
     result = await request.app[RELOAD]()
     if result.result == "rejected":
         message = f"the routing table was refused; {result.digest} stays in force"
-        error = {"code": "config_rejected", "message": message, "problems": list(result.problems)}
+        error = {"code": "config_rejected", "message": message, "request_id": new_request_id(),
+                 "problems": list(result.problems)}  # fmt: skip
         return _json({"error": error}, 422)
     return _json({"result": result.result, "config": result.digest, "models": result.moves})
 

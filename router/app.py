@@ -31,13 +31,14 @@ def client_session() -> aiohttp.ClientSession:
 
     A proxy must pass bodies and headers through untouched, so: no decompression, no
     cookie jar (one user's cookies must never reach another's request), no default
-    User-Agent, Accept-Encoding or Content-Type, no proxy settings from the environment.
+    User-Agent, Accept, Accept-Encoding or Content-Type, no proxy settings from the
+    environment.
     """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         trust_env=False,
         read_bufsize=2**18,
         timeout=aiohttp.ClientTimeout(total=None),
@@ -124,6 +125,8 @@ class Router:
             # before closing, so its answer is not lost to a reset; not aiohttp's 10 s,
             # which would hold up a shutdown that long.
             lingering_time=2.0,
+            # A client that hangs up cancels its request: the backend is not waited for.
+            handler_cancellation=True,
         )
         self.admin: web.AppRunner | None = None
         if admin:

@@ -31,7 +31,9 @@ def bucket(user_id: str, salt: str) -> int:
     Multiplying and shifting (instead of a modulo) spreads the 2**32 hash values evenly
     over the buckets, with no bias towards the low ones.
     """
-    h: int = mmh3.hash((user_id + salt).encode("utf-8"), seed=1, signed=False)
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 into surrogates;
+    # this gives the client's bytes back, so any id has a bucket, as bytes on the wire.
+    h: int = mmh3.hash((user_id + salt).encode("utf-8", "surrogateescape"), seed=1, signed=False)
     return (h * BUCKETS) >> 32
 
 

@@ -43,6 +43,9 @@ class RouterError(Exception):
     """A request the router answers itself, with one of the contract's codes."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
+        # Messages quote what the client sent, which may hold bytes that are not UTF-8.
+        if not message.isascii():
+            message = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message

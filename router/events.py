@@ -29,6 +29,13 @@ PSEUDONYM_CHARS: Final = 16  # 64 bits: no collisions in practice, not reversibl
 FLUSH_S: Final = 0.05  # lines reach the file within this long after they are logged
 
 
+def printable(text: str) -> str:
+    """Text as JSON can hold it: bytes that were not UTF-8 (surrogates) become U+FFFD."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def now_rfc3339() -> str:
     """The current UTC time as RFC 3339 with milliseconds and a `Z`."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -132,9 +139,11 @@ class Pseudonymizer:
         return cls(mode, os.environ.get(USER_ID_KEY_ENV))
 
     def __call__(self, user_id: str | None) -> str | None:
-        if user_id is None or self.mode == "raw":
-            return user_id
-        data = user_id.encode("utf-8")
+        if user_id is None:
+            return None
+        if self.mode == "raw":
+            return printable(user_id)
+        data = user_id.encode("utf-8", "surrogateescape")
         if self._key is not None:
             digest = hmac.new(self._key, data, hashlib.sha256).hexdigest()
         else:

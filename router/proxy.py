@@ -24,7 +24,7 @@ from yarl import URL
 from router.assign import choose
 from router.config import Model, Table, Version
 from router.errors import RouterError
-from router.events import Pseudonymizer, now_rfc3339
+from router.events import Pseudonymizer, now_rfc3339, printable
 from router.headers import downstream_headers, new_request_id, request_id, upstream_headers
 from router.health import HealthBook
 from router.metrics import Metrics
@@ -126,6 +126,7 @@ class Proxy:
         self.tables = tables
         self.metrics = metrics
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._cutting_off = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.health = health
@@ -144,6 +145,7 @@ class Proxy:
 
     def cut_off(self) -> None:
         """Cancel the requests still in flight (drain time is over); each logs its record."""
+        self._cutting_off = True
         for task in self._in_flight:
             task.cancel()
 
@@ -167,7 +169,7 @@ class Proxy:
             started=time.perf_counter(),
             request_id=request_id(given),
             method=request.method,
-            path=request.raw_path.partition("?")[0],
+            path=printable(request.raw_path.partition("?")[0]),
             config=table.digest,
             user=self._no_user,
         )
@@ -177,10 +179,18 @@ class Proxy:
         except RouterError as error:
             response = self._error(error, ex)
         except asyncio.CancelledError:
-            # Shutdown ran out of drain time: the request is cut off.
-            if ex.status is None or ex.outcome == "rejected":
-                ex.status, ex.outcome = 503, "unavailable"
-            raise
+            if not self._cutting_off:
+                # The client went away (aiohttp cancels the handler then): stop waiting on
+                # the backend, as nginx does, and say so in the record.
+                ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+                raise
+            if request.writer.output_size:  # drain_s ran out mid-answer: nothing to add
+                ex.outcome = "unavailable"
+                raise
+            # drain_s ran out before the answer: tell the client, rather than just hanging up.
+            request.task.uncancel()
+            ex.outcome = "unavailable"
+            response = self._error(RouterError("upstream_unavailable", _SHUTTING_DOWN), ex)
         finally:
             if response is not None and not response.prepared:
                 await self._send(request, response, ex)
@@ -500,8 +510,7 @@ class Proxy:
     def _error(error: RouterError, ex: Exchange) -> web.Response:
         """The contract's JSON error; the outcome was set where the failure was seen."""
         ex.status = error.status
-        if error.code in ("upstream_timeout", "upstream_unavailable"):
-            ex.version = None  # no version answered: the router did
+        ex.version = None  # no version answered: the router did
         headers = {"X-Request-ID": ex.request_id}
         if ex.version is not None:
             headers["X-Model-Version"] = ex.version
@@ -535,6 +544,9 @@ def _pick(data: bytes, names: tuple[str, ...]) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         return None
     return {name: parsed[name] for name in names if name in parsed}
+
+
+_SHUTTING_DOWN = "the router is shutting down and its drain time (server.drain_s) ran out"
 
 
 def _upstream_timeout(version: Version, exc: BaseException) -> RouterError:
