@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import aiohttp
@@ -22,8 +23,6 @@ from router.health import HealthBook
 from router.metrics import Metrics
 from router.proxy import Proxy
 from router.table import TableHolder, watching
-
-PROXY = web.AppKey("proxy", Proxy)
 
 
 def client_session() -> aiohttp.ClientSession:
@@ -43,36 +42,6 @@ def client_session() -> aiohttp.ClientSession:
         read_bufsize=2**18,
         timeout=aiohttp.ClientTimeout(total=None),
     )
-
-
-def create_app(proxy: Proxy) -> web.Application:
-    """The public app: every path goes to the proxy, which answers unknown ones itself.
-
-    Lifecycles, set up in order and torn down in reverse: the pooled client session, the
-    active health checks that use it, the table file watcher.
-    """
-    app = web.Application()
-    app[PROXY] = proxy
-
-    async def session_ctx(_: web.Application) -> AsyncIterator[None]:
-        async with client_session() as session:
-            proxy.session = session
-            yield
-
-    async def checks_ctx(_: web.Application) -> AsyncIterator[None]:
-        tables = proxy.tables
-        async for running in health.active_checks(
-            lambda: tables.current, proxy.health, proxy.session
-        ):
-            yield running
-
-    async def watch_ctx(_: web.Application) -> AsyncIterator[None]:
-        async for running in watching(proxy.tables):
-            yield running
-
-    app.cleanup_ctx.extend([session_ctx, checks_ctx, watch_ctx])
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    return app
 
 
 class UnhandledRequestLog(AbstractAccessLogger):
@@ -112,22 +81,10 @@ class Router:
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
         self.draining = [False]
-        self.runner = web.AppRunner(
-            create_app(self.proxy),
-            handle_signals=False,
-            access_log_class=UnhandledRequestLog,
-            access_log=cast(Any, self.proxy),
-            # Router.stop drains for drain_s itself; this is how long aiohttp then gives
-            # a request cut off at the deadline to unwind before cancelling it.
-            shutdown_timeout=0.25,
-            auto_decompress=False,  # bodies pass through byte for byte
-            # After an early answer (413), read what the client still sends for up to 2 s
-            # before closing, so its answer is not lost to a reset; not aiohttp's 10 s,
-            # which would hold up a shutdown that long.
-            lingering_time=2.0,
-            # A client that hangs up cancels its request: the backend is not waited for.
-            handler_cancellation=True,
-        )
+        self.runner: web.ServerRunner | None = None
+        # Set up in order in start(), torn down in reverse in stop(): the pooled client
+        # session, the active health checks that use it, the table file watcher.
+        self._lifecycles = contextlib.AsyncExitStack()
         self.admin: web.AppRunner | None = None
         if admin:
             app = create_admin_app(
@@ -139,14 +96,43 @@ class Router:
 
     @property
     def url(self) -> str:
+        assert self.runner is not None, "start() first"
         return _url(self.runner)
 
     @property
     def admin_url(self) -> str:
         return _url(self.admin) if self.admin is not None else "-"
 
+    def _public_server(self) -> web.Server:
+        """aiohttp's low-level server: every request goes to the proxy, with no routing
+        table and no automatic `100 Continue` (the proxy decides whether to take a body)."""
+        return web.Server(
+            self.proxy.handle,
+            # A client that hangs up cancels its request: the backend is not waited for.
+            handler_cancellation=True,
+            access_log_class=UnhandledRequestLog,
+            access_log=cast(Any, self.proxy),
+            auto_decompress=False,  # bodies pass through byte for byte
+            # After an early answer (413), read what the client still sends for up to 2 s
+            # before closing, so its answer is not lost to a reset; not aiohttp's 10 s,
+            # which would hold up a shutdown that long.
+            lingering_time=2.0,
+        )
+
     async def start(self) -> None:
         server = self.tables.current.server
+        stack, proxy = self._lifecycles, self.proxy
+        proxy.session = await stack.enter_async_context(client_session())
+        tables = self.tables
+        await stack.enter_async_context(
+            health.active_checks(lambda: tables.current, proxy.health, proxy.session)
+        )
+        await stack.enter_async_context(watching(tables))
+        # stop() drains for drain_s itself; shutdown_timeout is how long aiohttp then gives
+        # a request cut off at the deadline to unwind before cancelling it.
+        self.runner = web.ServerRunner(
+            self._public_server(), handle_signals=False, shutdown_timeout=0.25
+        )
         await self.runner.setup()
         await web.TCPSite(
             self.runner, server.listen.host, server.listen.port,
@@ -161,14 +147,16 @@ class Router:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
         self.draining[0] = True
         try:
-            for site in list(self.runner.sites):
-                await site.stop()  # new connections are refused from here
-            if self.runner.server is not None:
-                self.runner.server.pre_shutdown()  # idle keep-alive connections close
-            if not await self.proxy.drained(self.tables.current.server.drain_s):
-                self.proxy.cut_off()
-                await self.proxy.drained(1.0)
-            await self.runner.cleanup()  # closes the connections
+            if self.runner is not None:
+                for site in list(self.runner.sites):
+                    await site.stop()  # new connections are refused from here
+                if self.runner.server is not None:
+                    self.runner.server.pre_shutdown()  # idle keep-alive connections close
+                if not await self.proxy.drained(self.tables.current.server.drain_s):
+                    self.proxy.cut_off()
+                    await self.proxy.drained(1.0)
+                await self.runner.cleanup()  # closes the connections
+            await self._lifecycles.aclose()
             if self.admin is not None:
                 await self.admin.cleanup()
         finally:
@@ -249,6 +237,6 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def _url(runner: web.AppRunner) -> str:
+def _url(runner: web.BaseRunner) -> str:
     host, port = runner.addresses[0][:2]
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -74,6 +75,7 @@ class HealthBook:
                 self._on_change(key, False)
 
 
+@asynccontextmanager
 async def active_checks(
     tables: Callable[[], Table], book: HealthBook, session: aiohttp.ClientSession
 ) -> AsyncIterator[None]:

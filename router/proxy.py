@@ -149,7 +149,7 @@ class Proxy:
         for task in self._in_flight:
             task.cancel()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         task = request.task  # the handler's task, known to aiohttp: no current_task() lookup
         self._in_flight.add(task)
         self._idle.clear()
@@ -160,7 +160,7 @@ class Proxy:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request[HANDLED] = True
         table = self.tables.current  # read once: this request keeps this table
         given = request.headers.get("X-Request-ID")
@@ -169,7 +169,7 @@ class Proxy:
             started=time.perf_counter(),
             request_id=request_id(given),
             method=request.method,
-            path=printable(request.raw_path.partition("?")[0]),
+            path=printable(origin_form(request.raw_path).partition("?")[0]),
             config=table.digest,
             user=self._no_user,
         )
@@ -220,9 +220,9 @@ class Proxy:
     # --- routing ---
 
     async def _dispatch(
-        self, request: web.Request, table: Table, ex: Exchange
+        self, request: web.BaseRequest, table: Table, ex: Exchange
     ) -> web.StreamResponse:
-        raw_path, has_query, query = request.raw_path.partition("?")
+        raw_path, has_query, query = origin_form(request.raw_path).partition("?")
         segments = raw_path.split("/")
         if len(segments) >= 3 and segments[1] == "models" and segments[2] in table.models:
             ex.model = segments[2]
@@ -259,7 +259,7 @@ class Proxy:
             raise RouterError("unknown_model", f"no model '{name}'; models: {known}")
         return model
 
-    async def _read_body(self, request: web.Request, table: Table) -> _Body:
+    async def _read_body(self, request: web.BaseRequest, table: Table) -> _Body:
         limit = table.server.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -267,6 +267,7 @@ class Proxy:
         if not request.body_exists:
             return _Body(None)
         timeout = table.server.body_timeout_s
+        await _continue(request)
         if length is not None and length <= BUFFER_BYTES:
             try:
                 # Small bodies have usually arrived with the headers: take them at once.
@@ -285,7 +286,7 @@ class Proxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         table: Table,
         model: Model,
         name: str,
@@ -312,7 +313,7 @@ class Proxy:
 
     async def _attempt(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         model: Model,
         version: Version,
         target: str,
@@ -380,7 +381,7 @@ class Proxy:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         model: Model,
         version: Version,
         upstream: aiohttp.ClientResponse,
@@ -422,7 +423,7 @@ class Proxy:
 
     async def _stream(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         model: Model,
         version: Version,
         upstream: aiohttp.ClientResponse,
@@ -472,7 +473,7 @@ class Proxy:
     # --- the router's own answers ---
 
     async def _feedback(
-        self, request: web.Request, table: Table, name: str, ex: Exchange
+        self, request: web.BaseRequest, table: Table, name: str, ex: Exchange
     ) -> web.StreamResponse:
         """Ground truth for an earlier request: logged as a `feedback` event only."""
         if request.method != "POST":
@@ -483,6 +484,7 @@ class Proxy:
         if length is not None and length > FEEDBACK_BYTES:
             raise RouterError("body_too_large", _too_large(FEEDBACK_BYTES))
         try:
+            await _continue(request)
             data = await request.content.read(FEEDBACK_BYTES + 1)
             payload = orjson.loads(data)
         except (ConnectionError, aiohttp.ClientPayloadError):
@@ -525,7 +527,7 @@ class Proxy:
         return response
 
     @staticmethod
-    async def _send(request: web.Request, response: web.StreamResponse, ex: Exchange) -> None:
+    async def _send(request: web.BaseRequest, response: web.StreamResponse, ex: Exchange) -> None:
         """Write a whole answer now, so that a client gone by then is seen and logged."""
         try:
             await response.prepare(request)
@@ -544,6 +546,25 @@ def _pick(data: bytes, names: tuple[str, ...]) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         return None
     return {name: parsed[name] for name in names if name in parsed}
+
+
+def origin_form(target: str) -> str:
+    """The path and query of a request target; absolute-form (`GET http://host/p`), which
+    HTTP/1.1 servers must accept (RFC 9112 3.2.2), loses its scheme and authority."""
+    if target.startswith("/"):
+        return target
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        path_start = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=-1)
+        return "/" + rest[path_start:].lstrip("/") if path_start >= 0 else "/"
+    return target
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Ask a client that sent `Expect: 100-continue` for its body, now that the router is
+    going to read it (RFC 9110 10.1.1); one refused before (413) never sends it."""
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 _SHUTTING_DOWN = "the router is shutting down and its drain time (server.drain_s) ran out"

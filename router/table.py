@@ -13,6 +13,7 @@ import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +150,7 @@ class TableHolder:
             await self.reload("file changed")
 
 
+@asynccontextmanager
 async def watching(holder: TableHolder) -> AsyncIterator[None]:
     """Lifecycle of the file watcher: a task for as long as the app runs."""
     if holder.path is None:
