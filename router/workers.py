@@ -183,10 +183,12 @@ class Supervisor:
 async def supervise(table: Table, source: str, overrides: Overrides, workers: int) -> int:
     configure_logging()
     supervisor = Supervisor(table, source, overrides, workers)
-    watcher: asyncio.Task[None] | None = None
+    watcher: asyncio.Future[Any] | None = None
     try:
         await supervisor.start()
-        watcher = asyncio.create_task(supervisor.watch_workers())
+        # Restart dead workers; and follow the table file, as the workers do, so that the
+        # admin view and a reload's answer describe the table in force.
+        watcher = asyncio.gather(supervisor.watch_workers(), supervisor.tables.watch())
         print(
             f"model-router: serving on {supervisor.url} (admin {supervisor.admin_url}), "
             f"config {table.digest}, log {table.log.path}, {workers} workers",

@@ -116,3 +116,32 @@ async def test_a_dead_worker_is_replaced(backends: dict[str, str], tmp_path: Pat
         proc.signal(signal.SIGTERM)
         assert await proc.wait() == 0
     assert len(requests_in(tmp_path / "routing.jsonl")) == 40
+
+
+async def test_the_admin_view_follows_a_file_change(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """The supervisor watches the file too: /admin/config shows what the workers route by."""
+    async with (
+        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        aiohttp.ClientSession() as client,
+    ):
+        async with client.get(f"{proc.admin_url}/admin/config") as resp:
+            old = (await resp.json())["config"]
+        config = tmp_path / "routes.yaml"
+        config.write_text(
+            config.read_text().replace("v1: 50", "v1: 100").replace("v2: 50", "v2: 0")
+        )
+
+        async def new_digest() -> str | None:
+            async with client.get(f"{proc.admin_url}/admin/config") as resp:
+                digest: str = (await resp.json())["config"]
+            return digest if digest != old else None
+
+        new = await poll(new_digest, 5, "the admin view to follow the file")
+        async with client.post(f"{proc.admin_url}/admin/reload") as resp:
+            assert (await resp.json())["result"] == "unchanged"
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    loaded = [e for e in read_log(tmp_path / "routing.jsonl") if e["event"] == "config_loaded"]
+    assert {e["pid"] for e in loaded if e["config"] == new} != set()
