@@ -172,7 +172,8 @@ class _Reader:
             return None
         value = parent[key]
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)  # a salt or a header value written as a bare number
+            # A salt or a header value written as a bare number: the text as written.
+            return getattr(value, "text", str(value))
         if isinstance(value, bool):
             text = "true" if value else "false"
             message = f"must be a string, not the YAML boolean {text}; quote it: '{text}'"

@@ -27,8 +27,21 @@ class MarkedList(list[Any]):
     item_lines: list[int]
 
 
+class MarkedInt(int):
+    """A whole number with the text it was written as: YAML reads `017` as 15 and `0x1F`
+    as 31, but a salt or a header value written that way means the text."""
+
+    text: str
+
+
 class _Loader(yaml.SafeLoader):
     pass
+
+
+def _int(loader: _Loader, node: yaml.ScalarNode) -> MarkedInt:
+    value = MarkedInt(loader.construct_yaml_int(node))
+    value.text = node.value
+    return value
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:
@@ -56,7 +69,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:
 def _key(key: object) -> object:
     """Whole-number keys are names too (`versions: {1: ...}`); other odd keys become text."""
     if isinstance(key, int) and not isinstance(key, bool):
-        return str(key)
+        return getattr(key, "text", str(key))
     if not isinstance(key, str | float | bool) and key is not None:
         return str(key)
     return key
@@ -81,6 +94,7 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> MarkedList:
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+_Loader.add_constructor("tag:yaml.org,2002:int", _int)
 
 
 def load(text: str) -> Any:

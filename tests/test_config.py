@@ -885,3 +885,18 @@ def test_two_decimal_floats_are_taken_at_their_written_value(value: float) -> No
 
     assert split.percents == (written, 100 - written)
     assert split.edges == (int(written * 100), 10000)
+
+
+def test_bare_numbers_in_text_fields_keep_the_text_as_written() -> None:
+    """YAML reads `017` as 15 and `0x1F` as 31; a salt or a header value means the text."""
+    table = parse_text(
+        "models:\n  m:\n    salt: 017\n"
+        "    versions: {01: {url: 'http://h:1'}, v2: {url: 'http://h:2'}}\n"
+        "    split: {01: 90, v2: 10}\n"
+        "    rules:\n      - match: {header: {X-Flag: 0x1F}}\n        version: v2\n",
+        SOURCE,
+    )
+    model = table.models["m"]
+    assert model.salt == "017"
+    assert list(model.versions) == ["01", "v2"]
+    assert model.rules[0].headers == (("X-Flag", "0x1F"),)
