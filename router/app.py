@@ -78,6 +78,7 @@ class Router:
         self.tables = TableHolder(table, source, self.log, self.metrics, overrides)
         book = HealthBook(lambda key, up: self.metrics.set_up(key[0], key[1], up))
         self.tables.on_swap.append(lambda t: self.metrics.track(t, book.is_down))
+        self.metrics.track(table, book.is_down)
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
         self.draining = [False]
@@ -92,7 +93,6 @@ class Router:
                 lambda: "draining" if self.draining[0] else None,
             )  # fmt: skip
             self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
-        self.tables.announce()
 
     @property
     def url(self) -> str:
@@ -142,6 +142,12 @@ class Router:
             await self.admin.setup()
             address = server.admin_listen
             await web.TCPSite(self.admin, address.host, address.port).start()
+        self.tables.announce()  # once listening: a log never names a table that never served
+
+    def reopen_log(self) -> None:
+        """SIGUSR1: a new log file, which starts by saying which table is in force."""
+        self.sink.reopen()
+        self.tables.announce("log reopened")
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
@@ -188,7 +194,7 @@ async def serve(table: Table, source: str, overrides: Callable[[Table], Table]) 
             file=sys.stderr,
             flush=True,
         )
-        await until_stopped(lambda: router.tables.reload("SIGHUP"), router.sink.reopen)
+        await until_stopped(lambda: router.tables.reload("SIGHUP"), router.reopen_log)
         print("model-router: stopping; letting requests in flight finish", file=sys.stderr)
     finally:
         await router.stop()

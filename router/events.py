@@ -26,6 +26,7 @@ from router.config import UserIdMode
 USER_ID_KEY_ENV: Final = "ROUTER_USER_ID_KEY"
 PSEUDONYM_CHARS: Final = 16  # 64 bits: no collisions in practice, not reversible
 
+_REOPEN: Final = object()
 FLUSH_S: Final = 0.05  # lines reach the file within this long after they are logged
 
 
@@ -52,9 +53,10 @@ class LogSink:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._pending: deque[bytes] = deque()
+        # Lines, and REOPEN marks in their place among them: lines logged before a reopen
+        # go to the old file, lines logged after it to the new one.
+        self._pending: deque[bytes | object] = deque()
         self._wake = threading.Event()
-        self._reopen = False
         self._stop = False
         self._fd = self._open()
         self._thread = threading.Thread(target=self._run, name="routing-log", daemon=True)
@@ -67,7 +69,7 @@ class LogSink:
 
     def reopen(self) -> None:
         """Open the file again under its name, after logrotate has moved it away."""
-        self._reopen = True
+        self._pending.append(_REOPEN)
         self._wake.set()
 
     def close(self) -> None:
@@ -85,18 +87,26 @@ class LogSink:
         while True:
             self._wake.wait(FLUSH_S)
             self._wake.clear()
-            stop, reopen = self._stop, self._reopen
+            stop = self._stop
             pending = self._pending
-            lines = [pending.popleft() for _ in range(len(pending))]
-            if lines:
-                self._write(b"\n".join(lines) + b"\n")
-            if reopen:
-                self._reopen = False
+            lines: list[bytes] = []
+            for _ in range(len(pending)):
+                item = pending.popleft()
+                if isinstance(item, bytes):
+                    lines.append(item)
+                    continue
+                self._flush(lines)
                 os.close(self._fd)
                 self._fd = self._open()
+            self._flush(lines)
             if stop:
                 os.close(self._fd)
                 return
+
+    def _flush(self, lines: list[bytes]) -> None:
+        if lines:
+            self._write(b"\n".join(lines) + b"\n")
+            lines.clear()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -64,7 +64,7 @@ class TableHolder:
     ) -> None:
         """`overrides` applies command-line flags to every table read from the file.
 
-        `on_swap` callbacks run with each table put in force, the first one included.
+        `on_swap` callbacks run with each new table put in force.
         """
         self.on_swap: list[Callable[[Table], None]] = []
         self.path = Path(path) if path is not None else None
@@ -76,12 +76,12 @@ class TableHolder:
         self._metrics = metrics
         self._lock = asyncio.Lock()
 
-    def announce(self) -> None:
-        for callback in self.on_swap:
-            callback(self.current)
+    def announce(self, reason: str = "start") -> None:
+        """Log the table in force, as at start and at the top of a reopened log file, so
+        that every log file says which split its records were routed by."""
         self._log.info(
             "config_loaded", config=self.current.digest, source=str(self.path), pid=os.getpid(),
-            models=models_summary(self.current),
+            models=models_summary(self.current), reason=reason,
         )  # fmt: skip
 
     async def reload(self, reason: str) -> ReloadResult:

@@ -57,7 +57,7 @@ def worker_main(config: str, overrides: Overrides, ready: Any) -> None:
         try:
             await router.start()
             ready.put(os.getpid())
-            await until_stopped(lambda: router.tables.reload("SIGHUP"), router.sink.reopen)
+            await until_stopped(lambda: router.tables.reload("SIGHUP"), router.reopen_log)
         finally:
             orphan_watch.cancel()
             await router.stop()

@@ -397,6 +397,9 @@ async def test_sigusr1_reopens_the_log(backends: dict[str, str], tmp_path: Path)
         proc.stop()
     assert [r["path"] for r in requests_in(rotated)] == ["/models/m/before"] * 5
     assert [r["path"] for r in requests_in(log_path)] == ["/models/m/after"] * 7
+    # The new file opens by naming the table in force, so it can be read on its own.
+    first = read_log(log_path)[0]
+    assert (first["event"], first["reason"]) == ("config_loaded", "log reopened")
 
 
 # --- check NEW --against OLD ---

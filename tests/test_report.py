@@ -211,3 +211,19 @@ async def test_report_on_a_real_routers_log_with_feedback(
     correct = sum(v["accuracy"] * v["labelled"] for v in versions.values())
     assert correct == pytest.approx(30)
     assert report["models"]["m"]["srm"]["mismatch"] is False
+
+
+def test_sample_ratio_is_not_checked_when_it_cannot_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No config_loaded event to match, or no user pseudonyms: say so, claim nothing."""
+    records = logs.split_traffic(2000, SPLIT, error_rates={"v1": 0.0, "v2": 0.0})
+    data = report_json(capsys, str(logs.write(tmp_path / "no-config.jsonl", records)))
+    srm = data["models"]["cancer"]["srm"]
+    assert (srm["checked"], srm["p_value"], srm["mismatch"]) == (False, None, False)
+    assert "config_loaded" in srm["reason"]
+    for record in records:
+        record["user"] = None
+    path = logs.write(tmp_path / "omit.jsonl", [logs.config_loaded("cfg1", SPLIT), *records])
+    assert main(["report", str(path)]) == 0
+    assert "sample ratio: not checked: the log has no user pseudonyms" in capsys.readouterr().out

@@ -188,11 +188,13 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
 
     The unit is the user (the unit of randomisation), counted once per config digest and
     version; records of a digest whose `config_loaded` event is not in the log are left out.
+    Without user pseudonyms (`log.user_ids: omit`) or without any `config_loaded` event to
+    match, the check cannot be made and says so (`checked: false`, `p_value: null`):
+    counting requests instead would be wrong, as one user's requests are not independent.
     """
     rows = con.execute(
         """
-        SELECT config, assigned_version,
-               CASE WHEN count(user_h) > 0 THEN count(DISTINCT user_h) ELSE count(*) END
+        SELECT config, assigned_version, count(DISTINCT user_h)
         FROM requests
         WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
         GROUP BY config, assigned_version
@@ -216,8 +218,17 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
             observed[version] = observed.get(version, 0) + count
         for version, percent in split.items():
             expected[version] = expected.get(version, 0.0) + total * float(percent) / 100
+    reason = None
+    if rows and not any(count for _, _, count in rows):
+        reason = "the log has no user pseudonyms (log.user_ids: omit)"
+    elif rows and not observed:
+        reason = "no config_loaded event in the log for the routing tables of these records"
+    if reason is not None:
+        return {"checked": False, "reason": reason, "p_value": None, "mismatch": False,
+                "observed": {}, "expected": {}, "unmatched": unmatched}  # fmt: skip
     result = stats.sample_ratio(observed, expected)
     return {
+        "checked": True,
         "p_value": result.p_value,
         "mismatch": result.mismatch,
         "observed": observed,

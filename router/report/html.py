@@ -151,6 +151,8 @@ def _version_order(model: dict[str, Any]) -> list[str]:
 
 
 def _srm_line(srm: dict[str, Any]) -> str:
+    if not srm.get("checked", True):
+        return f'<p class="meta">{escape("Sample ratio: not checked: " + srm["reason"])}</p>'
     if not srm["observed"]:
         return ""
     text = (

@@ -81,7 +81,9 @@ def _comparison(name: str, model: dict[str, Any]) -> list[str]:
         if s["vs_baseline"] is not None:
             lines.extend("  " + line for line in verdicts(v, base, s["vs_baseline"]))
     srm = model["srm"]
-    if srm["observed"]:
+    if not srm.get("checked", True):
+        lines.append(f"  sample ratio: not checked: {srm['reason']}")
+    elif srm["observed"]:
         lines.append(
             f"  sample ratio: users {_shares(srm['observed'])}; split in force "
             f"{_shares(srm['expected'])}; p {_p(srm['p_value'])}"
