@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from router import health
 from router.admin import create_admin_app
-from router.config import Table
+from router.config import Address, Table
 from router.events import LogSink, Pseudonymizer, make_logger
 from router.health import HealthBook
 from router.metrics import Metrics
@@ -72,7 +72,10 @@ class Router:
     ) -> None:
         """`admin=False, reuse_port=True` make a worker: the public port only, shared."""
         self.reuse_port = reuse_port
-        self.sink = LogSink(table.log.path)
+        try:
+            self.sink = LogSink(table.log.path)
+        except OSError as exc:
+            raise ServeError(f"cannot open the log {table.log.path}: {exc.strerror}") from exc
         self.log = make_logger(self.sink)
         self.metrics = Metrics()
         self.tables = TableHolder(table, source, self.log, self.metrics, overrides)
@@ -134,14 +137,15 @@ class Router:
             self._public_server(), handle_signals=False, shutdown_timeout=0.25
         )
         await self.runner.setup()
-        await web.TCPSite(
+        site = web.TCPSite(
             self.runner, server.listen.host, server.listen.port,
             backlog=1024, reuse_port=self.reuse_port or None,
-        ).start()  # fmt: skip
+        )  # fmt: skip
+        await _listen(site, "public", server.listen)
         if self.admin is not None:
             await self.admin.setup()
             address = server.admin_listen
-            await web.TCPSite(self.admin, address.host, address.port).start()
+            await _listen(web.TCPSite(self.admin, address.host, address.port), "admin", address)
         self.tables.announce()  # once listening: a log never names a table that never served
 
     def reopen_log(self) -> None:
@@ -167,6 +171,21 @@ class Router:
                 await self.admin.cleanup()
         finally:
             self.sink.close()  # every record queued so far is on disk after this
+
+
+class ServeError(Exception):
+    """The router cannot start: a port is taken, the log cannot be opened."""
+
+
+async def _listen(site: web.TCPSite, what: str, address: Address) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        flag = "--listen" if what == "public" else "--admin-listen"
+        raise ServeError(
+            f"cannot listen on {address} ({what}): {exc.strerror}; "
+            f"free it or choose another with {flag}"
+        ) from exc
 
 
 class _QuietBadRequests(logging.Filter):

@@ -117,9 +117,13 @@ def _serve(args: argparse.Namespace) -> int:
         from router.app import serve  # aiohttp is only needed when serving
 
         main = serve(overrides(table), args.config, overrides)
-    from router.app import run_loop
+    from router.app import ServeError, run_loop
 
-    return run_loop(main)
+    try:
+        return run_loop(main)
+    except ServeError as exc:
+        print(f"model-router: {exc}", file=sys.stderr)
+        return 1
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,9 +22,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import yaml
 from yarl import URL
 
-from tests.support.running import LOOPBACK, read_log, requests_in, router_process
+from tests.support.running import LOOPBACK, read_log, requests_in, router_process, table_data
 
 # Longest wait for any answer on a raw socket: a router that hangs fails, never stalls the suite.
 ANSWER_TIMEOUT_S = 5.0
@@ -423,3 +425,24 @@ async def test_log_dash_writes_records_to_stdout(backends: dict[str, str], tmp_p
     assert records[1]["request_id"] == "on-stdout"
     assert records[1]["status"] == 200
     assert not log_path.exists()
+
+
+async def test_a_port_in_use_is_a_one_line_error(backends: dict[str, str], tmp_path: Path) -> None:
+    """No traceback, exit 1, and no log line naming a table that never served."""
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "routes.yaml"
+        log = tmp_path / "routing.jsonl"
+        config.write_text(yaml.safe_dump(table_data(one_model(backends), log)))
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "router", "serve", "--config", str(config),
+             "--listen", f"{LOOPBACK}:{port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"model-router: cannot listen on {LOOPBACK}:{port}")
+    assert "Traceback" not in result.stderr
+    assert read_log(log) == []
