@@ -302,7 +302,10 @@ class Proxy:
             return await self._attempt(request, model, version, target, body, ex)
         except _Unreachable as failure:
             fallback = model.fallback
-            if fallback is None or fallback == name or not body.resendable:
+            # A client that named its version (a pinned path, X-Model-Version) relies on
+            # that version's response format: another version's answer would break it.
+            explicit = ex.assigned_by in ("pinned", "header")
+            if fallback is None or fallback == name or not body.resendable or explicit:
                 ex.outcome = failure.outcome
                 raise failure.error from None
         try:

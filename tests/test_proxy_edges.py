@@ -11,7 +11,7 @@ import aiohttp
 import mmh3
 import orjson
 
-from tests.support.running import router_running
+from tests.support.running import dead_url, router_running
 
 
 def one_model(backends: dict[str, str], **extra: Any) -> dict[str, Any]:
@@ -127,3 +127,20 @@ async def test_a_client_that_hangs_up_stops_the_wait_on_the_backend(
     assert (record["status"], record["outcome"]) == (499, "client_closed")
     assert record["latency_ms"] < 2000  # not the 3 s the backend would have taken
     assert time.monotonic() - started < 3
+
+
+async def test_a_version_asked_for_by_name_never_falls_back(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    models = {"m": {"versions": {"v1": {"url": backends["v1"]}, "v2": {"url": dead_url()}},
+                    "split": {"v1": 0, "v2": 100}, "fallback": "v1"}}  # fmt: skip
+    async with router_running(models, tmp_path) as r, aiohttp.ClientSession() as client:
+        async with client.get(f"{r.url}/models/m/versions/v2/echo") as resp:
+            assert resp.status == 502
+        async with client.get(f"{r.url}/models/m/echo", headers={"X-Model-Version": "v2"}) as resp:
+            assert resp.status == 502
+        async with client.get(f"{r.url}/models/m/echo", headers={"X-User-ID": "u"}) as resp:
+            assert resp.status == 200  # split traffic does fall back
+            assert resp.headers["X-Model-Version"] == "v1"
+    outcomes = [(rec["assigned_by"], rec["version"], rec["status"]) for rec in r.records()]
+    assert outcomes == [("pinned", None, 502), ("header", None, 502), ("split", "v1", 200)]
