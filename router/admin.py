@@ -113,6 +113,8 @@ async def config(request: web.Request) -> web.Response:
         "loaded_at": _iso(holder.loaded_at),
         "table": dict(holder.current.raw),
         "last_refusal": holder.last_refusal,
+        # `table` is the file as written; these of its settings wait for a restart.
+        "restart_needed": holder.restart_needed,
         "down": down,
     })  # fmt: skip
 

@@ -72,6 +72,8 @@ class TableHolder:
         self.current = table
         self.loaded_at = time.time()
         self.last_refusal: dict[str, Any] | None = None
+        # Settings the file changed that only a restart applies (see _keep_fixed).
+        self.restart_needed: list[str] = []
         self._log = log
         self._metrics = metrics
         self._lock = asyncio.Lock()
@@ -106,6 +108,7 @@ class TableHolder:
 
     def _install(self, table: Table, reason: str) -> ReloadResult:
         table, ignored = _keep_fixed(self.current, table)
+        self.restart_needed = ignored
         if table.digest == self.current.digest:
             self._count("unchanged")
             return ReloadResult("unchanged", table.digest)
