@@ -8,6 +8,7 @@ thread, POST with a random X-User-ID):
 
 - direct: wrk straight to the backend (the floor);
 - nginx: nginx as the proxy, `split_clients` on the user id, upstream keep-alive;
+- bare aiohttp proxy: bench/bare_proxy.py, aiohttp with no features (the floor);
 - model-router with 1 worker, and with N workers, every feature on (routing log written to
   a file, metrics counted);
 
@@ -156,6 +157,13 @@ models:
     return subprocess.Popen(argv, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
+def bare_proxy(port: int, v1: int, v2: int) -> subprocess.Popen[bytes]:
+    """bench/bare_proxy.py: aiohttp with no features, the floor of an aiohttp proxy."""
+    argv = [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(port),
+            f"http://127.0.0.1:{v1}", f"http://127.0.0.1:{v2}"]  # fmt: skip
+    return subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+
+
 def wrk(url: str, connections: int, duration: float, script: Path) -> Result | None:
     seconds = max(1, round(duration))
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
@@ -216,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_port(v1)
             results += measure("direct", f"http://127.0.0.1:{v1}/predict", args, script)
-            targets = [("nginx split_clients", lambda p: nginx_proxy(tmp, p, v1, v2))]
+            targets = [
+                ("nginx split_clients", lambda p: nginx_proxy(tmp, p, v1, v2)),
+                ("bare aiohttp proxy", lambda p: bare_proxy(p, v1, v2)),
+            ]
             for workers in sorted({1, args.workers}):
                 label = f"model-router {workers} worker{'s' if workers > 1 else ''}"
                 targets.append((label, lambda p, w=workers: router(tmp, p, v1, v2, w)))
