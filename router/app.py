@@ -141,11 +141,11 @@ class Router:
             self.runner, server.listen.host, server.listen.port,
             backlog=1024, reuse_port=self.reuse_port or None,
         )  # fmt: skip
-        await _listen(site, "public", server.listen)
+        await listen_on(site, "public", server.listen)
         if self.admin is not None:
             await self.admin.setup()
             address = server.admin_listen
-            await _listen(web.TCPSite(self.admin, address.host, address.port), "admin", address)
+            await listen_on(web.TCPSite(self.admin, address.host, address.port), "admin", address)
         self.tables.announce()  # once listening: a log never names a table that never served
 
     def reopen_log(self) -> None:
@@ -177,7 +177,7 @@ class ServeError(Exception):
     """The router cannot start: a port is taken, the log cannot be opened."""
 
 
-async def _listen(site: web.TCPSite, what: str, address: Address) -> None:
+async def listen_on(site: web.TCPSite, what: str, address: Address) -> None:
     try:
         await site.start()
     except OSError as exc:

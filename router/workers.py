@@ -25,9 +25,11 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import queue
 import signal
 import socket
 import sys
+import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -36,7 +38,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, multiprocess
 
 from router.admin import create_admin_app
-from router.app import Router, configure_logging, run_loop, until_stopped
+from router.app import Router, ServeError, configure_logging, listen_on, run_loop, until_stopped
 from router.config import Address, Overrides, Table
 from router.health import HealthBook
 from router.table import ReloadResult, TableHolder
@@ -63,7 +65,11 @@ def worker_main(config: str, overrides: Overrides, ready: Any) -> None:
             await router.stop()
         return 0
 
-    sys.exit(run_loop(main()))
+    try:
+        sys.exit(run_loop(main()))
+    except ServeError as exc:
+        print(f"model-router: worker {os.getpid()}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 async def _stop_when_orphaned(parent: int) -> None:
@@ -105,7 +111,14 @@ class Supervisor:
         self._placeholder = socket.socket(family, socket.SOCK_STREAM)
         self._placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._placeholder.bind((address.host, address.port))
+        try:
+            self._placeholder.bind((address.host, address.port))
+        except OSError as exc:
+            self._placeholder.close()
+            raise ServeError(
+                f"cannot listen on {address} (public): {exc.strerror}; "
+                "free it or choose another with --listen"
+            ) from exc
         return Address(address.host, self._placeholder.getsockname()[1])
 
     def _spawn(self) -> BaseProcess:
@@ -139,12 +152,23 @@ class Supervisor:
 
     async def start(self) -> None:
         self.procs = [self._spawn() for _ in range(self.count)]
-        for _ in range(self.count):
-            await asyncio.to_thread(self.ready.get, True, START_TIMEOUT_S)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        started = 0
+        while started < self.count:
+            try:
+                await asyncio.to_thread(self.ready.get, True, 0.5)
+                started += 1
+            except queue.Empty:
+                if dead := [p for p in self.procs if not p.is_alive()]:
+                    raise ServeError(
+                        f"a worker exited with code {dead[0].exitcode} before serving"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise ServeError(f"workers did not start in {START_TIMEOUT_S:g} s") from None
         self._placeholder.close()
         await self.admin.setup()
         admin = self.tables.current.server.admin_listen
-        await web.TCPSite(self.admin, admin.host, admin.port).start()
+        await listen_on(web.TCPSite(self.admin, admin.host, admin.port), "admin", admin)
 
     async def watch_workers(self) -> None:
         """Restart a worker that exits on its own, as nginx's master does."""
