@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from router import health
+from router import health, upstream
 from router.admin import create_admin_app
 from router.config import Address, Table
 from router.events import LogSink, Pseudonymizer, make_logger
@@ -126,6 +126,8 @@ class Router:
         server = self.tables.current.server
         stack, proxy = self._lifecycles, self.proxy
         proxy.session = await stack.enter_async_context(client_session())
+        proxy.pool = upstream.Pool()
+        stack.push_async_callback(proxy.pool.close)
         tables = self.tables
         await stack.enter_async_context(
             health.active_checks(lambda: tables.current, proxy.health, proxy.session)

@@ -96,6 +96,12 @@ class Version:
     sunset: dt.date | None = None
     successor: str | None = None
     health: HealthCheck | None = None
+    # The url taken apart once, for the lean upstream path (router/upstream.py); derived
+    # from `url`, so left out of comparisons.
+    host: str = field(default="", compare=False)
+    port: int = field(default=0, compare=False)
+    base: str = field(default="", compare=False)  # the url's path, before every forwarded one
+    plain_http: bool = field(default=True, compare=False)
     # Deprecation, Sunset and Link headers, rendered once at load time.
     response_headers: tuple[tuple[str, str], ...] = ()
 

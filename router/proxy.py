@@ -21,6 +21,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
+from router import upstream as upstream_pool
 from router.assign import choose
 from router.config import Model, Table, Version
 from router.errors import RouterError
@@ -99,6 +100,10 @@ class _Unreachable(Exception):
         self.outcome = outcome
 
 
+def _connect_s(seconds: float) -> float:
+    return min(seconds / 2, CONNECT_S)
+
+
 @lru_cache(maxsize=64)
 def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
     """A connect slower than half the timeout (5 s at most) counts as unreachable.
@@ -107,13 +112,14 @@ def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
     forward for each chunk, rather than aiohttp's `sock_read`, which re-arms a timer on
     every read and cost 15% of the throughput in the profile.
     """
-    return aiohttp.ClientTimeout(total=None, sock_connect=min(seconds / 2, CONNECT_S))
+    return aiohttp.ClientTimeout(total=None, sock_connect=_connect_s(seconds))
 
 
 class Proxy:
     """The public port's one handler. `session` is set by the app's cleanup context."""
 
     session: aiohttp.ClientSession
+    pool: upstream_pool.Pool
 
     def __init__(
         self,
@@ -341,19 +347,36 @@ class Proxy:
             # One deadline for the whole exchange: the answer must start within timeout_s,
             # and _relay moves it forward for each later chunk.
             async with asyncio.timeout(version.timeout_s) as deadline:
-                upstream = await self.session.request(
-                    request.method,
-                    URL(version.url + target, encoded=True),
-                    headers=headers,
-                    data=body.payload(),
-                    timeout=_connect_timeout(version.timeout_s),
-                    allow_redirects=False,
-                )
+                upstream: aiohttp.ClientResponse | upstream_pool.Response
+                if body.stream is None and version.plain_http and request.method != "HEAD":
+                    # The lean path: a body held whole, to a plain-http version.
+                    upstream = await self.pool.request(
+                        version.host, version.port, request.method, version.base + target,
+                        headers, body.data, _connect_s(version.timeout_s),
+                    )  # fmt: skip
+                else:
+                    upstream = await self.session.request(
+                        request.method,
+                        URL(version.url + target, encoded=True),
+                        headers=headers,
+                        data=body.payload(),
+                        timeout=_connect_timeout(version.timeout_s),
+                        allow_redirects=False,
+                    )
                 self.health.success(key)
                 async with upstream:
                     return await self._relay(request, model, version, upstream, sent, ex, deadline)
         except RouterError:
             raise  # the body grew past max_body_mb on the way
+        except upstream_pool.UpstreamError as exc:
+            self._failed(key, model)
+            if exc.timed_out:
+                raise _Unreachable(_upstream_timeout(version, exc), "timeout") from exc
+            error = RouterError(
+                "upstream_unavailable",
+                f"version '{version.name}' of model '{model.name}' could not be reached: {exc}",
+            )
+            raise _Unreachable(error, "unavailable") from exc
         except aiohttp.ConnectionTimeoutError as exc:
             self._failed(key, model)
             raise _Unreachable(_upstream_timeout(version, exc), "timeout") from exc
@@ -387,7 +410,7 @@ class Proxy:
         request: web.BaseRequest,
         model: Model,
         version: Version,
-        upstream: aiohttp.ClientResponse,
+        upstream: aiohttp.ClientResponse | upstream_pool.Response,
         sent: float,
         ex: Exchange,
         deadline: asyncio.Timeout,
@@ -409,7 +432,7 @@ class Proxy:
             except TimeoutError as exc:
                 ex.upstream_ms, ex.outcome = _ms_since(sent), "timeout"
                 raise _upstream_timeout(version, exc) from exc
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, upstream_pool.UpstreamError) as exc:
                 ex.upstream_ms, ex.outcome = _ms_since(sent), "unavailable"
                 raise RouterError(
                     "upstream_unavailable",
@@ -429,7 +452,7 @@ class Proxy:
         request: web.BaseRequest,
         model: Model,
         version: Version,
-        upstream: aiohttp.ClientResponse,
+        upstream: aiohttp.ClientResponse | upstream_pool.Response,
         headers: list[tuple[str, str]],
         sent: float,
         ex: Exchange,
@@ -461,7 +484,7 @@ class Proxy:
             ex.upstream_ms = _ms_since(sent)
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
             return response
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, upstream_pool.UpstreamError) as exc:
             # The status line is out already: all that is left is to break the
             # connection, so the client sees a truncated answer, never a complete one.
             ex.upstream_ms = _ms_since(sent)

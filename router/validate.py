@@ -368,6 +368,7 @@ class _Reader:
                 )
         # A version with a bad url is still a version, so that references to it are not
         # reported as missing; the model is refused for the url problem anyway.
+        parts = urlsplit(url or "")
         return Version(
             name=str(name),
             url=url or "",
@@ -377,6 +378,10 @@ class _Reader:
             successor=successor,
             health=self.health(section, path),
             response_headers=tuple(headers),
+            host=parts.hostname or "",
+            port=parts.port or (443 if parts.scheme == "https" else 80),
+            base=parts.path,
+            plain_http=parts.scheme == "http",
         )
 
     def health(self, section: dict[Any, Any], path: str) -> HealthCheck | None:

@@ -1,0 +1,145 @@
+"""The lean upstream path (router/upstream.py) against raw backends that misbehave on cue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.support.running import LOOPBACK, router_running
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_backend(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server running `handler` per connection; yields its URL and a connection count."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://{LOOPBACK}:{port}", connections
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            await reader.readexactly(int(line.split(b":")[1]))
+    return head
+
+
+def table(url: str) -> dict[str, Any]:
+    return {"m": {"versions": {"v1": {"url": url}}, "split": {"v1": 100}, "timeout_s": 2}}
+
+
+async def test_connections_are_kept_alive_and_reused(tmp_path: Path) -> None:
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with (
+        raw_backend(keep_alive) as (url, connections),
+        router_running(table(url), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+    ):
+        for _ in range(10):
+            async with client.post(f"{r.url}/models/m/p", data=b"x") as resp:
+                assert (resp.status, await resp.read()) == (200, b"ok")
+    assert len(connections) == 1
+
+
+async def test_a_body_delimited_by_the_close_is_whole(tmp_path: Path) -> None:
+    async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async with (
+        raw_backend(close_delimited) as (url, _),
+        router_running(table(url), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+        client.get(f"{r.url}/models/m/p") as resp,
+    ):
+        assert (resp.status, await resp.read()) == (200, b"all of it")
+    assert r.records()[0]["outcome"] == "ok"
+
+
+async def test_a_kept_alive_connection_closed_by_the_backend_is_not_an_error(
+    tmp_path: Path,
+) -> None:
+    """The backend closes idle connections after 50 ms: the next request goes on a new one."""
+
+    async def short_keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # then the `finally` closes it, idle
+
+    async with (
+        raw_backend(short_keep_alive) as (url, connections),
+        router_running(table(url), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+    ):
+        for _ in range(3):
+            async with client.post(f"{r.url}/models/m/p", data=b"x") as resp:
+                assert resp.status == 200
+            await asyncio.sleep(0.2)
+    assert len(connections) == 3
+    assert [rec["outcome"] for rec in r.records()] == ["ok"] * 3
+
+
+async def test_an_answer_cut_short_is_a_502(tmp_path: Path) -> None:
+    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+
+    async with (
+        raw_backend(cut_short) as (url, _),
+        router_running(table(url), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+        client.get(f"{r.url}/models/m/p") as resp,
+    ):
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "upstream_unavailable"
+    (record,) = r.records()
+    assert (record["status"], record["outcome"], record["version"]) == (502, "unavailable", None)
+
+
+async def test_a_malformed_answer_is_a_502(tmp_path: Path) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"this is not http\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async with (
+        raw_backend(garbage) as (url, _),
+        router_running(table(url), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+        client.get(f"{r.url}/models/m/p") as resp,
+    ):
+        assert resp.status == 502
+    (record,) = r.records()
+    assert record["outcome"] == "unavailable"
