@@ -207,8 +207,7 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The exchange is over: keep the connection for the next one, or close it."""
         if self.complete and self.keep_alive and not self.closed:
-            self.parser = httptools.HttpResponseParser(self)
-            self._reset()
+            self._reset()  # llhttp itself is ready for the next message on the connection
             self.pool._give_back(self)
         else:
             self.close()
