@@ -126,6 +126,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.received = False
+        self.in_use = False  # a request was sent and its exchange is not over
 
     # --- asyncio.Protocol ---
 
@@ -143,7 +144,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self.complete:
+        if self.in_use and not self.complete:
             if self.head.done() and self._ends_at_close():
                 self.complete = True  # a body delimited by the close (RFC 9112 6.3, rule 8)
                 self.body._finish()
@@ -256,6 +257,7 @@ class Pool:
     @staticmethod
     async def _send(conn: _Connection, data: bytes) -> None:
         assert conn.transport is not None
+        conn.in_use = True
         conn.transport.write(data)
         try:
             await conn.head
