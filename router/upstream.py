@@ -139,7 +139,8 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"bad answer: {exc}", connected=True))
+            if self.in_use:
+                self._fail(UpstreamError(f"bad answer: {exc}", connected=True))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -209,6 +210,7 @@ class _Connection(asyncio.Protocol):
         """The exchange is over: keep the connection for the next one, or close it."""
         if self.complete and self.keep_alive and not self.closed:
             self._reset()  # llhttp itself is ready for the next message on the connection
+            self.resume()  # if a reader left part of a large body unread
             self.pool._give_back(self)
         else:
             self.close()
