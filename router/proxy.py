@@ -401,6 +401,11 @@ class Proxy:
                 f"version '{version.name}' of model '{model.name}' could not be reached: {exc}",
             )
             raise _Unreachable(error, "unavailable") from exc
+        except aiohttp.ClientError as exc:  # reached, but its answer was not HTTP we can pass on
+            ex.upstream_ms, ex.outcome = _ms_since(sent), "unavailable"
+            raise RouterError(
+                "upstream_unavailable", f"version '{version.name}' gave a malformed answer: {exc}"
+            ) from exc
 
     def _failed(self, key: tuple[str, str, str], model: Model) -> None:
         self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)

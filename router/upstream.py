@@ -113,6 +113,8 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # Bare LF line ends: RFC 9112 2.2 lets a recipient accept them, as aiohttp's client does.
+        self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self.closed = False
         self.paused = False
         self.idle_handle: asyncio.TimerHandle | None = None
@@ -121,6 +123,9 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.reason = ""
+        self.status = 0
+        self.interim = False  # the message being parsed is a 1xx, to skip
+        self.extra = False  # a message after the answer: the backend is out of step
         self.body = Body(self)
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.complete = False
@@ -135,6 +140,9 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_use:  # bytes nobody asked for: this connection cannot be trusted
+            self.close()
+            return
         self.received = True
         try:
             self.parser.feed_data(data)
@@ -163,21 +171,46 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
 
+    def on_message_begin(self) -> None:
+        if self.head.done():  # a second answer to one request: never reuse this connection
+            self.extra = True
+            return
+        self.headers = CIMultiDict()  # each message its own, 1xx ones included
+        self.reason = ""
+
     def on_status(self, status: bytes) -> None:
-        self.reason += status.decode("latin-1")
+        if not self.extra:
+            # Bytes as aiohttp keeps them: UTF-8, with undecodable bytes as surrogates.
+            self.reason += status.decode("utf-8", "surrogateescape")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Header bytes as aiohttp keeps them: UTF-8, with undecodable bytes kept as surrogates.
-        self.headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        if self.head.done():  # a chunked body's trailer, or an extra message: not headers
+            return
+        self.headers.add(
+            name.decode("latin-1"), value.decode("utf-8", "surrogateescape").strip(" \t")
+        )
 
     def on_headers_complete(self) -> None:
-        if not self.head.done():
-            self.head.set_result(None)
+        if self.head.done():
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): skip it
+            self.interim = True
+            return
+        self.status = status
+        self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        self.body._feed(body)
+        if not self.extra:
+            self.body._feed(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.extra:
+            self.keep_alive = False
+            return
         # llhttp answers should_keep_alive() only inside its callbacks: ask it here.
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
@@ -253,8 +286,7 @@ class Pool:
                 raise
             conn, _ = await self._connection(host, port, connect_timeout, reuse=False)
             await self._send(conn, data)
-        status = conn.parser.get_status_code()
-        return Response(conn, status, conn.reason, conn.headers)
+        return Response(conn, conn.status, conn.reason, conn.headers)
 
     @staticmethod
     async def _send(conn: _Connection, data: bytes) -> None:

@@ -143,3 +143,51 @@ async def test_a_malformed_answer_is_a_502(tmp_path: Path) -> None:
         assert resp.status == 502
     (record,) = r.records()
     assert record["outcome"] == "unavailable"
+
+
+async def test_interim_answers_are_skipped_and_extra_ones_never_reach_a_client(
+    tmp_path: Path,
+) -> None:
+    """103 Early Hints before the answer is not part of it; a second answer to one request
+    (a backend out of step) is dropped with its connection, never given to the next client."""
+
+    async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_request(reader)
+        if b"/early" in head:
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # fmt: skip
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE")  # fmt: skip
+        await writer.drain()
+        await asyncio.sleep(0.3)
+
+    async with (
+        raw_backend(odd) as (url, _),
+        router_running(table(url), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+    ):
+        async with client.get(f"{r.url}/models/m/early") as resp:
+            assert (resp.status, resp.reason, await resp.read()) == (200, "OK", b"ok")
+            assert "Link" not in resp.headers
+        for _ in range(2):
+            async with client.get(f"{r.url}/models/m/twice") as resp:
+                assert (resp.status, await resp.read()) == (200, b"ok")
+                assert resp.headers.getall("Content-Length") == ["2"]
+
+
+async def test_bare_lf_answers_and_odd_reasons_pass(tmp_path: Path) -> None:
+    async def lf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write("HTTP/1.1 200 été ok\nContent-Length: 2  \n\nok".encode())
+        await writer.drain()
+        await asyncio.sleep(0.3)
+
+    async with (
+        raw_backend(lf) as (url, _),
+        router_running(table(url), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+        client.get(f"{r.url}/models/m/p") as resp,
+    ):
+        assert (resp.status, await resp.read()) == (200, b"ok")
+        assert resp.reason == "été ok"
