@@ -1,7 +1,8 @@
 """The example model behind each backend: a breast-cancer classifier in two versions.
 
 Both versions train at start-up on scikit-learn's bundled Wisconsin breast-cancer dataset
-(569 rows, 30 features, no network). Label 0 is malignant, 1 is benign.
+(569 rows, 30 features, no network), less a fixed quarter of its rows held out for the
+example traffic. Label 0 is malignant, 1 is benign.
 
 The two versions deliberately answer in different shapes (v2 adds ``probability``), so the
 router's shadowing and comparison features have a real response-format change to deal with.
@@ -49,8 +50,25 @@ def _dataset() -> tuple[Any, Any]:
     return features, labels
 
 
+@cache
+def _held_out() -> Any:
+    """Indices of the quarter of the rows no model trains on, in dataset order.
+
+    Traffic generators draw their rows from these, so the accuracy the report measures from
+    feedback is an honest estimate, not accuracy on the training data.
+    """
+    _, labels = _dataset()
+    order = np.random.default_rng(SEED).permutation(len(labels))
+    return np.sort(order[: len(labels) // 4])
+
+
+def _training_rows() -> Any:
+    _, labels = _dataset()
+    return np.setdiff1d(np.arange(len(labels)), _held_out())
+
+
 def train(version: str) -> Classifier:
-    """Fit the model for ``version`` on the whole dataset.
+    """Fit the model for ``version`` on the three quarters of the dataset not held out.
 
     Deterministic: the logistic regression's lbfgs solver uses no randomness, and the
     gradient boosting is seeded, so every process answers the same for the same input.
@@ -62,7 +80,8 @@ def train(version: str) -> Classifier:
     else:
         model = GradientBoostingClassifier(random_state=SEED)
     features, labels = _dataset()
-    model.fit(features, labels)
+    rows = _training_rows()
+    model.fit(features[rows], labels[rows])
     return model
 
 
@@ -84,15 +103,15 @@ def predict(model: Classifier, version: str, features: Sequence[float]) -> dict[
 
 
 def sample_rows(n: int) -> list[tuple[list[float], int]]:
-    """``n`` (features, true label) pairs from the dataset, for examples and traffic generators.
+    """``n`` (features, true label) pairs from the held-out rows, for examples and traffic.
 
-    The rows are spread evenly over the dataset (which is not shuffled: its first rows are
-    mostly malignant), so any ``n`` sees a realistic mix of labels. The first pair is always
-    the dataset's first row. ``n`` larger than the dataset repeats rows.
+    The rows are spread evenly over the held-out rows in dataset order (the dataset is not
+    shuffled: its first rows are mostly malignant), so any ``n`` sees a realistic mix of
+    labels. ``n`` larger than the held-out rows repeats them.
     """
     if n < 0:
         raise ValueError(f"sample_rows needs n >= 0, got {n}")
     features, labels = _dataset()
-    total = len(labels)
-    picks = [i * total // n for i in range(n)]
+    held_out = _held_out()
+    picks = [held_out[i * len(held_out) // n] for i in range(n)]
     return [([float(x) for x in features[i]], int(labels[i])) for i in picks]
