@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from router.errors import RouterError
 from router.headers import new_request_id
 from router.health import HealthBook
-from router.table import ReloadResult, TableHolder, _iso
+from router.table import ReloadResult, TableHolder, iso_utc
 
 TABLES = web.AppKey("tables", TableHolder)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -110,7 +110,7 @@ async def config(request: web.Request) -> web.Response:
     return _json({
         "config": holder.current.digest,
         "source": str(holder.path) if holder.path else None,
-        "loaded_at": _iso(holder.loaded_at),
+        "loaded_at": iso_utc(holder.loaded_at),
         "table": dict(holder.current.raw),
         "last_refusal": holder.last_refusal,
         # `table` is the file as written; these of its settings wait for a restart.

@@ -98,7 +98,7 @@ class TableHolder:
             return self._install(self._overrides(table), reason)
 
     def _refuse(self, problems: list[str], reason: str) -> ReloadResult:
-        self.last_refusal = {"at": _iso(time.time()), "reason": reason, "problems": problems}
+        self.last_refusal = {"at": iso_utc(time.time()), "reason": reason, "problems": problems}
         self._count("rejected")
         self._log.warning(
             "config_rejected", config=self.current.digest, source=str(self.path), pid=os.getpid(),
@@ -189,5 +189,5 @@ def _keep_fixed(old: Table, new: Table) -> tuple[Table, list[str]]:
     return dataclasses.replace(new, server=server, log=log), ignored
 
 
-def _iso(ts: float) -> str:
+def iso_utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

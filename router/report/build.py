@@ -22,8 +22,9 @@ from router.report.read import Loaded
 RANDOMISED = ("split", "no_user_random")
 ERRORS = ("server_error", "timeout", "unavailable")
 BOOTSTRAP_SAMPLE = 10_000  # latencies per arm for the bootstrap, drawn reproducibly
-_IN_RANDOMISED = "assigned_by IN ('split', 'no_user_random')"
-_IS_ERROR = "outcome IN ('server_error', 'timeout', 'unavailable')"
+# The same sets as SQL conditions, written once from the tuples above.
+_IN_RANDOMISED = f"assigned_by IN {RANDOMISED}"
+_IS_ERROR = f"outcome IN {ERRORS}"
 
 
 class ReportError(Exception):
