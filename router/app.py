@@ -1,4 +1,5 @@
-"""Putting the router together: the aiohttp apps, their lifecycles, signals and shutdown."""
+"""Putting the router together: the public server, the admin app, lifecycles, signals and
+shutdown."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from router import health, upstream
@@ -22,6 +22,7 @@ from router.events import LogSink, Pseudonymizer, make_logger
 from router.health import HealthBook
 from router.metrics import Metrics
 from router.proxy import Proxy
+from router.server import Server
 from router.table import TableHolder, watching
 
 
@@ -42,17 +43,6 @@ def client_session() -> aiohttp.ClientSession:
         read_bufsize=2**18,
         timeout=aiohttp.ClientTimeout(total=None),
     )
-
-
-class UnhandledRequestLog(AbstractAccessLogger):
-    """aiohttp's access-log hook, used only for requests it refused before the handler.
-
-    aiohttp answers junk bytes and oversized headers with 400 itself; the contract still
-    wants one record per request, so this writes it. `logger` is the Proxy (see Router).
-    """
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        cast(Proxy, self.logger).log_unhandled(request, response)
 
 
 class Router:
@@ -85,7 +75,7 @@ class Router:
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
         self.draining = [False]
-        self.runner: web.ServerRunner | None = None
+        self.server: Server | None = None
         # Set up in order in start(), torn down in reverse in stop(): the pooled client
         # session, the active health checks that use it, the table file watcher.
         self._lifecycles = contextlib.AsyncExitStack()
@@ -99,28 +89,12 @@ class Router:
 
     @property
     def url(self) -> str:
-        assert self.runner is not None, "start() first"
-        return _url(self.runner)
+        assert self.server is not None, "start() first"
+        return _url(self.server.addresses)
 
     @property
     def admin_url(self) -> str:
-        return _url(self.admin) if self.admin is not None else "-"
-
-    def _public_server(self) -> web.Server:
-        """aiohttp's low-level server: every request goes to the proxy, with no routing
-        table and no automatic `100 Continue` (the proxy decides whether to take a body)."""
-        return web.Server(
-            self.proxy.handle,
-            # A client that hangs up cancels its request: the backend is not waited for.
-            handler_cancellation=True,
-            access_log_class=UnhandledRequestLog,
-            access_log=cast(Any, self.proxy),
-            auto_decompress=False,  # bodies pass through byte for byte
-            # After an early answer (413), read what the client still sends for up to 2 s
-            # before closing, so its answer is not lost to a reset; not aiohttp's 10 s,
-            # which would hold up a shutdown that long.
-            lingering_time=2.0,
-        )
+        return _url(self.admin.addresses) if self.admin is not None else "-"
 
     async def start(self) -> None:
         server = self.tables.current.server
@@ -133,21 +107,17 @@ class Router:
             health.active_checks(lambda: tables.current, proxy.health, proxy.session)
         )
         await stack.enter_async_context(watching(tables))
-        # stop() drains for drain_s itself; shutdown_timeout is how long aiohttp then gives
-        # a request cut off at the deadline to unwind before cancelling it.
-        self.runner = web.ServerRunner(
-            self._public_server(), handle_signals=False, shutdown_timeout=0.25
-        )
-        await self.runner.setup()
-        site = web.TCPSite(
-            self.runner, server.listen.host, server.listen.port,
-            backlog=1024, reuse_port=self.reuse_port or None,
+        # The public port: the proxy's own HTTP/1.1 server (router/server.py).
+        public = self.server = Server(proxy.handle, proxy.refused)
+        address = server.listen
+        await listen_on(
+            lambda: public.listen(address.host, address.port, reuse_port=self.reuse_port),
+            "public", address,
         )  # fmt: skip
-        await listen_on(site, "public", server.listen)
         if self.admin is not None:
             await self.admin.setup()
-            address = server.admin_listen
-            await listen_on(web.TCPSite(self.admin, address.host, address.port), "admin", address)
+            site = web.TCPSite(self.admin, server.admin_listen.host, server.admin_listen.port)
+            await listen_on(site.start, "admin", server.admin_listen)
         self.tables.announce()  # once listening: a log never names a table that never served
 
     def reopen_log(self) -> None:
@@ -159,15 +129,13 @@ class Router:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
         self.draining[0] = True
         try:
-            if self.runner is not None:
-                for site in list(self.runner.sites):
-                    await site.stop()  # new connections are refused from here
-                if self.runner.server is not None:
-                    self.runner.server.pre_shutdown()  # idle keep-alive connections close
+            if self.server is not None:
+                # New connections are refused from here; idle keep-alive ones close.
+                self.server.stop_accepting()
                 if not await self.proxy.drained(self.tables.current.server.drain_s):
                     self.proxy.cut_off()
                     await self.proxy.drained(1.0)
-                await self.runner.cleanup()  # closes the connections
+                self.server.close()
             await self._lifecycles.aclose()
             if self.admin is not None:
                 await self.admin.cleanup()
@@ -179,9 +147,9 @@ class ServeError(Exception):
     """The router cannot start: a port is taken, the log cannot be opened."""
 
 
-async def listen_on(site: web.TCPSite, what: str, address: Address) -> None:
+async def listen_on(start: Callable[[], Awaitable[None]], what: str, address: Address) -> None:
     try:
-        await site.start()
+        await start()
     except OSError as exc:
         flag = "--listen" if what == "public" else "--admin-listen"
         raise ServeError(
@@ -191,8 +159,8 @@ async def listen_on(site: web.TCPSite, what: str, address: Address) -> None:
 
 
 class _QuietBadRequests(logging.Filter):
-    """Drop aiohttp's traceback for a malformed request: a client's fault, already logged
-    as a `rejected` record in the routing log, and a flood on stderr under a scanner."""
+    """Drop aiohttp's traceback for a malformed request on the admin port: a client's
+    fault, answered with 400, and a flood on stderr under a scanner."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
@@ -264,6 +232,6 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def _url(runner: web.BaseRunner) -> str:
-    host, port = runner.addresses[0][:2]
+def _url(addresses: list[Any]) -> str:
+    host, port = addresses[0][:2]
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"

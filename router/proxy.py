@@ -16,8 +16,6 @@ from urllib.parse import unquote
 
 import aiohttp
 import orjson
-from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
@@ -30,6 +28,8 @@ from router.headers import downstream_headers, new_request_id, request_id, upstr
 from router.health import HealthBook
 from router.metrics import Metrics
 from router.record import Exchange, Outcome
+from router.request import BadBody, Body, Request
+from router.response import Response, StreamResponse
 from router.table import TableHolder
 
 # Bodies up to this size are read whole before forwarding: one write each way, and a
@@ -41,15 +41,13 @@ FEEDBACK_BYTES: Final = 1024 * 1024
 CONNECT_S: Final = 5.0
 CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
 
-HANDLED: Final = web.RequestKey("model_router_handled", bool)
-
 
 @dataclass(slots=True)
 class _Body:
     """The request body: whole (`data` is bytes) or a stream read on demand."""
 
     data: bytes | None
-    stream: aiohttp.StreamReader | None = None
+    stream: Body | None = None
     limit: int = 0
     timeout: float = 0.0
     consumed: bool = False  # a byte was read from the client: it can't be sent again
@@ -72,10 +70,10 @@ class _Body:
             try:
                 async with asyncio.timeout(self.timeout):
                     chunk = await self.stream.readany()
-            except (ConnectionError, aiohttp.ClientPayloadError):
+            except ConnectionError:
                 self.client_gone = True
                 raise
-            except RequestPayloadError as exc:
+            except BadBody as exc:
                 self.malformed = True
                 raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
             except TimeoutError:
@@ -155,8 +153,9 @@ class Proxy:
         for task in self._in_flight:
             task.cancel()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        task = request.task  # the handler's task, known to aiohttp: no current_task() lookup
+    async def handle(self, request: Request) -> StreamResponse:
+        task = request.task  # the handler's task, known to the server: no current_task()
+        assert task is not None
         self._in_flight.add(task)
         self._idle.clear()
         try:
@@ -166,8 +165,7 @@ class Proxy:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        request[HANDLED] = True
+    async def _handle(self, request: Request) -> StreamResponse:
         table = self.tables.current  # read once: this request keeps this table
         given = request.headers.get("X-Request-ID")
         ex = Exchange(
@@ -179,7 +177,7 @@ class Proxy:
             config=table.digest,
             user=self._no_user,
         )
-        response: web.StreamResponse | None = None
+        response: StreamResponse | None = None
         try:
             response = await self._dispatch(request, table, ex)
         except RouterError as error:
@@ -190,11 +188,13 @@ class Proxy:
                 # the backend, as nginx does, and say so in the record.
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
                 raise
-            if request.writer.output_size:  # drain_s ran out mid-answer: nothing to add
+            if request.responded:  # drain_s ran out mid-answer: nothing to add
                 ex.outcome = "unavailable"
                 raise
             # drain_s ran out before the answer: tell the client, rather than just hanging up.
-            request.task.uncancel()
+            task = request.task
+            assert task is not None
+            task.uncancel()
             ex.outcome = "unavailable"
             response = self._error(RouterError("upstream_unavailable", _SHUTTING_DOWN), ex)
         finally:
@@ -204,17 +204,17 @@ class Proxy:
                 self._record(ex)
         return response
 
-    def log_unhandled(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
-        """A request aiohttp refused before the handler saw it (junk, oversized headers)."""
-        if request.get(HANDLED):
-            return
+    def refused(self, status: int) -> str:
+        """Log a request the server refused before routing (junk, an oversized head);
+        returns the id its error answer carries."""
         table = self.tables.current
         ex = Exchange(
             now_rfc3339(), time.perf_counter(), new_request_id(), None, None, table.digest
         )
         ex.user = self._no_user
-        ex.status = response.status
+        ex.status = status
         self._record(ex)
+        return ex.request_id
 
     def _record(self, ex: Exchange) -> None:
         record = ex.record()
@@ -225,9 +225,7 @@ class Proxy:
 
     # --- routing ---
 
-    async def _dispatch(
-        self, request: web.BaseRequest, table: Table, ex: Exchange
-    ) -> web.StreamResponse:
+    async def _dispatch(self, request: Request, table: Table, ex: Exchange) -> StreamResponse:
         raw_path, has_query, query = origin_form(request.raw_path).partition("?")
         segments = raw_path.split("/")
         if len(segments) >= 3 and segments[1] == "models" and segments[2] in table.models:
@@ -265,7 +263,7 @@ class Proxy:
             raise RouterError("unknown_model", f"no model '{name}'; models: {known}")
         return model
 
-    async def _read_body(self, request: web.BaseRequest, table: Table) -> _Body:
+    async def _read_body(self, request: Request, table: Table) -> _Body:
         limit = table.server.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -273,7 +271,7 @@ class Proxy:
         if not request.body_exists:
             return _Body(None)
         timeout = table.server.body_timeout_s
-        await _continue(request)
+        request.send_continue()
         if length is not None and length <= BUFFER_BYTES:
             try:
                 # Small bodies have usually arrived with the headers: take them at once.
@@ -282,9 +280,9 @@ class Proxy:
                     return _Body(ready)
                 async with asyncio.timeout(timeout):
                     return _Body(ready + await request.content.readexactly(length - len(ready)))
-            except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
+            except (ConnectionError, asyncio.IncompleteReadError):
                 return _Body(None, client_gone=True)
-            except RequestPayloadError as exc:
+            except BadBody as exc:
                 raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
             except TimeoutError:
                 raise RouterError("body_timeout", _slow_body(timeout)) from None
@@ -292,17 +290,17 @@ class Proxy:
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         table: Table,
         model: Model,
         name: str,
         target: str,
         body: _Body,
         ex: Exchange,
-    ) -> web.StreamResponse:
+    ) -> StreamResponse:
         if body.client_gone:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
-            return web.Response(status=CLIENT_CLOSED)
+            return Response(CLIENT_CLOSED)
         version = model.versions[name]
         try:
             return await self._attempt(request, model, version, target, body, ex)
@@ -322,13 +320,13 @@ class Proxy:
 
     async def _attempt(
         self,
-        request: web.BaseRequest,
+        request: Request,
         model: Model,
         version: Version,
         target: str,
         body: _Body,
         ex: Exchange,
-    ) -> web.StreamResponse:
+    ) -> StreamResponse:
         ex.version = version.name
         key = (model.name, version.name, version.url)
         if not self.health.available(key):
@@ -394,7 +392,7 @@ class Proxy:
                 raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
             if body.client_gone:
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
-                return web.Response(status=CLIENT_CLOSED)
+                return Response(CLIENT_CLOSED)
             self._failed(key, model)
             error = RouterError(
                 "upstream_unavailable",
@@ -412,14 +410,14 @@ class Proxy:
 
     async def _relay(
         self,
-        request: web.BaseRequest,
+        request: Request,
         model: Model,
         version: Version,
         upstream: aiohttp.ClientResponse | upstream_pool.Response,
         sent: float,
         ex: Exchange,
         deadline: asyncio.Timeout,
-    ) -> web.StreamResponse:
+    ) -> StreamResponse:
         status = upstream.status
         ex.status = status
         ex.outcome = "ok" if status < 400 else "client_error" if status < 500 else "server_error"
@@ -446,25 +444,21 @@ class Proxy:
             ex.upstream_ms = _ms_since(sent)
             if model.log_response:
                 ex.response = _pick(data, model.log_response)
-            response = web.Response(status=status, reason=upstream.reason, headers=headers)
-            response.body = data
-            return response
+            return Response(status, reason=upstream.reason, headers=headers, body=data)
         deadline.reschedule(None)  # streaming keeps a deadline of its own, per chunk
         return await self._stream(request, model, version, upstream, headers, sent, ex)
 
     async def _stream(
         self,
-        request: web.BaseRequest,
+        request: Request,
         model: Model,
         version: Version,
         upstream: aiohttp.ClientResponse | upstream_pool.Response,
         headers: list[tuple[str, str]],
         sent: float,
         ex: Exchange,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
-        )
+    ) -> StreamResponse:
+        response = StreamResponse(upstream.status, reason=upstream.reason, headers=headers)
         captured: list[bytes] | None = [] if model.log_response else None
         size = 0
         loop = asyncio.get_running_loop()
@@ -494,8 +488,7 @@ class Proxy:
             # connection, so the client sees a truncated answer, never a complete one.
             ex.upstream_ms = _ms_since(sent)
             ex.outcome = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
-            if request.transport is not None:
-                request.transport.close()
+            request.close_connection()
             return response
         if captured is not None:
             ex.response = _pick(b"".join(captured), model.log_response)
@@ -504,8 +497,8 @@ class Proxy:
     # --- the router's own answers ---
 
     async def _feedback(
-        self, request: web.BaseRequest, table: Table, name: str, ex: Exchange
-    ) -> web.StreamResponse:
+        self, request: Request, table: Table, name: str, ex: Exchange
+    ) -> StreamResponse:
         """Ground truth for an earlier request: logged as a `feedback` event only."""
         if request.method != "POST":
             raise RouterError("not_found", f"feedback is sent with POST /feedback/{name}")
@@ -515,12 +508,14 @@ class Proxy:
         if length is not None and length > FEEDBACK_BYTES:
             raise RouterError("body_too_large", _too_large(FEEDBACK_BYTES))
         try:
-            await _continue(request)
+            request.send_continue()
             data = await request.content.read(FEEDBACK_BYTES + 1)
             payload = orjson.loads(data)
-        except (ConnectionError, aiohttp.ClientPayloadError):
+        except ConnectionError:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
-            return web.Response(status=CLIENT_CLOSED)
+            return Response(CLIENT_CLOSED)
+        except BadBody as exc:
+            raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
         except orjson.JSONDecodeError as exc:
             raise RouterError("bad_feedback", f"the body is not JSON: {exc}") from exc
         if (
@@ -537,18 +532,18 @@ class Proxy:
             "feedback", model=model.name, request_id=payload["request_id"], label=payload["label"]
         )
         ex.feedback = True
-        return web.Response(status=202, body=b'{"accepted":true}', content_type="application/json")
+        return Response(202, body=b'{"accepted":true}', content_type="application/json")
 
     @staticmethod
-    def _error(error: RouterError, ex: Exchange) -> web.Response:
+    def _error(error: RouterError, ex: Exchange) -> Response:
         """The contract's JSON error; the outcome was set where the failure was seen."""
         ex.status = error.status
         ex.version = None  # no version answered: the router did
         headers = {"X-Request-ID": ex.request_id}
         if ex.version is not None:
             headers["X-Model-Version"] = ex.version
-        response = web.Response(
-            status=error.status,
+        response = Response(
+            error.status,
             body=error.body(ex.request_id),
             content_type="application/json",
             headers=headers,
@@ -558,7 +553,7 @@ class Proxy:
         return response
 
     @staticmethod
-    async def _send(request: web.BaseRequest, response: web.StreamResponse, ex: Exchange) -> None:
+    async def _send(request: Request, response: StreamResponse, ex: Exchange) -> None:
         """Write a whole answer now, so that a client gone by then is seen and logged."""
         try:
             await response.prepare(request)
@@ -589,13 +584,6 @@ def origin_form(target: str) -> str:
         path_start = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=-1)
         return "/" + rest[path_start:].lstrip("/") if path_start >= 0 else "/"
     return target
-
-
-async def _continue(request: web.BaseRequest) -> None:
-    """Ask a client that sent `Expect: 100-continue` for its body, now that the router is
-    going to read it (RFC 9110 10.1.1); one refused before (413) never sends it."""
-    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 _SHUTTING_DOWN = "the router is shutting down and its drain time (server.drain_s) ran out"

@@ -168,7 +168,7 @@ class Supervisor:
         self._placeholder.close()
         await self.admin.setup()
         admin = self.tables.current.server.admin_listen
-        await listen_on(web.TCPSite(self.admin, admin.host, admin.port), "admin", admin)
+        await listen_on(web.TCPSite(self.admin, admin.host, admin.port).start, "admin", admin)
 
     async def watch_workers(self) -> None:
         """Restart a worker that exits on its own, as nginx's master does."""
