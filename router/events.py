@@ -128,8 +128,7 @@ def make_logger(sink: LogSink) -> FilteringBoundLogger:
         sink,
         processors=[_order, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
+    ).bind()  # the bound logger itself, not a lazy proxy that binds on every call
     return logger
 
 

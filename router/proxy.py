@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -342,28 +342,33 @@ class Proxy:
         )
         sent = time.perf_counter()
         try:
-            # One deadline for the whole exchange: the answer must start within timeout_s,
-            # and _relay moves it forward for each later chunk.
+            # One deadline for the whole exchange: the answer must start within timeout_s
+            # and, read whole, end within it; a streamed one has a deadline per chunk.
+            if body.stream is None and version.plain_http and request.method != "HEAD":
+                # The lean path, for a body held whole to a plain-http version; its pool
+                # keeps the deadline.
+                lean = await self.pool.request(
+                    version.host, version.port, request.method, version.base + target,
+                    headers, body.data, _connect_s(version.timeout_s), version.timeout_s,
+                )  # fmt: skip
+                self.health.success(key)
+                async with lean:
+                    return await self._relay(request, model, version, lean, sent, ex, lean.untimed)
             async with asyncio.timeout(version.timeout_s) as deadline:
-                upstream: aiohttp.ClientResponse | upstream_pool.Response
-                if body.stream is None and version.plain_http and request.method != "HEAD":
-                    # The lean path: a body held whole, to a plain-http version.
-                    upstream = await self.pool.request(
-                        version.host, version.port, request.method, version.base + target,
-                        headers, body.data, _connect_s(version.timeout_s),
-                    )  # fmt: skip
-                else:
-                    upstream = await self.session.request(
-                        request.method,
-                        URL(version.url + target, encoded=True),
-                        headers=headers,
-                        data=body.payload(),
-                        timeout=_connect_timeout(version.timeout_s),
-                        allow_redirects=False,
-                    )
+                upstream = await self.session.request(
+                    request.method,
+                    URL(version.url + target, encoded=True),
+                    headers=headers,
+                    data=body.payload(),
+                    timeout=_connect_timeout(version.timeout_s),
+                    allow_redirects=False,
+                )
                 self.health.success(key)
                 async with upstream:
-                    return await self._relay(request, model, version, upstream, sent, ex, deadline)
+                    return await self._relay(
+                        request, model, version, upstream, sent, ex,
+                        lambda: deadline.reschedule(None),
+                    )  # fmt: skip
         except RouterError:
             raise  # the body grew past max_body_mb on the way
         except upstream_pool.UpstreamError as exc:
@@ -416,7 +421,7 @@ class Proxy:
         upstream: aiohttp.ClientResponse | upstream_pool.Response,
         sent: float,
         ex: Exchange,
-        deadline: asyncio.Timeout,
+        untimed: Callable[[], object],
     ) -> StreamResponse:
         status = upstream.status
         ex.status = status
@@ -445,7 +450,7 @@ class Proxy:
             if model.log_response:
                 ex.response = _pick(data, model.log_response)
             return Response(status, reason=upstream.reason, headers=headers, body=data)
-        deadline.reschedule(None)  # streaming keeps a deadline of its own, per chunk
+        untimed()  # streaming keeps a deadline of its own, per chunk
         return await self._stream(request, model, version, upstream, headers, sent, ex)
 
     async def _stream(

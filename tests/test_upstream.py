@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from router.upstream import Pool
 from tests.support.running import LOOPBACK, router_running
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -191,3 +193,56 @@ async def test_bare_lf_answers_and_odd_reasons_pass(tmp_path: Path) -> None:
     ):
         assert (resp.status, await resp.read()) == (200, b"ok")
         assert resp.reason == "été ok"
+
+
+# --- deadlines: one timer for every exchange in flight ---
+
+
+async def test_each_exchange_times_out_by_its_own_deadline() -> None:
+    """A later exchange with a shorter deadline fails first: the pool's one timer is set
+    again for it. A connection that timed out is never reused."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()  # never answers; waits for the close
+
+    async with raw_backend(silent) as (url, connections):
+        port = int(url.rsplit(":", 1)[1])
+        pool = Pool()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def timed(within: float) -> float:
+            with pytest.raises(TimeoutError):
+                await pool.request(LOOPBACK, port, "POST", "/", [], b"x", 1.0, within)
+            return loop.time() - started
+
+        try:
+            slow = asyncio.create_task(timed(3.0))
+            fast = await timed(0.2)
+            assert fast < 2.0  # not held back until the first exchange's deadline
+            assert not slow.done()
+            assert 2.0 < await slow < 10.0
+        finally:
+            await pool.close()
+    assert len(connections) == 2
+
+
+async def test_a_body_that_stalls_times_out_at_the_deadline() -> None:
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_backend(stalls) as (url, _):
+        pool = Pool()
+        try:
+            response = await pool.request(
+                LOOPBACK, int(url.rsplit(":", 1)[1]), "GET", "/", [], None, 1.0, 0.3
+            )
+            assert response.status == 200
+            with pytest.raises(TimeoutError):
+                await response.read()
+        finally:
+            await pool.close()
