@@ -20,6 +20,8 @@ ErrorCode = Literal[
     "bad_feedback",
     "body_timeout",
     "bad_body",
+    "bad_request",
+    "internal_error",
 ]
 
 STATUS: dict[ErrorCode, int] = {
@@ -36,6 +38,8 @@ STATUS: dict[ErrorCode, int] = {
     "bad_feedback": 400,
     "body_timeout": 408,
     "bad_body": 400,
+    "bad_request": 400,  # refused by the HTTP parser, before routing
+    "internal_error": 500,  # a bug in the router: its traceback is on stderr
 }
 
 

@@ -31,9 +31,10 @@ class BadBody(Exception):
 class Body:
     """The request body as it arrives, read by the handler at its own pace."""
 
-    __slots__ = ("_chunks", "_done", "_error", "_flow", "_size", "_waiter")
+    __slots__ = ("_chunks", "_done", "_error", "_flow", "_loop", "_size", "_waiter")
 
-    def __init__(self, flow: Callable[[bool], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, flow: Callable[[bool], None]) -> None:
+        self._loop = loop
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._done = False
@@ -90,7 +91,7 @@ class Body:
                 if self._error is not None:
                     raise self._error
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -164,7 +165,7 @@ class Request:
         self.content_length = content_length
         self.body_exists = chunked or bool(content_length)
         self.keep_alive = keep_alive  # what the client asked for (llhttp's reading of it)
-        self.content = Body(conn.body_flow)
+        self.content = Body(conn.server.loop, conn.body_flow)
         self.task: asyncio.Task[None] | None = None
 
     @property

@@ -79,7 +79,14 @@ class StreamResponse:
 
     def _head(self, request: Request, length: int | None) -> bytes:
         """The status line and headers; `length` None means streamed."""
-        keep = request.keep_alive and not self.close and not request._conn.closing
+        # A body still coming in (an early answer: 413, 404) is not read to its end: the
+        # connection closes after the answer (with a lingering close, see server.py).
+        keep = (
+            request.keep_alive
+            and not self.close
+            and not request._conn.closing
+            and request.content.complete
+        )
         lines = [f"HTTP/1.1 {self.status} {self.reason}\r\n"]
         given_length = None
         dated = False
@@ -94,7 +101,9 @@ class StreamResponse:
         if not dated:
             lines.append(f"Date: {http_date()}\r\n")
         if _bodiless(request.method, self.status):
-            shown = given_length if given_length is not None else length
+            # HEAD: the length GET would have, if known: the backend's, or that of the
+            # router's own answer; never a length made up for an empty body.
+            shown = given_length if given_length is not None else length or None
             if shown is not None and self.status >= 200 and self.status not in (204, 304):
                 lines.append(f"Content-Length: {shown}\r\n")  # HEAD: what GET would be
         elif length is not None:

@@ -31,9 +31,10 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httptools
-import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from router.errors import RouterError
+from router.headers import new_request_id
 from router.request import BadBody, Request
 from router.response import StreamResponse, http_date, reason_phrase
 
@@ -51,10 +52,8 @@ _log = logging.getLogger("model-router")
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 
 
-class _HeadTooLarge(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class _BadHead(Exception):
+    """Raised in a parser callback: the request is refused (400 bad_request)."""
 
 
 class Connection(asyncio.Protocol):
@@ -72,7 +71,7 @@ class Connection(asyncio.Protocol):
         self.closing = False  # close after the current answer (shutdown, broken framing)
         self.closed = False
         self.discarding = False  # read and drop whatever comes: the connection is ending
-        self.refusal: tuple[int, str] | None = None  # to answer once the current one is done
+        self.refusal: str | None = None  # to answer once the current request is answered
         self.idle_since = server.loop.time()
         self.body_paused = False
         self.read_paused = False
@@ -145,15 +144,15 @@ class Connection(asyncio.Protocol):
         self._url.append(url)  # llhttp may hand the target over in pieces
         self._head_size += len(url)
         if self._head_size > MAX_LINE:
-            raise _HeadTooLarge(400, f"the request target is longer than {MAX_LINE} bytes")
+            raise _BadHead(f"the request target is longer than {MAX_LINE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
         self._head_size += size
         if size > MAX_LINE:
-            raise _HeadTooLarge(400, f"a header line is longer than {MAX_LINE} bytes")
+            raise _BadHead(f"a header line is longer than {MAX_LINE} bytes")
         if self._head_size > MAX_HEAD:
-            raise _HeadTooLarge(400, f"the headers are larger than {MAX_HEAD // 1024} KiB")
+            raise _BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB")
         # Values as aiohttp keeps them: UTF-8, bytes that are not as surrogates.
         self._headers.add(
             name.decode("latin-1"), value.decode("utf-8", "surrogateescape").strip(" \t")
@@ -167,6 +166,8 @@ class Connection(asyncio.Protocol):
         version = _VERSIONS.get(http_version) or cast(
             tuple[int, int], tuple(int(part) for part in http_version.split("."))
         )
+        if version >= (1, 1) and len(headers.getall("Host", ())) != 1:
+            raise _BadHead("an HTTP/1.1 request needs exactly one Host header")
         request = Request(
             self,
             parser.get_method().decode("ascii"),
@@ -216,7 +217,8 @@ class Connection(asyncio.Protocol):
             _log.exception("the request handler failed on %s %s", request.method,
                            request.raw_path)  # fmt: skip
             if self.current is request and not self.responded and not self.closed:
-                self._write_error(500, "internal_error", "the router failed on this request", "")
+                error = RouterError("internal_error", "the router failed on this request")
+                self._write_error(error, new_request_id())
             self.close()
 
     def finished(self, close: bool) -> None:
@@ -227,7 +229,7 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         if self.refusal is not None:
-            self._refuse(*self.refusal)
+            self._refuse(self.refusal)
         elif close or self.closing or request is None or not request.keep_alive:
             self._close_after(request)
         elif self.waiting:
@@ -265,25 +267,26 @@ class Connection(asyncio.Protocol):
             self.parsing = None
             self._end_reading()
             return
-        if isinstance(cause, _HeadTooLarge):
-            refusal = (cause.status, str(cause))
+        if isinstance(cause, _BadHead):
+            refusal = str(cause)
         else:
-            refusal = (400, f"the request is not valid HTTP/1.1: {exc}")
+            refusal = f"the request is not valid HTTP/1.1: {exc}"
         self._end_reading()
         if self.current is None:
-            self._refuse(*refusal)
+            self._refuse(refusal)
         else:
             self.refusal = refusal
 
-    def _refuse(self, status: int, message: str) -> None:
-        request_id = self.server.refused(status)
-        self._write_error(status, "bad_request", message, request_id)
+    def _refuse(self, message: str) -> None:
+        error = RouterError("bad_request", message)
+        request_id = self.server.refused(error.status)
+        self._write_error(error, request_id)
         self._close_after(None)
 
-    def _write_error(self, status: int, code: str, message: str, request_id: str) -> None:
-        """A JSON error of the router's own, for a request the proxy never saw whole."""
-        body = orjson.dumps({"error": {"code": code, "message": message,
-                                       "request_id": request_id}})  # fmt: skip
+    def _write_error(self, error: RouterError, request_id: str) -> None:
+        """A JSON error of the router's own, for a request the proxy did not answer."""
+        body = error.body(request_id)
+        status = error.status
         head = (
             f"HTTP/1.1 {status} {reason_phrase(status)}\r\nDate: {http_date()}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
