@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from multidict import MultiMapping
+
 # Hop-by-hop headers concern one connection only and are never forwarded (RFC 9110 7.6.1).
 # Proxy-* covers Proxy-Authorization, Proxy-Authenticate and the non-standard
 # Proxy-Connection that old clients still send.
@@ -24,26 +26,30 @@ _SET_DOWNSTREAM: Final = frozenset({"x-model-version", "x-request-id"})
 REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 
 
-def _dropped(headers: Mapping[str, str], extra: frozenset[str]) -> frozenset[str]:
-    """Names not to forward: hop-by-hop ones, those `Connection` lists, and `extra`."""
+# What never crosses in each direction, unless `Connection` names more (one set look-up
+# per header on the hot path).
+_DROP_UPSTREAM: Final = HOP_BY_HOP | _SET_UPSTREAM | {"x-forwarded-for"}
+_DROP_DOWNSTREAM: Final = HOP_BY_HOP | _SET_DOWNSTREAM
+
+
+def _dropped(headers: Mapping[str, str], base: frozenset[str]) -> frozenset[str]:
+    """Names not to forward: `base`, and those that `Connection` lists (hop-by-hop too)."""
     listed = headers.get("Connection")
     if not listed:
-        return extra
-    return extra | {token.strip().lower() for token in listed.split(",")}
+        return base
+    return base | {token.strip().lower() for token in listed.split(",")}
 
 
 def _forwardable(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
-    out = []
-    for name, value in items:
-        lower = name.lower()
-        if lower in drop or lower in HOP_BY_HOP or lower.startswith("proxy-"):
-            continue
-        out.append((name, value))
-    return out
+    return [
+        (name, value)
+        for name, value in items
+        if (lower := name.lower()) not in drop and not lower.startswith("proxy-")
+    ]
 
 
 def upstream_headers(
-    headers: Mapping[str, str],
+    headers: MultiMapping[str],
     items: Iterable[tuple[str, str]],
     *,
     remote: str | None,
@@ -56,9 +62,8 @@ def upstream_headers(
     X-Forwarded-For is appended to (every proxy on the way adds the address it saw);
     repeated X-Forwarded-For lines are folded into one list, as RFC 9110 5.3 allows.
     """
-    drop = _dropped(headers, _SET_UPSTREAM | {"x-forwarded-for"})
-    out = _forwardable(items, drop)
-    seen = [value for name, value in items if name.lower() == "x-forwarded-for"]
+    out = _forwardable(items, _dropped(headers, _DROP_UPSTREAM))
+    seen = list(headers.getall("X-Forwarded-For", ()))
     if remote:
         seen.append(remote)
     if seen:
@@ -80,7 +85,7 @@ def downstream_headers(
     extra: Iterable[tuple[str, str]],
 ) -> list[tuple[str, str]]:
     """The headers sent to the client: the backend's, less hop-by-hop, plus ours."""
-    out = _forwardable(items, _dropped(headers, _SET_DOWNSTREAM))
+    out = _forwardable(items, _dropped(headers, _DROP_DOWNSTREAM))
     out.append(("X-Model-Version", version))
     out.append(("X-Request-ID", request_id))
     out.extend(extra)

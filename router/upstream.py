@@ -124,7 +124,7 @@ class _Connection(asyncio.Protocol):
         self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self.closed = False
         self.paused = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it went back to the pool
         self.deadline = 0.0  # loop time by which the exchange in progress must be over
         self._reset()
 
@@ -279,6 +279,7 @@ class Pool:
         self._watched: set[_Connection] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._sweeper: asyncio.TimerHandle | None = None
         # Kept, not asked for: on Python 3.11 `asyncio.get_running_loop()` makes a getpid
         # system call each time, 10% of a worker's time in a native profile.
         self.loop = asyncio.get_running_loop()
@@ -337,11 +338,12 @@ class Pool:
     ) -> tuple[_Connection, bool]:
         """A kept-alive connection if there is one (and `reuse`), else a new one."""
         idle = self._idle.get((host, port))
+        stale = self.loop.time() - IDLE_S
         while idle and reuse:
             conn = idle.popleft()
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            if conn.idle_since < stale:
+                conn.close()
+            elif not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
         loop = asyncio.get_running_loop()
         try:
@@ -392,7 +394,19 @@ class Pool:
 
     def _give_back(self, conn: _Connection) -> None:
         self._idle.setdefault(conn.key, deque()).appendleft(conn)
-        conn.idle_handle = self.loop.call_later(IDLE_S, conn.close)
+        conn.idle_since = self.loop.time()
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(IDLE_S / 2, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for IDLE_S, every IDLE_S / 2 while any are idle (one timer
+        for the pool, not one per connection handed back)."""
+        self._sweeper = None
+        stale = self.loop.time() - IDLE_S
+        for conn in [c for idle in self._idle.values() for c in idle if c.idle_since < stale]:
+            conn.close()  # its connection_lost takes it out of the pool
+        if any(self._idle.values()):
+            self._sweeper = self.loop.call_later(IDLE_S / 2, self._sweep)
 
     def _forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
@@ -402,8 +416,9 @@ class Pool:
             idle.remove(conn)
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._sweeper):
+            if timer is not None:
+                timer.cancel()
         for conn in list(self._all):
             conn.close()
         self._idle.clear()

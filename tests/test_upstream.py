@@ -11,8 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router import upstream
 from router.upstream import Pool
 from tests.support.running import LOOPBACK, router_running
+from tests.support.waiting import poll
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -244,5 +246,44 @@ async def test_a_body_that_stalls_times_out_at_the_deadline() -> None:
             assert response.status == 200
             with pytest.raises(TimeoutError):
                 await response.read()
+        finally:
+            await pool.close()
+
+
+async def test_a_connection_idle_past_the_limit_is_closed_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle connections are swept (the limit is shortened here from 30 s to 0.2 s)."""
+    monkeypatch.setattr(upstream, "IDLE_S", 0.2)
+    closed: list[int] = []
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                closed.append(1)  # the router closed it
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_backend(keep_alive) as (url, connections):
+        port = int(url.rsplit(":", 1)[1])
+        pool = Pool()
+        try:
+            for _ in range(2):  # back to back: the same connection
+                response = await pool.request(LOOPBACK, port, "GET", "/", [], None, 1.0, 2.0)
+                assert await response.read() == b"ok"
+                response.release()
+            assert len(connections) == 1
+
+            async def swept() -> bool | None:
+                return True if closed else None
+
+            await poll(swept, 3.0, "the idle sweep")
+            response = await pool.request(LOOPBACK, port, "GET", "/", [], None, 1.0, 2.0)
+            assert await response.read() == b"ok"
+            response.release()
+            assert len(connections) == 2
         finally:
             await pool.close()
