@@ -7,12 +7,12 @@ opened with O_APPEND, so several worker processes can share it and lines stay wh
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import logging
 import os
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Final
@@ -37,9 +37,19 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+class _Second:
+    at = -1
+    text = ""
+
+
 def now_rfc3339() -> str:
-    """The current UTC time as RFC 3339 with milliseconds and a `Z`."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current UTC time as RFC 3339 with milliseconds and a `Z`, e.g.
+    `2026-11-25T20:03:16.123Z`. The part up to the second is formatted once a second."""
+    now = time.time()
+    second = int(now)
+    if second != _Second.at:
+        _Second.at, _Second.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_Second.text}.{int((now - second) * 1000):03d}Z"
 
 
 class LogSink:

@@ -40,6 +40,7 @@ LOG_RESPONSE_BYTES: Final = 64 * 1024
 FEEDBACK_BYTES: Final = 1024 * 1024
 CONNECT_S: Final = 5.0
 CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
+_DOTS: Final = (".", "..")
 
 
 @dataclass(slots=True)
@@ -230,7 +231,7 @@ class Proxy:
         segments = raw_path.split("/")
         if len(segments) >= 3 and segments[1] == "models" and segments[2] in table.models:
             ex.model = segments[2]
-        if any(unquote(s) in (".", "..") for s in segments):
+        if any(s in _DOTS or ("%" in s and unquote(s) in _DOTS) for s in segments):
             raise RouterError("bad_path", f"path '{raw_path}' has '.' or '..' segments")
         if len(segments) < 3 or segments[0] != "":
             raise _not_found(raw_path)
