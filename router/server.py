@@ -94,7 +94,7 @@ class Connection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.discarding:
+        if self.discarding or self.closed:
             return
         try:
             self.parser.feed_data(data)
@@ -205,7 +205,7 @@ class Connection(asyncio.Protocol):
     async def _run(self, request: Request) -> None:
         try:
             response = await self.server.handler(request)
-            if self.current is request:  # the handler left its answer unfinished
+            if self.current is request and not self.closed:  # left unfinished by the handler
                 if not response.prepared:
                     await response.prepare(request)
                 await response.write_eof()
@@ -232,11 +232,13 @@ class Connection(asyncio.Protocol):
             self._refuse(self.refusal)
         elif close or self.closing or request is None or not request.keep_alive:
             self._close_after(request)
-        elif self.waiting:
-            self._start(self.waiting.popleft())
-            self._flow()
         else:
-            self.idle_since = self.server.loop.time()
+            self.body_paused = False  # that body's reader is gone, read or not
+            if self.waiting:
+                self._start(self.waiting.popleft())
+            else:
+                self.idle_since = self.server.loop.time()
+            self._flow()
 
     def _close_after(self, request: Request | None) -> None:
         """Close; if the client may still be sending a body, read and drop it for a while
@@ -329,7 +331,9 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def close(self) -> None:
+        """Close after what is already written; nothing more is read or written."""
         if self.transport is not None and not self.closed:
+            self.closed = True
             self.transport.close()
 
     @property
