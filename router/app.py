@@ -108,7 +108,7 @@ class Router:
         )
         await stack.enter_async_context(watching(tables))
         # The public port: the proxy's own HTTP/1.1 server (router/server.py).
-        public = self.server = Server(proxy.handle, proxy.refused)
+        public = self.server = Server(proxy.handle, proxy.refused, proxy.dropped)
         address = server.listen
         await listen_on(
             lambda: public.listen(address.host, address.port, reuse_port=self.reuse_port),

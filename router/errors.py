@@ -21,6 +21,8 @@ ErrorCode = Literal[
     "body_timeout",
     "bad_body",
     "bad_request",
+    "not_implemented",
+    "unsupported_version",
     "internal_error",
 ]
 
@@ -39,6 +41,8 @@ STATUS: dict[ErrorCode, int] = {
     "body_timeout": 408,
     "bad_body": 400,
     "bad_request": 400,  # refused by the HTTP parser, before routing
+    "not_implemented": 501,  # a transfer coding other than chunked
+    "unsupported_version": 505,  # not HTTP/1.0 or HTTP/1.1
     "internal_error": 500,  # a bug in the router: its traceback is on stderr
 }
 

@@ -22,7 +22,7 @@ from yarl import URL
 from router import upstream as upstream_pool
 from router.assign import choose
 from router.config import Model, Table, Version
-from router.errors import RouterError
+from router.errors import ErrorCode, RouterError
 from router.events import Pseudonymizer, now_rfc3339, printable
 from router.headers import downstream_headers, new_request_id, request_id, upstream_headers
 from router.health import HealthBook
@@ -50,12 +50,14 @@ class _Body:
     data: bytes | None
     stream: Body | None = None
     limit: int = 0
-    timeout: float = 0.0
+    timeout: float = 0.0  # body_timeout_s: the longest wait for each piece from the client
     consumed: bool = False  # a byte was read from the client: it can't be sent again
     client_gone: bool = False
-    too_large: bool = False
-    timed_out: bool = False
-    malformed: bool = False
+    failed: RouterError | None = None  # why the stream stopped, if it was the body's fault
+    # The backend's deadline while a streamed body goes to it (see _chunks).
+    deadline: asyncio.Timeout | None = None
+    within: float = 0.0
+    answered: bool = False
 
     @property
     def resendable(self) -> bool:
@@ -65,9 +67,14 @@ class _Body:
         return self.data if self.stream is None else self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
+        """The body as the client sends it. While the router waits on the client, only
+        body_timeout_s applies; while the backend takes a piece, and once it has all of
+        them, its timeout_s does (nginx's proxy_send_timeout, then proxy_read_timeout). A
+        slow client never makes a backend time out."""
         assert self.stream is not None
         total = 0
         while True:
+            self._backend_clock(None)
             try:
                 async with asyncio.timeout(self.timeout):
                     chunk = await self.stream.readany()
@@ -75,19 +82,26 @@ class _Body:
                 self.client_gone = True
                 raise
             except BadBody as exc:
-                self.malformed = True
-                raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
+                raise self._fail("bad_body", f"the request body is malformed: {exc}") from None
             except TimeoutError:
-                self.timed_out = True
-                raise RouterError("body_timeout", _slow_body(self.timeout)) from None
+                raise self._fail("body_timeout", _slow_body(self.timeout)) from None
+            self._backend_clock(self.within)
             if not chunk:
                 return
             total += len(chunk)
             self.consumed = True
             if total > self.limit:
-                self.too_large = True
-                raise RouterError("body_too_large", _too_large(self.limit))
+                raise self._fail("body_too_large", _too_large(self.limit))
             yield chunk
+
+    def _fail(self, code: ErrorCode, message: str) -> RouterError:
+        self.failed = RouterError(code, message)
+        return self.failed
+
+    def _backend_clock(self, seconds: float | None) -> None:
+        if self.deadline is not None and not self.answered:
+            when = None if seconds is None else asyncio.get_running_loop().time() + seconds
+            self.deadline.reschedule(when)
 
 
 class _Unreachable(Exception):
@@ -143,10 +157,13 @@ class Proxy:
         """Wait until no request is in flight, for up to `seconds`; True if none is left."""
         try:
             async with asyncio.timeout(seconds):
-                await self._idle.wait()
+                while True:
+                    await self._idle.wait()
+                    await asyncio.sleep(0)  # a pipelined request just started registers
+                    if not self._in_flight:
+                        return True
         except TimeoutError:
             return False
-        return True
 
     def cut_off(self) -> None:
         """Cancel the requests still in flight (drain time is over); each logs its record."""
@@ -199,10 +216,12 @@ class Proxy:
             ex.outcome = "unavailable"
             response = self._error(RouterError("upstream_unavailable", _SHUTTING_DOWN), ex)
         finally:
-            if response is not None and not response.prepared:
-                await self._send(request, response, ex)
-            if not ex.feedback:
-                self._record(ex)
+            try:
+                if response is not None and not response.prepared:
+                    await self._send(request, response, ex)
+            finally:
+                if not ex.feedback:
+                    self._record(ex)
         return response
 
     def refused(self, status: int) -> str:
@@ -216,6 +235,21 @@ class Proxy:
         ex.status = status
         self._record(ex)
         return ex.request_id
+
+    def dropped(self, request: Request) -> None:
+        """Log a request received whole but never started: its connection closed first
+        (the client left, or the shutdown closed it behind a request still running)."""
+        ex = Exchange(
+            now_rfc3339(), time.perf_counter(), request_id(request.headers.get("X-Request-ID")),
+            request.method, printable(origin_form(request.raw_path).partition("?")[0]),
+            self.tables.current.digest,
+        )  # fmt: skip
+        ex.user = self._no_user
+        if self._cutting_off:
+            ex.status, ex.outcome = 503, "unavailable"
+        else:
+            ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+        self._record(ex)
 
     def _record(self, ex: Exchange) -> None:
         record = ex.record()
@@ -356,6 +390,7 @@ class Proxy:
                 async with lean:
                     return await self._relay(request, model, version, lean, sent, ex, lean.untimed)
             async with asyncio.timeout(version.timeout_s) as deadline:
+                body.deadline, body.within, body.answered = deadline, version.timeout_s, False
                 upstream = await self.session.request(
                     request.method,
                     URL(version.url + target, encoded=True),
@@ -364,6 +399,8 @@ class Proxy:
                     timeout=_connect_timeout(version.timeout_s),
                     allow_redirects=False,
                 )
+                body.answered = True  # the answer has begun: its own timing from here
+                deadline.reschedule(asyncio.get_running_loop().time() + version.timeout_s)
                 self.health.success(key)
                 async with upstream:
                     return await self._relay(
@@ -390,12 +427,8 @@ class Proxy:
             ex.outcome = "timeout"
             raise _upstream_timeout(version, exc) from exc
         except aiohttp.ClientConnectionError as exc:
-            if body.too_large:
-                raise RouterError("body_too_large", _too_large(body.limit)) from exc
-            if body.timed_out:
-                raise RouterError("body_timeout", _slow_body(body.timeout)) from exc
-            if body.malformed:
-                raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
+            if body.failed is not None:  # the body's fault, not the version's
+                raise body.failed from None
             if body.client_gone:
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
                 return Response(CLIENT_CLOSED)
@@ -558,14 +591,16 @@ class Proxy:
             response.force_close()  # what is left of that body cannot be trusted
         return response
 
-    @staticmethod
-    async def _send(request: Request, response: StreamResponse, ex: Exchange) -> None:
+    async def _send(self, request: Request, response: StreamResponse, ex: Exchange) -> None:
         """Write a whole answer now, so that a client gone by then is seen and logged."""
         try:
             await response.prepare(request)
             await response.write_eof()
         except ConnectionResetError:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+        except asyncio.CancelledError:  # drain_s ran out while the client read slowly
+            ex.outcome = "unavailable" if self._cutting_off else "client_closed"
+            raise
 
 
 def _pick(data: bytes, names: tuple[str, ...]) -> dict[str, Any] | None:

@@ -81,12 +81,7 @@ class StreamResponse:
         """The status line and headers; `length` None means streamed."""
         # A body still coming in (an early answer: 413, 404) is not read to its end: the
         # connection closes after the answer (with a lingering close, see server.py).
-        keep = (
-            request.keep_alive
-            and not self.close
-            and not request._conn.closing
-            and request.content.complete
-        )
+        keep = not self.close and request._conn.keeps_alive(request)
         lines = [f"HTTP/1.1 {self.status} {self.reason}\r\n"]
         given_length = None
         dated = False

@@ -33,31 +33,47 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.errors import RouterError
+from router.errors import ErrorCode, RouterError
 from router.headers import new_request_id
 from router.request import BadBody, Request
 from router.response import StreamResponse, http_date, reason_phrase
 
 MAX_LINE = 8190  # bytes in the request line or one header line (aiohttp's, nginx's 8 KiB)
 MAX_HEAD = 64 * 1024  # bytes in all header lines together
+MAX_FIELDS = 1000  # header lines
 IDLE_S = 75.0  # a keep-alive connection with no request for this long is closed (nginx's)
 LINGER_S = 2.0  # how long the rest of a refused body is read and dropped before the close
 SWEEP_S = 1.0
+SEND_S = 60.0  # a client that reads nothing of its answer for this long is cut off (nginx's)
 
 Handler = Callable[[Request], Awaitable[StreamResponse]]
 # Logs the record of a request refused before routing, given its status; returns its id.
 Refused = Callable[[int], str]
+# Logs the record of a request received but never started: its connection closed first.
+Dropped = Callable[[Request], None]
 
 _log = logging.getLogger("model-router")
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 
 
 class _BadHead(Exception):
-    """Raised in a parser callback: the request is refused (400 bad_request)."""
+    """Raised in a parser callback: the request is refused with `code` (400 by default)."""
+
+    def __init__(self, message: str, code: ErrorCode = "bad_request") -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: no more requests are taken on this connection."""
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: parses its requests, runs them in order, writes the answers."""
+    """One client connection: parses its requests, runs them in order, writes the answers.
+
+    Requests received whole are answered in order, even after the connection has started
+    to end (a refusal, a shutdown); only the last answer says `Connection: close`.
+    """
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -65,13 +81,14 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.remote: str | None = None
         self.current: Request | None = None  # being handled
-        self.waiting: deque[Request] = deque()  # pipelined behind it
+        self.waiting: deque[Request] = deque()  # received, behind it (pipelining)
         self.parsing: Request | None = None  # whose body is arriving
         self.responded = False  # the current answer has started to go out
-        self.closing = False  # close after the current answer (shutdown, broken framing)
+        self.closing = False  # shutting down: take no new request, close when done
+        self.ending = False  # no more requests are parsed (broken framing, refusal, upgrade)
         self.closed = False
         self.discarding = False  # read and drop whatever comes: the connection is ending
-        self.refusal: str | None = None  # to answer once the current request is answered
+        self.refusal: _BadHead | None = None  # to answer after the requests before it
         self.idle_since = server.loop.time()
         self.body_paused = False
         self.read_paused = False
@@ -80,6 +97,12 @@ class Connection(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: CIMultiDict[str] = CIMultiDict()
         self._head_size = 0
+        self._in_head = False
+        self._last_keep_alive = True
+        self._head_fed = 0  # bytes of an unfinished head, counted by _bound
+        self._framing = 0  # bytes of the body's framing and trailer, counted by _bound
+        self._body_fed = 0
+        self._body_total = 0
 
     # --- asyncio.Protocol ---
 
@@ -96,6 +119,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.closed:
             return
+        in_head, parsing = self._in_head, self.parsing
+        self._body_fed = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -104,9 +129,25 @@ class Connection(asyncio.Protocol):
             if self.parsing is not None:
                 self.parsing.content.finish()
                 self.parsing = None
-            self._end_reading()
+            self._stop_parsing()
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
+        else:
+            self._bound(len(data), in_head, parsing)
+
+    def _bound(self, size: int, in_head: bool, parsing: Request | None) -> None:
+        """httptools hands a header or trailer line over only once it has ended, holding
+        it meanwhile: count what went into an unfinished head, or into a chunked body's
+        framing and trailer, so that an endless line is refused rather than held."""
+        if in_head and self._in_head:  # all of `data` went into one head, still unfinished
+            self._head_fed += size
+            if self._head_fed > MAX_HEAD:
+                self._refused_head(_BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB"))
+        elif parsing is not None and parsing is self.parsing:  # all of it into one body
+            self._framing += size - self._body_fed
+            # Chunk-size lines cost a few bytes a chunk; 1-byte chunks cost 6 bytes each.
+            if self._framing > MAX_HEAD + 8 * self._body_total:
+                self._bad_body("its chunk framing or trailer is too large")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -114,15 +155,18 @@ class Connection(asyncio.Protocol):
         gone = ConnectionResetError("the client closed the connection")
         if self.parsing is not None:
             self.parsing.content.finish(gone)
-        for request in self.waiting:
+        for request in self.waiting:  # received, never started: each still gets a record
             request.content.finish(gone)
+            self.server.dropped(request)
         self.waiting.clear()
         current = self.current
-        if current is not None and current.task is not None and not current.task.done():
-            current.task.cancel()  # the proxy stops waiting on the backend and logs 499
+        if current is None or current.task is None or current.task.done():
+            return
         waiter = self.write_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(gone)
+            waiter.set_exception(gone)  # the answer's write fails: the proxy logs 499
+        else:
+            current.task.cancel()  # the proxy stops waiting on the backend and logs 499
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -136,9 +180,13 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks ---
 
     def on_message_begin(self) -> None:
+        if self.closing:
+            raise _Stop  # shutting down: a request not yet begun is not taken
         self._url = []
         self._headers = CIMultiDict()
         self._head_size = 0
+        self._head_fed = 0
+        self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)  # llhttp may hand the target over in pieces
@@ -148,36 +196,54 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
-        self._head_size += size
+        self._head_size += size + 4  # ": " and CRLF
         if size > MAX_LINE:
             raise _BadHead(f"a header line is longer than {MAX_LINE} bytes")
         if self._head_size > MAX_HEAD:
             raise _BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB")
+        if len(self._headers) >= MAX_FIELDS:
+            raise _BadHead(f"more than {MAX_FIELDS} header lines")
+        if not self._in_head:
+            return  # a chunked body's trailer: never merged into the headers (RFC 9110 6.5.1)
         # Values as aiohttp keeps them: UTF-8, bytes that are not as surrogates.
         self._headers.add(
             name.decode("latin-1"), value.decode("utf-8", "surrogateescape").strip(" \t")
         )
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._framing = self._body_total = 0
+        self._head_size = 0  # a trailer, if any, has the same budget as the head
         parser = self.parser
         headers = self._headers
-        length = headers.get("Content-Length")
-        http_version = parser.get_http_version()
-        version = _VERSIONS.get(http_version) or cast(
-            tuple[int, int], tuple(int(part) for part in http_version.split("."))
-        )
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise _BadHead("only HTTP/1.0 and HTTP/1.1 are served here", "unsupported_version")
         if version >= (1, 1) and len(headers.getall("Host", ())) != 1:
             raise _BadHead("an HTTP/1.1 request needs exactly one Host header")
+        chunked = "Transfer-Encoding" in headers and _chunked(headers, version)
+        length = headers.get("Content-Length")
+        method = parser.get_method()
+        upgrade = method == b"CONNECT" or (
+            "Upgrade" in headers and "upgrade" in ",".join(headers.getall("Connection", ())).lower()
+        )
+        if upgrade and (chunked or length not in (None, "0")):
+            # llhttp would hand over no body for it: refused, never forwarded cut short.
+            raise _BadHead("a request that asks for an upgrade cannot carry a body here")
+        target = b"".join(self._url)
+        if b"#" in target:  # a fragment is the client's own business (RFC 9112 3.2)
+            target = target.partition(b"#")[0]
+        # llhttp answers this only inside its callbacks: ask it here.
+        keep_alive = self._last_keep_alive = parser.should_keep_alive()
         request = Request(
             self,
-            parser.get_method().decode("ascii"),
-            b"".join(self._url).decode("utf-8", "surrogateescape"),
+            method.decode("ascii"),
+            target.decode("utf-8", "surrogateescape"),
             version,
             CIMultiDictProxy(headers),
             int(length) if length is not None else None,
-            "chunked" in headers.get("Transfer-Encoding", "").lower(),
-            # llhttp answers this only inside its callbacks: ask it here.
-            parser.should_keep_alive(),
+            chunked,
+            keep_alive,
         )
         self.parsing = request
         if self.current is None:
@@ -187,6 +253,8 @@ class Connection(asyncio.Protocol):
             self._flow()
 
     def on_body(self, body: bytes) -> None:
+        self._body_fed += len(body)
+        self._body_total += len(body)
         if self.parsing is not None:
             self.parsing.content.feed(body)
 
@@ -221,24 +289,37 @@ class Connection(asyncio.Protocol):
                 self._write_error(error, new_request_id())
             self.close()
 
+    def keeps_alive(self, request: Request) -> bool:
+        """Whether the answer to `request` leaves the connection open for another."""
+        if not request.keep_alive or not request.content.complete:
+            return False  # the client asked, or the rest of its body was never read
+        if self.ending or self.closing:
+            return bool(self.waiting) or self.refusal is not None  # more answers follow
+        return True
+
     def finished(self, close: bool) -> None:
-        """The current answer is out: run the next request, wait for one, or close."""
+        """The current answer is out (`close`: it said `Connection: close`): run the next
+        request, refuse what could not be parsed, wait for more, or close."""
         request = self.current
         self.current = None
         self.responded = False
         if self.closed:
             return
-        if self.refusal is not None:
-            self._refuse(self.refusal)
-        elif close or self.closing or request is None or not request.keep_alive:
+        if close or request is None:
             self._close_after(request)
+            return
+        self.body_paused = False  # that body's reader is gone, read or not
+        if self.waiting:
+            self._start(self.waiting.popleft())
+        elif self.refusal is not None:
+            self._refuse(self.refusal)
+            return
+        elif self.ending or self.closing:
+            self.close()
+            return
         else:
-            self.body_paused = False  # that body's reader is gone, read or not
-            if self.waiting:
-                self._start(self.waiting.popleft())
-            else:
-                self.idle_since = self.server.loop.time()
-            self._flow()
+            self.idle_since = self.server.loop.time()
+        self._flow()
 
     def _close_after(self, request: Request | None) -> None:
         """Close; if the client may still be sending a body, read and drop it for a while
@@ -247,40 +328,59 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         assert self.transport is not None
-        self._end_reading()
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
+        self._stop_parsing()
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        except OSError:  # the client is already gone
+            self.close()
+            return
         self.server.loop.call_later(LINGER_S, self.close)
 
-    def _end_reading(self) -> None:
-        """Nothing more is parsed on this connection: it closes after the current answer."""
+    def _stop_parsing(self) -> None:
+        """No more requests are taken; what comes is read and dropped."""
+        self.ending = True
         self.discarding = True
-        self.closing = True
         self._flow()
 
     # --- refusals ---
 
     def _parse_failed(self, exc: httptools.HttpParserError) -> None:
         cause = exc.__cause__ or exc.__context__
-        if self.parsing is not None:
-            # The head was fine, the body broke its framing: its reader gets the error,
-            # and the proxy answers 400 bad_body.
-            self.parsing.content.finish(BadBody(str(exc)))
-            self.parsing = None
-            self._end_reading()
+        busy = self.current is not None or bool(self.waiting)
+        if isinstance(cause, _Stop) or (
+            # Bytes after a request that closes the connection are never a request
+            # (RFC 9112 9.6): not answered, not logged.
+            self.parsing is None and not self._last_keep_alive and not isinstance(cause, _BadHead)
+        ):
+            self._stop_parsing()
+            if not busy:
+                self.close()
             return
-        if isinstance(cause, _BadHead):
-            refusal = str(cause)
+        if self.parsing is not None:
+            self._bad_body(str(cause) if isinstance(cause, _BadHead) else str(exc))
+        elif isinstance(cause, _BadHead):
+            self._refused_head(cause)
         else:
-            refusal = f"the request is not valid HTTP/1.1: {exc}"
-        self._end_reading()
-        if self.current is None:
-            self._refuse(refusal)
-        else:
-            self.refusal = refusal
+            self._refused_head(_BadHead(f"the request is not valid HTTP/1.1: {exc}"))
 
-    def _refuse(self, message: str) -> None:
-        error = RouterError("bad_request", message)
+    def _bad_body(self, message: str) -> None:
+        """The head was fine, the body broke its framing: its reader gets the error, and
+        the proxy answers 400 bad_body."""
+        assert self.parsing is not None
+        self.parsing.content.finish(BadBody(message))
+        self.parsing = None
+        self._stop_parsing()
+
+    def _refused_head(self, refusal: _BadHead) -> None:
+        self._stop_parsing()
+        if self.current is not None or self.waiting:
+            self.refusal = refusal  # answered after the requests received before it
+        else:
+            self._refuse(refusal)
+
+    def _refuse(self, refusal: _BadHead) -> None:
+        error = RouterError(refusal.code, str(refusal))
         request_id = self.server.refused(error.status)
         self._write_error(error, request_id)
         self._close_after(None)
@@ -301,16 +401,27 @@ class Connection(asyncio.Protocol):
     # --- used by requests and responses ---
 
     async def write(self, data: bytes) -> None:
+        """Write, then wait while the client is SEND_S behind in reading; a client that
+        reads nothing for that long is cut off (nginx's `send_timeout`)."""
         if self.closed or self.transport is None:
             raise ConnectionResetError("the client closed the connection")
         self.responded = True
         self.transport.write(data)
         if self.write_paused:
-            self.write_waiter = self.server.loop.create_future()
+            waiter = self.write_waiter = self.server.loop.create_future()
+            timer = self.server.loop.call_later(SEND_S, self._send_timed_out, waiter)
             try:
-                await self.write_waiter
+                await waiter
             finally:
+                timer.cancel()
                 self.write_waiter = None
+
+    def _send_timed_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(ConnectionResetError(f"the client read nothing for {SEND_S:g} s"))
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()  # what is left unsent will never be read
 
     def send_continue(self) -> None:
         if not self.closed and self.transport is not None:
@@ -341,12 +452,28 @@ class Connection(asyncio.Protocol):
         return self.current is None and not self.waiting and self.parsing is None
 
 
+def _chunked(headers: CIMultiDict[str], version: tuple[int, int]) -> bool:
+    """Whether a request's body is chunked; any other transfer coding is refused, as nginx
+    does: not last, the body's length is unknowable (400, RFC 9112 6.3); before chunked, a
+    coding the router would have to undo for the backend (501, RFC 9112 6.1)."""
+    if version < (1, 1):
+        raise _BadHead("an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112 6.1)")
+    codings = [c.strip().lower() for c in ",".join(headers.getall("Transfer-Encoding")).split(",")]
+    codings = [c for c in codings if c]
+    if not codings or codings[-1] != "chunked":
+        raise _BadHead("Transfer-Encoding must end with chunked (RFC 9112 6.3)")
+    if len(codings) > 1:
+        raise _BadHead("no transfer coding but chunked is supported", "not_implemented")
+    return True
+
+
 class Server:
     """The listening sockets and the connections of the public port."""
 
-    def __init__(self, handler: Handler, refused: Refused) -> None:
+    def __init__(self, handler: Handler, refused: Refused, dropped: Dropped) -> None:
         self.handler = handler
         self.refused = refused
+        self.dropped = dropped
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self._servers: list[asyncio.Server] = []

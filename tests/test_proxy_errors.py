@@ -6,6 +6,7 @@ untouched; timeouts, unreachable backends and oversized bodies map to their code
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -378,3 +379,64 @@ async def test_chunked_body_under_the_limit_arrives_whole(
     ):
         assert resp.status == 200
         assert (await resp.json())["body_bytes"] == MIB // 2
+
+
+# --- a slow client is not a slow backend ---
+
+
+async def paced(
+    pieces: int, size: int, pause: float, digest: hashlib._Hash
+) -> AsyncIterator[bytes]:
+    """`pieces` distinct pieces of `size` bytes, `pause` seconds apart: a slow but steady
+    client. `digest` sees each piece as it is sent."""
+    block = os.urandom(size)
+    for i in range(pieces):
+        if i:
+            await asyncio.sleep(pause)  # pacing the upload, not waiting for a state
+        piece = i.to_bytes(8, "big") + block[8:]
+        digest.update(piece)
+        yield piece
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "chunked"])
+async def test_a_slow_streamed_upload_longer_than_timeout_s_is_forwarded_whole(
+    backends: dict[str, str], tmp_path: Path, with_length: bool
+) -> None:
+    """1.5 MiB (over the 1 MiB the router holds whole, so it is streamed) in six pieces,
+    0.5 s apart: 2.5 s of the client's pauses, over twice the model's timeout_s (1 s, ample
+    for the backend's own part on loopback), each pause well under server.body_timeout_s.
+    timeout_s is the backend's time, never the client's: the upload arrives whole, the
+    record is ok, and the version is not marked down (one failure would do it here, and
+    there is no fallback)."""
+    pieces, size, pause, timeout_s = 6, 256 * 1024, 0.5, 1.0
+    assert (pieces - 1) * pause > 2 * timeout_s
+    assert pieces * size > MIB
+    models = model(
+        backends, {"v1": 100, "v2": 0}, timeout_s=timeout_s,
+        outlier={"failures": 1, "cooloff_s": 60},
+    )  # fmt: skip
+    sent = hashlib.sha256()
+    headers = {"Content-Length": str(pieces * size)} if with_length else {}
+    async with (
+        router_running(models, tmp_path, body_timeout_s=5) as r,
+        aiohttp.ClientSession() as client,
+    ):
+        async with client.post(
+            f"{r.url}/models/m/upload", data=paced(pieces, size, pause, sent), headers=headers
+        ) as resp:
+            assert resp.request_info.headers.get("Transfer-Encoding") == (
+                None if with_length else "chunked"
+            )
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["X-Model-Version"] == "v1"
+            assert await resp.json() == {
+                "body_bytes": pieces * size,
+                "body_sha256": sent.hexdigest(),
+            }
+        async with client.get(f"{r.url}/models/m/echo?n=2") as resp:
+            assert resp.status == 200  # v1 is still up: 502 if the upload had counted against it
+            assert (await resp.json())["version"] == "v1"
+    upload, after = r.records()
+    assert (upload["path"], upload["status"], upload["outcome"]) == ("/models/m/upload", 200, "ok")
+    assert upload["version"] == "v1"
+    assert (after["status"], after["outcome"], after["version"]) == (200, "ok", "v1")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,7 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.running import RunningRouter, router_running
+from tests.support.echo import SEEN, create_echo_app
+from tests.support.running import RunningRouter, router_running, serving
+from tests.support.waiting import poll
 from tests.test_proxy_edges import exchange, one_model
 
 WAIT = 5.0  # seconds for any one read: generous, and a hang fails rather than blocks
@@ -651,3 +655,470 @@ async def test_an_expectation_in_http10_is_ignored(
     assert answer.json()["body_bytes"] == 5
     assert after == b""
     assert len(r.records()) == 1
+
+
+# --- regressions: framing, trailers, versions, limits, closes ---
+
+
+@asynccontextmanager
+async def watched_backend(name: str = "v1") -> AsyncIterator[tuple[str, list[str]]]:
+    """An echo backend; yields its URL and the raw target of every request it received."""
+    app = create_echo_app(name)
+    async with serving(app) as url:
+        yield url, app[SEEN]
+
+
+def on(url: str) -> dict[str, Any]:
+    """One model `m`, wholly on the backend at `url`."""
+    return {"m": {"versions": {"v1": {"url": url}}, "split": {"v1": 100}}}
+
+
+def assert_router_error(answer: Answer, status: int, code: str) -> str:
+    """The contract's JSON error, on a connection that closes after it; returns its id."""
+    assert answer.status == status, (answer.status_line, answer.body)
+    assert answer.header("Content-Type") == "application/json"
+    assert answer.header("Connection") == "close"
+    body = answer.json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert set(error) == {"code", "message", "request_id"}
+    assert error["code"] == code
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    assert answer.header("X-Request-ID") == error["request_id"]
+    return str(error["request_id"])
+
+
+CHUNKED_HELLO = b"5\r\nhello\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("codings", "status", "code"),
+    [
+        # Not ending with chunked: the body's length cannot be known (RFC 9112 6.3 item 4).
+        pytest.param([b"gzip"], 400, "bad_request", id="gzip"),
+        # Ending with chunked, but gzip would have to be undone for the backend.
+        pytest.param([b"gzip, chunked"], 501, "not_implemented", id="gzip-chunked"),
+        # Two field lines are one list (RFC 9110 5.3): the same as "gzip, chunked".
+        pytest.param([b"gzip", b"chunked"], 501, "not_implemented", id="gzip-then-chunked-lines"),
+    ],
+)
+async def test_a_transfer_coding_other_than_chunked_is_refused_before_the_backend(
+    tmp_path: Path, codings: list[bytes], status: int, code: str
+) -> None:
+    lines = b"".join(b"Transfer-Encoding: " + c + b"\r\n" for c in codings)
+    request = b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n" + CHUNKED_HELLO
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path, drain_s=0.2) as r,
+        connected(r) as conn,
+    ):
+        answer = await ask(conn, request)
+        after = await rest(conn[0])
+    request_id = assert_router_error(answer, status, code)
+    assert after == b""
+    assert seen == []  # the backend never saw it
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (status, "rejected")
+    assert record["request_id"] == request_id
+
+
+async def test_transfer_encoding_chunked_alone_still_reaches_the_backend(tmp_path: Path) -> None:
+    request = b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path) as r,
+        connected(r) as conn,
+    ):
+        answer = await ask(conn, request + CHUNKED_HELLO)
+        after = await ask(conn, get("/models/m/echo?n=2"))  # the framing was read exactly
+    assert answer.status == 200
+    assert answer.json()["body_bytes"] == 5
+    assert after.json()["target"] == "/echo?n=2"
+    assert seen == ["/echo", "/echo?n=2"]
+    assert [(rec["status"], rec["outcome"]) for rec in r.records()] == [(200, "ok")] * 2
+
+
+async def test_chunked_trailer_fields_never_become_request_headers(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """RFC 9110 6.5.1: trailer fields are not merged into the header section. Honoured,
+    this trailer would pin v2 (X-Model-Version), which the split never picks."""
+    models = {
+        "m": {
+            "versions": {"v1": {"url": backends["v1"]}, "v2": {"url": backends["v2"]}},
+            "split": {"v1": 100, "v2": 0},
+        }
+    }
+    request = (
+        b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\nX-User-ID: u\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Model-Version: v2\r\nX-Trailer-Injected: yes\r\n\r\n"
+    )
+    async with router_running(models, tmp_path) as r, connected(r) as conn:
+        answer = await ask(conn, request)  # all in one write: the trailer is in before routing
+        after = await ask(conn, get("/models/m/echo?n=2"))
+    assert answer.status == 200
+    echoed = answer.json()
+    assert echoed["version"] == "v1"
+    assert answer.header("X-Model-Version") == "v1"
+    assert echoed["body_bytes"] == 5
+    names = [name.lower() for name, _ in echoed["headers"]]
+    assert "x-trailer-injected" not in names
+    assert [v for k, v in echoed["headers"] if k.lower() == "x-model-version"] == ["v1"]
+    assert after.json()["target"] == "/echo?n=2"  # the trailer section was consumed whole
+    first, second = r.records()
+    assert (first["version"], first["assigned_by"], first["status"]) == ("v1", "split", 200)
+    assert second["status"] == 200
+
+
+@pytest.mark.parametrize(
+    "burst",
+    [
+        pytest.param(
+            get("/models/m/echo?n=1", "Connection: close") + get("/models/m/echo?n=2"),
+            id="http11-connection-close",
+        ),
+        pytest.param(
+            get("/models/m/echo?n=1", version="1.0") + get("/models/m/echo?n=2", version="1.0"),
+            id="http10-without-keep-alive",
+        ),
+    ],
+)
+async def test_bytes_after_a_request_that_closes_the_connection_are_ignored(
+    tmp_path: Path, burst: bytes
+) -> None:
+    """RFC 9112 9.6: a server that sent `close` MUST NOT process further requests."""
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path) as r,
+        connected(r) as conn,
+    ):
+        answer = await ask(conn, burst)
+        after = await rest(conn[0])
+    assert answer.status == 200
+    assert answer.json()["target"] == "/echo?n=1"
+    assert answer.header("Connection") == "close"
+    assert after == b""  # no second answer, not even an error
+    assert seen == ["/echo?n=1"]
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (200, "ok")
+    assert record["request_id"] == answer.header("X-Request-ID")
+
+
+async def test_a_pipelined_upgrade_request_is_answered_plainly_then_the_connection_closes(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    upgrade = get("/models/m/echo?n=2", "Connection: Upgrade", "Upgrade: websocket")
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        reader, writer = conn
+        writer.write(get("/models/m/slow?s=0.3") + upgrade)
+        await writer.drain()
+        slow = await read_answer(reader)
+        plain = await read_answer(reader)
+        after = await rest(reader)
+    assert slow.status == 200
+    assert slow.json()["slept"] is True
+    assert slow.header("Connection") is None  # another answer follows on this connection
+    assert plain.status == 200  # never 101: no protocol switch
+    assert plain.json()["target"] == "/echo?n=2"
+    assert "upgrade" not in [name.lower() for name, _ in plain.json()["headers"]]
+    assert plain.header("Upgrade") is None
+    assert plain.header("Connection") == "close"
+    assert after == b""
+    records = r.records()
+    assert sorted((rec["path"], rec["status"]) for rec in records) == [
+        ("/models/m/echo", 200),
+        ("/models/m/slow", 200),
+    ]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param(b"Content-Length: 5\r\n\r\nhello", id="content-length"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKED_HELLO, id="chunked"),
+    ],
+)
+async def test_an_upgrade_request_with_a_body_is_never_cut_short(
+    tmp_path: Path, framing: bytes
+) -> None:
+    """router/server.py: with no protocol switch, an Upgrade request "is answered as a plain
+    one and the connection closes after it" (RFC 9110 7.8 lets a server ignore Upgrade).
+    httptools skips the body of any request it sees as an upgrade, so the router must
+    either still forward the body whole or refuse the request (400, before the backend);
+    never answer 499 to a client that is still there, nor forward the request with its
+    body silently dropped."""
+    request = (
+        b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\n" + framing
+    )
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path, drain_s=0.2) as r,
+        connected(r) as conn,
+    ):
+        answer = await ask(conn, request)
+        after = await rest(conn[0])
+    assert after == b""
+    (record,) = r.records()
+    if answer.status == 400:  # refused: it never reaches the backend
+        request_id = assert_router_error(answer, 400, answer.json()["error"]["code"])
+        assert seen == []
+        assert (record["status"], record["outcome"]) == (400, "rejected")
+        assert record["request_id"] == request_id
+        return
+    assert answer.status == 200, (answer.status_line, answer.body)
+    echoed = answer.json()
+    assert echoed["body_bytes"] == 5
+    assert echoed["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert answer.header("Connection") == "close"
+    assert seen == ["/echo"]
+    assert (record["status"], record["outcome"]) == (200, "ok")
+
+
+async def test_a_pipelined_request_with_a_bad_chunk_is_answered_bad_body_after_the_first(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    bad = (
+        b"POST /models/m/echo?n=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nhello\r\n0\r\n\r\n"
+    )
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        reader, writer = conn
+        writer.write(get("/models/m/slow?s=0.3") + bad)
+        await writer.drain()
+        slow = await read_answer(reader)
+        refused = await read_answer(reader)
+        after = await rest(reader)
+    assert slow.status == 200
+    assert slow.json()["slept"] is True
+    assert slow.header("Connection") is None
+    request_id = assert_router_error(refused, 400, "bad_body")
+    assert after == b""
+    records = sorted(r.records(), key=lambda rec: rec["status"])
+    assert [(rec["path"], rec["status"]) for rec in records] == [
+        ("/models/m/slow", 200),
+        ("/models/m/echo", 400),
+    ]
+    assert records[1]["request_id"] == request_id
+
+
+@pytest.mark.parametrize("lines", [2000, 1000])  # with Host: 2001 and 1001 header lines
+async def test_more_than_1000_header_lines_are_refused(
+    backends: dict[str, str], tmp_path: Path, lines: int
+) -> None:
+    many = ["a: b"] * lines
+    assert len("\r\n".join(many)) < 64 * 1024 // 4  # far from the limit on bytes
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        answer = await ask(conn, get("/models/m/echo", *many))
+        after = await rest(conn[0])
+    request_id = assert_refused(answer)
+    assert "1000 header lines" in answer.json()["error"]["message"]
+    assert after == b""
+    (record,) = r.records()
+    assert_rejected_record(record, request_id)
+
+
+async def test_100_header_lines_are_served(backends: dict[str, str], tmp_path: Path) -> None:
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        answer = await ask(conn, get("/models/m/echo", *["a: b"] * 100))
+    assert answer.status == 200
+    assert [v for k, v in answer.json()["headers"] if k.lower() == "a"] == ["b"] * 100
+    assert [rec["status"] for rec in r.records()] == [200]
+
+
+async def test_exactly_1000_header_lines_are_served(tmp_path: Path) -> None:
+    """The limit's edge (Host and 999 more): forwarded to a backend that takes any head."""
+    received: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        received.append(head)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    async with (
+        raw_backend(answer) as url,
+        router_running(on(url), tmp_path) as r,
+        connected(r) as conn,
+    ):
+        served = await ask(conn, get("/models/m/x", *["a: b"] * 999))
+    assert served.status == 200
+    assert served.body == b"ok"
+    (head,) = received
+    assert head.split(b"\r\n").count(b"a: b") == 999
+    assert [rec["status"] for rec in r.records()] == [200]
+
+
+async def test_an_http2_request_line_is_505_unsupported_version(tmp_path: Path) -> None:
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path) as r,
+        connected(r) as conn,
+    ):
+        answer = await ask(conn, b"GET /models/m/echo HTTP/2.0\r\nHost: x\r\n\r\n")
+        after = await rest(conn[0])
+    request_id = assert_router_error(answer, 505, "unsupported_version")
+    assert after == b""
+    assert seen == []
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (505, "rejected")
+    assert record["request_id"] == request_id
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded"),
+    [("/models/m/echo?x=1#frag", "/echo?x=1"), ("/models/m/echo#frag?x=1", "/echo")],
+)
+async def test_a_fragment_in_the_target_is_not_forwarded(
+    backends: dict[str, str], tmp_path: Path, target: str, forwarded: str
+) -> None:
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        answer = await ask(conn, get(target))
+    assert answer.status == 200
+    assert answer.json()["target"] == forwarded
+    (record,) = r.records()
+    assert (record["path"], record["status"]) == ("/models/m/echo", 200)
+
+
+async def test_a_bad_chunk_in_a_streamed_body_reads_as_malformed_body(tmp_path: Path) -> None:
+    """The body is already on its way to the backend when its framing breaks: the client
+    is told what is wrong with its body, not how the router's client failed."""
+    head = b"POST /models/m/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path) as r,
+        connected(r) as conn,
+    ):
+        reader, writer = conn
+        writer.write(head + b"5\r\nhello\r\n")
+        await writer.drain()
+
+        async def forwarded() -> bool | None:
+            return True if seen else None
+
+        await poll(forwarded, WAIT, "the backend to receive the streamed request")
+        writer.write(b"zz\r\nhello\r\n0\r\n\r\n")
+        await writer.drain()
+        answer = await read_answer(reader)
+        after = await rest(reader)
+    request_id = assert_router_error(answer, 400, "bad_body")
+    message = answer.json()["error"]["message"]
+    assert message.startswith("the request body is malformed: "), message
+    assert "ConnectionKey" not in message
+    assert "RouterError" not in message
+    assert after == b""
+    assert seen == ["/upload"]
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (400, "rejected")
+    assert record["request_id"] == request_id
+
+
+async def test_a_whole_answer_the_client_stops_reading_is_logged_once_as_499(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """A 1 MiB answer, read whole from the backend (router/proxy.py BUFFER_BYTES), goes to
+    a client that takes its head (a few hundred bytes) and hangs up. The router's write
+    must still be waiting on the client then, which is a matter of buffer sizes, not of
+    timing: the client's small receive buffer and small MSS, both set before connect, hold
+    the router's kernel send buffer near 135 KiB (on loopback it otherwise grows to
+    net.ipv4.tcp_wmem's 4 MiB and takes the whole answer at once), so most of the answer
+    waits in the router, over its transport's high-water mark."""
+    loop = asyncio.get_running_loop()
+    async with router_running(one_model(backends), tmp_path) as r:
+        host, port = r.url.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+            sock.setblocking(False)
+            async with asyncio.timeout(WAIT):
+                await loop.sock_connect(sock, (host, int(port)))
+                await loop.sock_sendall(sock, get("/models/m/download?mb=1"))
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    piece = await loop.sock_recv(sock, 100)
+                    assert piece, "closed before the answer's head was out"
+                    got += piece
+        finally:
+            sock.close()  # unread bytes are left: a reset
+        assert got.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nContent-Length: 1048576\r\n" in got  # the whole-answer path
+
+        async with connected(r) as conn:  # still serving
+            after = await ask(conn, get("/models/m/echo?n=2"))
+        assert after.status == 200
+    records = r.records()
+    assert len(records) == 2
+    cut, served = sorted(records, key=lambda rec: rec["path"])
+    assert cut["path"] == "/models/m/download"
+    # 200 ok here would mean the write did not wait on the client (see the docstring).
+    assert (cut["status"], cut["outcome"]) == (499, "client_closed")
+    assert (served["path"], served["status"]) == ("/models/m/echo", 200)
+
+
+# --- framing the parser would take, refused; lines that never end ---
+
+
+async def test_an_http10_request_with_transfer_encoding_is_400(tmp_path: Path) -> None:
+    """RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing."""
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path) as r,
+        connected(r) as conn,
+    ):
+        answer = await ask(
+            conn,
+            b"POST /models/m/echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+        )
+    assert_router_error(answer, 400, "bad_request")
+    assert seen == []
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (400, "rejected")
+
+
+async def test_a_header_line_that_never_ends_is_refused_not_held(tmp_path: Path) -> None:
+    """httptools holds a header line until it ends: the router counts what went into an
+    unfinished head and refuses it past 64 KiB, rather than holding an endless line."""
+    async with (
+        watched_backend() as (url, seen),
+        router_running(on(url), tmp_path) as r,
+        connected(r) as (reader, writer),
+    ):
+        writer.write(b"GET /models/m/echo HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        piece = b"a" * 16384
+        try:
+            for _ in range(64):  # up to 1 MiB, in pieces; the router answers well before
+                writer.write(piece)
+                await writer.drain()
+        except ConnectionError:
+            pass  # refused and closed while still sending: the answer is read below
+        answer = await read_answer(reader)
+    assert_router_error(answer, 400, "bad_request")
+    assert "64 KiB" in answer.json()["error"]["message"]
+    assert seen == []
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (400, "rejected")
+
+
+async def test_a_trailer_that_never_ends_fails_the_body(tmp_path: Path) -> None:
+    async with (
+        watched_backend() as (url, _),
+        router_running(on(url), tmp_path) as r,
+        connected(r) as (reader, writer),
+    ):
+        writer.write(
+            b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Trailer: "
+        )
+        try:
+            for _ in range(64):
+                writer.write(b"a" * 16384)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        answer = await read_answer(reader)
+    assert answer.status == 400, (answer.status_line, answer.body)
+    assert answer.json()["error"]["code"] == "bad_body"
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (400, "rejected")
