@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
+from router import server
 from tests.support.echo import SEEN, create_echo_app
 from tests.support.running import RunningRouter, router_running, serving
 from tests.support.waiting import poll
@@ -1122,3 +1123,32 @@ async def test_a_trailer_that_never_ends_fails_the_body(tmp_path: Path) -> None:
     assert answer.json()["error"]["code"] == "bad_body"
     (record,) = r.records()
     assert (record["status"], record["outcome"]) == (400, "rejected")
+
+
+async def test_a_client_that_reads_nothing_is_cut_off_after_the_send_timeout(
+    backends: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nginx's send_timeout: a client that takes nothing of its answer for SEND_S (60 s,
+    shortened to 0.5 s here) is cut off, and the request is logged 499. The client's
+    small buffers make the router's write wait on it (see the test above)."""
+    monkeypatch.setattr(server, "SEND_S", 0.5)
+    loop = asyncio.get_running_loop()
+    async with router_running(one_model(backends), tmp_path) as r:
+        host, port = r.url.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+            sock.setblocking(False)
+            async with asyncio.timeout(WAIT):
+                await loop.sock_connect(sock, (host, int(port)))
+                await loop.sock_sendall(sock, get("/models/m/download?mb=1"))
+
+                async def cut_off() -> list[dict[str, Any]] | None:
+                    return r.records() or None  # the record is written once it is over
+
+                (record,) = await poll(cut_off, WAIT, "the send timeout")
+        finally:
+            sock.close()
+    assert record["path"] == "/models/m/download"
+    assert (record["status"], record["outcome"]) == (499, "client_closed")
