@@ -21,6 +21,7 @@ from yarl import URL
 
 from router import upstream as upstream_pool
 from router.assign import choose
+from router.body import Body
 from router.config import Model, Table, Version
 from router.errors import ErrorCode, RouterError
 from router.events import Pseudonymizer, now_rfc3339, printable
@@ -28,7 +29,7 @@ from router.headers import downstream_headers, new_request_id, request_id, upstr
 from router.health import HealthBook
 from router.metrics import Metrics
 from router.record import Exchange, Outcome
-from router.request import BadBody, Body, Request
+from router.request import BadBody, Request
 from router.response import Response, StreamResponse
 from router.table import TableHolder
 

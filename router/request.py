@@ -8,125 +8,21 @@ and the query string only when asked for (most routing looks at a header).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from router.body import Body
+
 if TYPE_CHECKING:
     from router.server import Connection
-
-# Reading from the client pauses while this much of a body waits unread: a slow backend
-# holds back the client, not the router's memory.
-BODY_HIGH_WATER = 1 << 20
 
 
 class BadBody(Exception):
     """The body broke its own framing (a bad chunk size, bytes after the last chunk)."""
-
-
-class Body:
-    """The request body as it arrives, read by the handler at its own pace."""
-
-    __slots__ = ("_chunks", "_done", "_error", "_flow", "_loop", "_size", "_waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, flow: Callable[[bool], None]) -> None:
-        self._loop = loop
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._done = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._flow = flow  # flow(True) pauses reading from the client, flow(False) resumes
-
-    # --- fed by the connection ---
-
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        if self._size > BODY_HIGH_WATER:
-            self._flow(True)
-        self._wake()
-
-    def finish(self, error: BaseException | None = None) -> None:
-        if not self._done:
-            self._done = True
-            self._error = error
-            self._wake()
-
-    @property
-    def complete(self) -> bool:
-        """The whole body has arrived (it may not all have been read)."""
-        return self._done and self._error is None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # --- read by the handler ---
-
-    def read_nowait(self, n: int) -> bytes:
-        """Up to `n` bytes of what has already arrived, without waiting."""
-        parts = []
-        while n > 0 and self._chunks:
-            chunk = self._chunks[0]
-            if len(chunk) <= n:
-                parts.append(self._chunks.popleft())
-            else:
-                parts.append(chunk[:n])
-                self._chunks[0] = chunk[n:]
-            n -= len(parts[-1])
-        data = b"".join(parts)
-        self._taken(len(data))
-        return data
-
-    async def readany(self) -> bytes:
-        """The next piece that arrives, or b"" at the end of the body."""
-        while not self._chunks:
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return b""
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft()
-        self._taken(len(chunk))
-        return chunk
-
-    async def readexactly(self, n: int) -> bytes:
-        """Exactly `n` bytes; IncompleteReadError if the body ends first."""
-        data = await self.read(n)
-        if len(data) < n:
-            raise asyncio.IncompleteReadError(data, n)
-        return data
-
-    async def read(self, n: int) -> bytes:
-        """Up to `n` bytes: fewer only if the body ends first."""
-        parts = [self.read_nowait(n)]
-        got = len(parts[0])
-        while got < n:
-            chunk = await self.readany()
-            if not chunk:
-                break
-            if got + len(chunk) > n:
-                self._chunks.appendleft(chunk[n - got :])
-                self._size += len(chunk) - (n - got)
-                chunk = chunk[: n - got]
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
-
-    def _taken(self, size: int) -> None:
-        self._size -= size
-        if self._size <= BODY_HIGH_WATER // 2:
-            self._flow(False)
 
 
 class Request:

@@ -18,7 +18,8 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-READ_PAUSE_BYTES = 1 << 20  # stop reading from the backend past this much unread body
+from router.body import Body
+
 IDLE_S = 30.0  # an idle pooled connection is closed after this long
 
 
@@ -30,57 +31,6 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.connected = connected
         self.timed_out = timed_out
-
-
-class Body:
-    """The response body as it arrives: `read()` all of it, or `readany()` piece by piece."""
-
-    def __init__(self, conn: _Connection) -> None:
-        self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._done = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def _feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        if self._size > READ_PAUSE_BYTES:
-            self._conn.pause()
-        self._wake()
-
-    def _finish(self, error: BaseException | None = None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def readany(self) -> bytes:
-        """The next piece, or b"" at the end."""
-        while not self._chunks:
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return b""
-            self._waiter = self._conn.loop.create_future()
-            await self._waiter
-        chunk = self._chunks.popleft()
-        self._size -= len(chunk)
-        if self._size <= READ_PAUSE_BYTES // 2:
-            self._conn.resume()
-        return chunk
-
-    async def read(self) -> bytes:
-        parts = []
-        while chunk := await self.readany():
-            parts.append(chunk)
-        return b"".join(parts)
 
 
 class Response:
@@ -134,7 +84,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.interim = False  # the message being parsed is a 1xx, to skip
         self.extra = False  # a message after the answer: the backend is out of step
-        self.body = Body(self)
+        self.body = Body(self.loop, self.flow)
         self.head: asyncio.Future[None] = self.loop.create_future()
         self.complete = False
         self.keep_alive = False
@@ -164,9 +114,9 @@ class _Connection(asyncio.Protocol):
         if self.in_use and not self.complete:
             if self.head.done() and self._ends_at_close():
                 self.complete = True  # a body delimited by the close (RFC 9112 6.3, rule 8)
-                self.body._finish()
+                self.body.finish()
             elif self.head.done():
-                self.body._finish(UpstreamError("closed in the middle of its answer",
+                self.body.finish(UpstreamError("closed in the middle of its answer",
                                                 connected=True))  # fmt: skip
             else:
                 message = "closed the connection without answering"
@@ -210,7 +160,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if not self.extra:
-            self.body._feed(body)
+            self.body.feed(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -222,7 +172,7 @@ class _Connection(asyncio.Protocol):
         # llhttp answers should_keep_alive() only inside its callbacks: ask it here.
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
-        self.body._finish()
+        self.body.finish()
 
     # --- use ---
 
@@ -235,7 +185,14 @@ class _Connection(asyncio.Protocol):
         if not self.head.done():
             self.head.set_exception(error)
         else:
-            self.body._finish(error)
+            self.body.finish(error)
+
+    def flow(self, pause: bool) -> None:
+        """Stop reading from the backend while its answer waits unread, and go on after."""
+        if pause:
+            self.pause()
+        else:
+            self.resume()
 
     def pause(self) -> None:
         if not self.paused and self.transport is not None:

@@ -20,6 +20,7 @@ import pytest
 from yarl import URL
 
 from tests.support.echo import SEEN, create_echo_app
+from tests.support.errors import contract_error
 from tests.support.running import dead_url, router_running, serving
 
 MIB = 1024 * 1024
@@ -36,15 +37,9 @@ async def router_error(resp: aiohttp.ClientResponse, status: int, code: str) -> 
     body = await resp.json()
     assert resp.status == status, body
     assert resp.content_type == "application/json"
-    assert list(body) == ["error"]
-    error = body["error"]
-    assert set(error) == {"code", "message", "request_id"}
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert error["message"]
+    error = contract_error(body, code)
     assert error["request_id"] == resp.headers["X-Request-ID"]
-    message: str = error["message"]
-    return message
+    return error["message"]
 
 
 # --- choosing ---

@@ -24,6 +24,7 @@ import pytest
 
 from router import server
 from tests.support.echo import SEEN, create_echo_app
+from tests.support.errors import contract_error
 from tests.support.running import RunningRouter, router_running, serving
 from tests.support.waiting import poll
 from tests.test_proxy_edges import exchange, one_model
@@ -171,17 +172,7 @@ def parse(raw: bytes) -> Answer:
 
 def assert_refused(answer: Answer) -> str:
     """The contract's JSON 400 for a request refused before routing; returns its id."""
-    assert answer.status == 400, answer.status_line
-    assert answer.header("Content-Type") == "application/json"
-    assert answer.header("Connection") == "close"
-    error = answer.json()["error"]
-    assert error["code"] == "bad_request"
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    assert answer.header("X-Request-ID") == error["request_id"]
-    assert isinstance(error["request_id"], str)
-    assert error["request_id"]
-    return str(error["request_id"])
+    return assert_router_error(answer, 400, "bad_request")
 
 
 def assert_rejected_record(record: dict[str, Any], request_id: str) -> None:
@@ -435,31 +426,6 @@ async def test_every_answer_carries_one_date(backends: dict[str, str], tmp_path:
 # --- refusals before routing ---
 
 
-async def test_a_request_line_over_the_limit_is_refused_with_the_contract_json(
-    backends: dict[str, str], tmp_path: Path
-) -> None:
-    target = "/models/m/echo?q=" + "a" * LIMIT
-    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
-        answer = await ask(conn, get(target))
-        after = await rest(conn[0])
-    request_id = assert_refused(answer)
-    assert after == b""
-    (record,) = r.records()
-    assert_rejected_record(record, request_id)
-
-
-async def test_a_header_line_over_the_limit_is_refused_with_the_contract_json(
-    backends: dict[str, str], tmp_path: Path
-) -> None:
-    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
-        answer = await ask(conn, get("/models/m/echo", "X-Long: " + "b" * LIMIT))
-        after = await rest(conn[0])
-    request_id = assert_refused(answer)
-    assert after == b""
-    (record,) = r.records()
-    assert_rejected_record(record, request_id)
-
-
 async def test_headers_over_64_kib_in_all_are_refused(
     backends: dict[str, str], tmp_path: Path
 ) -> None:
@@ -492,9 +458,11 @@ async def test_headers_over_64_kib_in_all_are_refused(
             b"GET /models/m/echo HTTP/1.1\r\nHost : x\r\n\r\n",
             id="space-before-colon",
         ),
+        pytest.param(get("/models/m/echo?q=" + "a" * LIMIT), id="request-line-over-the-limit"),
+        pytest.param(get("/models/m/echo", "X-Long: " + "b" * LIMIT), id="header-over-the-limit"),
     ],
 )
-async def test_a_request_llhttp_refuses_gets_the_contract_json_and_one_record(
+async def test_a_refused_request_gets_the_contract_json_and_one_record(
     backends: dict[str, str], tmp_path: Path, request_bytes: bytes
 ) -> None:
     async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
@@ -679,15 +647,9 @@ def assert_router_error(answer: Answer, status: int, code: str) -> str:
     assert answer.status == status, (answer.status_line, answer.body)
     assert answer.header("Content-Type") == "application/json"
     assert answer.header("Connection") == "close"
-    body = answer.json()
-    assert list(body) == ["error"]
-    error = body["error"]
-    assert set(error) == {"code", "message", "request_id"}
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert error["message"]
+    error = contract_error(answer.json(), code)
     assert answer.header("X-Request-ID") == error["request_id"]
-    return str(error["request_id"])
+    return error["request_id"]
 
 
 CHUNKED_HELLO = b"5\r\nhello\r\n0\r\n\r\n"
@@ -807,20 +769,28 @@ async def test_bytes_after_a_request_that_closes_the_connection_are_ignored(
     assert record["request_id"] == answer.header("X-Request-ID")
 
 
+async def behind_a_slow_request(r: RunningRouter, data: bytes) -> tuple[Answer, bytes]:
+    """Pipeline `data` behind a slow request on one connection; check the slow one's
+    answer (200, and no `Connection: close`: another answer follows); return the answer
+    to `data` and whatever came after it."""
+    async with connected(r) as (reader, writer):
+        writer.write(get("/models/m/slow?s=0.3") + data)
+        await writer.drain()
+        slow = await read_answer(reader)
+        second = await read_answer(reader)
+        after = await rest(reader)
+    assert slow.status == 200
+    assert slow.json()["slept"] is True
+    assert slow.header("Connection") is None
+    return second, after
+
+
 async def test_a_pipelined_upgrade_request_is_answered_plainly_then_the_connection_closes(
     backends: dict[str, str], tmp_path: Path
 ) -> None:
     upgrade = get("/models/m/echo?n=2", "Connection: Upgrade", "Upgrade: websocket")
-    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
-        reader, writer = conn
-        writer.write(get("/models/m/slow?s=0.3") + upgrade)
-        await writer.drain()
-        slow = await read_answer(reader)
-        plain = await read_answer(reader)
-        after = await rest(reader)
-    assert slow.status == 200
-    assert slow.json()["slept"] is True
-    assert slow.header("Connection") is None  # another answer follows on this connection
+    async with router_running(one_model(backends), tmp_path) as r:
+        plain, after = await behind_a_slow_request(r, upgrade)
     assert plain.status == 200  # never 101: no protocol switch
     assert plain.json()["target"] == "/echo?n=2"
     assert "upgrade" not in [name.lower() for name, _ in plain.json()["headers"]]
@@ -885,16 +855,8 @@ async def test_a_pipelined_request_with_a_bad_chunk_is_answered_bad_body_after_t
         b"POST /models/m/echo?n=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"zz\r\nhello\r\n0\r\n\r\n"
     )
-    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
-        reader, writer = conn
-        writer.write(get("/models/m/slow?s=0.3") + bad)
-        await writer.drain()
-        slow = await read_answer(reader)
-        refused = await read_answer(reader)
-        after = await rest(reader)
-    assert slow.status == 200
-    assert slow.json()["slept"] is True
-    assert slow.header("Connection") is None
+    async with router_running(one_model(backends), tmp_path) as r:
+        refused, after = await behind_a_slow_request(r, bad)
     request_id = assert_router_error(refused, 400, "bad_body")
     assert after == b""
     records = sorted(r.records(), key=lambda rec: rec["status"])
@@ -1014,6 +976,21 @@ async def test_a_bad_chunk_in_a_streamed_body_reads_as_malformed_body(tmp_path: 
     assert record["request_id"] == request_id
 
 
+def slow_reader() -> socket.socket:
+    """A client socket whose small receive buffer and MSS, set before connect, keep the
+    router's kernel send buffer small: an answer of 1 MiB then waits in the router."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+    sock.setblocking(False)
+    return sock
+
+
+def address_of(r: RunningRouter) -> tuple[str, int]:
+    host, port = r.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
 async def test_a_whole_answer_the_client_stops_reading_is_logged_once_as_499(
     backends: dict[str, str], tmp_path: Path
 ) -> None:
@@ -1026,14 +1003,10 @@ async def test_a_whole_answer_the_client_stops_reading_is_logged_once_as_499(
     waits in the router, over its transport's high-water mark."""
     loop = asyncio.get_running_loop()
     async with router_running(one_model(backends), tmp_path) as r:
-        host, port = r.url.removeprefix("http://").split(":")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = slow_reader()
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
-            sock.setblocking(False)
             async with asyncio.timeout(WAIT):
-                await loop.sock_connect(sock, (host, int(port)))
+                await loop.sock_connect(sock, address_of(r))
                 await loop.sock_sendall(sock, get("/models/m/download?mb=1"))
                 got = b""
                 while b"\r\n\r\n" not in got:
@@ -1134,14 +1107,10 @@ async def test_a_client_that_reads_nothing_is_cut_off_after_the_send_timeout(
     monkeypatch.setattr(server, "SEND_S", 0.5)
     loop = asyncio.get_running_loop()
     async with router_running(one_model(backends), tmp_path) as r:
-        host, port = r.url.removeprefix("http://").split(":")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = slow_reader()
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
-            sock.setblocking(False)
             async with asyncio.timeout(WAIT):
-                await loop.sock_connect(sock, (host, int(port)))
+                await loop.sock_connect(sock, address_of(r))
                 await loop.sock_sendall(sock, get("/models/m/download?mb=1"))
 
                 async def cut_off() -> list[dict[str, Any]] | None:
