@@ -23,6 +23,7 @@ ErrorCode = Literal[
     "bad_request",
     "not_implemented",
     "unsupported_version",
+    "shutting_down",
     "internal_error",
 ]
 
@@ -43,6 +44,7 @@ STATUS: dict[ErrorCode, int] = {
     "bad_request": 400,  # refused by the HTTP parser, before routing
     "not_implemented": 501,  # a transfer coding other than chunked
     "unsupported_version": 505,  # not HTTP/1.0 or HTTP/1.1
+    "shutting_down": 503,  # drain_s ran out before the answer
     "internal_error": 500,  # a bug in the router: its traceback is on stderr
 }
 

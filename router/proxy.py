@@ -198,6 +198,9 @@ class Proxy:
         )
         response: StreamResponse | None = None
         try:
+            if self._cutting_off:  # a pipelined request that comes up after the cut-off
+                ex.outcome = "unavailable"
+                raise RouterError("shutting_down", _SHUTTING_DOWN)
             response = await self._dispatch(request, table, ex)
         except RouterError as error:
             response = self._error(error, ex)
@@ -215,7 +218,7 @@ class Proxy:
             assert task is not None
             task.uncancel()
             ex.outcome = "unavailable"
-            response = self._error(RouterError("upstream_unavailable", _SHUTTING_DOWN), ex)
+            response = self._error(RouterError("shutting_down", _SHUTTING_DOWN), ex)
         finally:
             try:
                 if response is not None and not response.prepared:
@@ -578,10 +581,8 @@ class Proxy:
     def _error(error: RouterError, ex: Exchange) -> Response:
         """The contract's JSON error; the outcome was set where the failure was seen."""
         ex.status = error.status
-        ex.version = None  # no version answered: the router did
+        ex.version = None  # no version answered (so no X-Model-Version): the router did
         headers = {"X-Request-ID": ex.request_id}
-        if ex.version is not None:
-            headers["X-Model-Version"] = ex.version
         response = Response(
             error.status,
             body=error.body(ex.request_id),

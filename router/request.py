@@ -38,6 +38,7 @@ class Request:
         "keep_alive",
         "method",
         "raw_path",
+        "started",
         "task",
         "version",
     )  # fmt: skip
@@ -63,6 +64,7 @@ class Request:
         self.keep_alive = keep_alive  # what the client asked for (llhttp's reading of it)
         self.content = Body(conn.server.loop, conn.body_flow)
         self.task: asyncio.Task[None] | None = None
+        self.started = False  # the task has begun to run
 
     @property
     def remote(self) -> str | None:

@@ -41,6 +41,7 @@ from router.response import StreamResponse, http_date, reason_phrase
 MAX_LINE = 8190  # bytes in the request line or one header line (aiohttp's, nginx's 8 KiB)
 MAX_HEAD = 64 * 1024  # bytes in all header lines together
 MAX_FIELDS = 1000  # header lines
+PIPELINE_DEPTH = 32  # requests received ahead of the one being handled, at most
 IDLE_S = 75.0  # a keep-alive connection with no request for this long is closed (nginx's)
 LINGER_S = 2.0  # how long the rest of a refused body is read and dropped before the close
 SWEEP_S = 1.0
@@ -100,9 +101,8 @@ class Connection(asyncio.Protocol):
         self._in_head = False
         self._last_keep_alive = True
         self._head_fed = 0  # bytes of an unfinished head, counted by _bound
-        self._framing = 0  # bytes of the body's framing and trailer, counted by _bound
-        self._body_fed = 0
-        self._body_total = 0
+        self._in_trailer = False  # after the last chunk's size line: trailer fields come
+        self._trailer_fed = 0  # bytes of an unfinished trailer, counted by _bound
 
     # --- asyncio.Protocol ---
 
@@ -119,8 +119,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.closed:
             return
-        in_head, parsing = self._in_head, self.parsing
-        self._body_fed = 0
+        in_head, in_trailer, parsing = self._in_head, self._in_trailer, self.parsing
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -133,9 +132,9 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
         else:
-            self._bound(len(data), in_head, parsing)
+            self._bound(len(data), in_head, in_trailer, parsing)
 
-    def _bound(self, size: int, in_head: bool, parsing: Request | None) -> None:
+    def _bound(self, size: int, in_head: bool, in_trailer: bool, parsing: Request | None) -> None:
         """httptools hands a header or trailer line over only once it has ended, holding
         it meanwhile: count what went into an unfinished head, or into a chunked body's
         framing and trailer, so that an endless line is refused rather than held."""
@@ -143,11 +142,10 @@ class Connection(asyncio.Protocol):
             self._head_fed += size
             if self._head_fed > MAX_HEAD:
                 self._refused_head(_BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB"))
-        elif parsing is not None and parsing is self.parsing:  # all of it into one body
-            self._framing += size - self._body_fed
-            # Chunk-size lines cost a few bytes a chunk; 1-byte chunks cost 6 bytes each.
-            if self._framing > MAX_HEAD + 8 * self._body_total:
-                self._bad_body("its chunk framing or trailer is too large")
+        elif in_trailer and self._in_trailer and parsing is not None and parsing is self.parsing:
+            self._trailer_fed += size  # all of `data` went into an unfinished trailer
+            if self._trailer_fed > MAX_HEAD:
+                self._bad_body(f"its trailer is larger than {MAX_HEAD // 1024} KiB")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -161,6 +159,10 @@ class Connection(asyncio.Protocol):
         self.waiting.clear()
         current = self.current
         if current is None or current.task is None or current.task.done():
+            return
+        if not current.started:  # its task never ran: cancelled now, it would log nothing
+            current.task.cancel()
+            self.server.dropped(current)
             return
         waiter = self.write_waiter
         if waiter is not None and not waiter.done():
@@ -212,7 +214,6 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._framing = self._body_total = 0
         self._head_size = 0  # a trailer, if any, has the same budget as the head
         parser = self.parser
         headers = self._headers
@@ -253,15 +254,25 @@ class Connection(asyncio.Protocol):
             self._flow()
 
     def on_body(self, body: bytes) -> None:
-        self._body_fed += len(body)
-        self._body_total += len(body)
+        self._in_trailer = False  # a chunk with data: not the last one
         if self.parsing is not None:
             self.parsing.content.feed(body)
+
+    def on_chunk_header(self) -> None:
+        # The last chunk (size 0) is followed by the trailer; any other by its data, which
+        # on_body gets at once. Until data comes, this may be the trailer.
+        self._in_trailer = True
+        self._trailer_fed = 0
+
+    def on_chunk_complete(self) -> None:
+        self._in_trailer = False
 
     def on_message_complete(self) -> None:
         if self.parsing is not None:
             self.parsing.content.finish()
             self.parsing = None
+            if self.read_paused:
+                self._flow()
 
     # --- running requests ---
 
@@ -271,6 +282,7 @@ class Connection(asyncio.Protocol):
         request.task = self.server.loop.create_task(self._run(request))
 
     async def _run(self, request: Request) -> None:
+        request.started = True  # from here the handler logs the request, whatever happens
         try:
             response = await self.server.handler(request)
             if self.current is request and not self.closed:  # left unfinished by the handler
@@ -432,8 +444,15 @@ class Connection(asyncio.Protocol):
         self._flow()
 
     def _flow(self) -> None:
-        """Read from the client unless a body waits unread or requests wait their turn."""
-        pause = (self.body_paused or bool(self.waiting)) and not self.discarding
+        """Read from the client unless a body waits unread, the body of a request not yet
+        being handled is arriving, or PIPELINE_DEPTH requests wait their turn. Reading on
+        behind a few bodiless requests is what lets a client's hang-up be seen (uvloop
+        reports neither end nor reset while reading is paused)."""
+        pause = (
+            self.body_paused
+            or len(self.waiting) >= PIPELINE_DEPTH
+            or (self.parsing is not None and self.parsing is not self.current)
+        ) and not self.discarding
         if pause != self.read_paused and not self.closed and self.transport is not None:
             self.read_paused = pause
             if pause:

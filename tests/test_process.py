@@ -183,6 +183,46 @@ async def test_sigterm_under_load_loses_no_record(backends: dict[str, str], tmp_
     assert all(r["status"] == 200 and r["outcome"] == "ok" for r in records)
 
 
+async def test_pipelined_requests_behind_a_cut_off_one_get_503_without_forwarding(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM while a slow request runs with two more pipelined behind it, and drain_s
+    well below the slow one: it is cut off with 503 `shutting_down`, and the two behind it
+    are answered 503 at once, not forwarded to a backend that is being left. One record
+    each; the last answer closes the connection."""
+    ids = ["cut-0", "cut-1", "cut-2"]
+    targets = ["/models/m/slow?s=10", "/models/m/echo", "/models/m/echo"]
+    burst = b"".join(
+        f"GET {target} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n\r\n".encode()
+        for target, rid in zip(targets, ids, strict=True)
+    )
+    async with router_process(one_model(backends), tmp_path, drain_s=0.5) as proc:
+        target = URL(proc.url)
+        assert target.host is not None
+        assert target.port is not None
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        try:
+            writer.write(burst)
+            await writer.drain()
+            await asyncio.sleep(0.3)  # the slow request is with the backend by then
+            proc.signal(signal.SIGTERM)
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                answers = await reader.read()
+        finally:
+            writer.close()
+        assert await proc.wait(timeout=10) == 0
+    heads = answers.split(b"HTTP/1.1 ")[1:]
+    assert [head[:3] for head in heads] == [b"503"] * 3, answers
+    assert b"Connection: close" in heads[-1]
+    assert all(b"shutting_down" in head for head in heads)
+    records = {r["request_id"]: r for r in requests_in(tmp_path / "routing.jsonl")}
+    assert sorted(records) == ids
+    for rid in ids:
+        assert (records[rid]["status"], records[rid]["outcome"]) == (503, "unavailable")
+    assert records["cut-1"]["version"] is None
+    assert records["cut-1"]["upstream_ms"] is None
+
+
 # --- malformed input over raw sockets ---
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -1121,3 +1123,61 @@ async def test_a_client_that_reads_nothing_is_cut_off_after_the_send_timeout(
             sock.close()
     assert record["path"] == "/models/m/download"
     assert (record["status"], record["outcome"]) == (499, "client_closed")
+
+
+async def test_a_pipelined_burst_cut_by_a_reset_leaves_one_record_per_request(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """Three requests in one write, then the client resets the connection while the first
+    is with the backend. Each leaves exactly one record: the one running and the ones
+    waiting behind it say 499 (the router reads on behind bodiless pipelined requests, so
+    it sees the reset), none says 200."""
+    ids = ["hole-0", "hole-1", "hole-2"]
+    targets = ["/models/m/slow?s=0.5", "/models/m/echo", "/models/m/echo"]
+    burst = b"".join(
+        get(target, f"X-Request-ID: {rid}") for target, rid in zip(targets, ids, strict=True)
+    )
+    async with router_running(one_model(backends), tmp_path) as r:
+        _, writer = await asyncio.open_connection(*address_of(r))
+        writer.write(burst)
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the hang-up comes while the first request runs
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()  # a reset, not a clean close
+
+        async def all_logged() -> list[dict[str, Any]] | None:
+            records = r.records()
+            return records if len(records) >= len(ids) else None
+
+        await poll(all_logged, WAIT, "a record for each request")
+        await asyncio.sleep(0.2)  # and no second record for any of them
+        records = r.records()
+    assert sorted(rec["request_id"] for rec in records) == ids
+    for rec in records:
+        assert (rec["status"], rec["outcome"]) == (499, "client_closed"), rec
+
+
+async def test_one_byte_chunks_with_extensions_pass_whatever_the_writes(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """Chunk extensions are legal (RFC 9112 7.1.1) and cost framing bytes, not body: only
+    an unfinished trailer is bounded, so 20,000 one-byte chunks with `;name=value` pass,
+    even sent in 100-byte writes, each read on its own."""
+    body = bytes(random.Random(5).getrandbits(8) for _ in range(20_000))
+    chunks = b"".join(b"1;name=value\r\n" + bytes([byte]) + b"\r\n" for byte in body)
+    data = (
+        b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunks
+        + b"0\r\n\r\n"
+    )
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        reader, writer = conn
+        for start in range(0, len(data), 100):
+            writer.write(data[start : start + 100])
+            await writer.drain()
+            await asyncio.sleep(0)  # one read each, as a slow link would give
+        answer = await read_answer(reader)
+    assert answer.status == 200, (answer.status_line, answer.body)
+    assert answer.json()["body_bytes"] == len(body)
+    assert answer.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
