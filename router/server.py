@@ -6,7 +6,8 @@ built for every feature of a web framework, and answers assembled in several lay
 server does what a proxy needs, in one place per concern:
 
 - llhttp parses requests (strictly: `Content-Length` with `Transfer-Encoding`, bad chunk
-  sizes and junk are errors, never guesses); each request runs as one task;
+  sizes and junk are errors, never guesses), `router/framing.py` holds the limits and the
+  framing rules the head must meet; each request runs as one task;
 - keep-alive and pipelining (one request at a time per connection, in order);
 - bodies are read on demand, with reading from the client paused while 1 MiB waits unread;
   answers are written with back-pressure from a slow client;
@@ -33,14 +34,12 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.errors import ErrorCode, RouterError
+from router.errors import RouterError
+from router.framing import MAX_FIELDS, MAX_HEAD, MAX_LINE, BadHead, check_head
 from router.headers import new_request_id
 from router.request import BadBody, Request
 from router.response import StreamResponse, http_date, reason_phrase
 
-MAX_LINE = 8190  # bytes in the request line or one header line (aiohttp's, nginx's 8 KiB)
-MAX_HEAD = 64 * 1024  # bytes in all header lines together
-MAX_FIELDS = 1000  # header lines
 PIPELINE_DEPTH = 32  # requests received ahead of the one being handled, at most
 IDLE_S = 75.0  # a keep-alive connection with no request for this long is closed (nginx's)
 LINGER_S = 2.0  # how long the rest of a refused body is read and dropped before the close
@@ -54,15 +53,6 @@ Refused = Callable[[int], str]
 Dropped = Callable[[Request], None]
 
 _log = logging.getLogger("model-router")
-_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
-
-
-class _BadHead(Exception):
-    """Raised in a parser callback: the request is refused with `code` (400 by default)."""
-
-    def __init__(self, message: str, code: ErrorCode = "bad_request") -> None:
-        super().__init__(message)
-        self.code: ErrorCode = code
 
 
 class _Stop(Exception):
@@ -89,7 +79,7 @@ class Connection(asyncio.Protocol):
         self.ending = False  # no more requests are parsed (broken framing, refusal, upgrade)
         self.closed = False
         self.discarding = False  # read and drop whatever comes: the connection is ending
-        self.refusal: _BadHead | None = None  # to answer after the requests before it
+        self.refusal: BadHead | None = None  # to answer after the requests before it
         self.idle_since = server.loop.time()
         self.body_paused = False
         self.read_paused = False
@@ -141,7 +131,7 @@ class Connection(asyncio.Protocol):
         if in_head and self._in_head:  # all of `data` went into one head, still unfinished
             self._head_fed += size
             if self._head_fed > MAX_HEAD:
-                self._refused_head(_BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB"))
+                self._refused_head(BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB"))
         elif in_trailer and self._in_trailer and parsing is not None and parsing is self.parsing:
             self._trailer_fed += size  # all of `data` went into an unfinished trailer
             if self._trailer_fed > MAX_HEAD:
@@ -194,17 +184,17 @@ class Connection(asyncio.Protocol):
         self._url.append(url)  # llhttp may hand the target over in pieces
         self._head_size += len(url)
         if self._head_size > MAX_LINE:
-            raise _BadHead(f"the request target is longer than {MAX_LINE} bytes")
+            raise BadHead(f"the request target is longer than {MAX_LINE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
         self._head_size += size + 4  # ": " and CRLF
         if size > MAX_LINE:
-            raise _BadHead(f"a header line is longer than {MAX_LINE} bytes")
+            raise BadHead(f"a header line is longer than {MAX_LINE} bytes")
         if self._head_size > MAX_HEAD:
-            raise _BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB")
+            raise BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB")
         if len(self._headers) >= MAX_FIELDS:
-            raise _BadHead(f"more than {MAX_FIELDS} header lines")
+            raise BadHead(f"more than {MAX_FIELDS} header lines")
         if not self._in_head:
             return  # a chunked body's trailer: never merged into the headers (RFC 9110 6.5.1)
         # Values as aiohttp keeps them: UTF-8, bytes that are not as surrogates.
@@ -217,20 +207,9 @@ class Connection(asyncio.Protocol):
         self._head_size = 0  # a trailer, if any, has the same budget as the head
         parser = self.parser
         headers = self._headers
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            raise _BadHead("only HTTP/1.0 and HTTP/1.1 are served here", "unsupported_version")
-        if version >= (1, 1) and len(headers.getall("Host", ())) != 1:
-            raise _BadHead("an HTTP/1.1 request needs exactly one Host header")
-        chunked = "Transfer-Encoding" in headers and _chunked(headers, version)
-        length = headers.get("Content-Length")
         method = parser.get_method()
-        upgrade = method == b"CONNECT" or (
-            "Upgrade" in headers and "upgrade" in ",".join(headers.getall("Connection", ())).lower()
-        )
-        if upgrade and (chunked or length not in (None, "0")):
-            # llhttp would hand over no body for it: refused, never forwarded cut short.
-            raise _BadHead("a request that asks for an upgrade cannot carry a body here")
+        version, chunked = check_head(parser.get_http_version(), method, headers)
+        length = headers.get("Content-Length")
         target = b"".join(self._url)
         if b"#" in target:  # a fragment is the client's own business (RFC 9112 3.2)
             target = target.partition(b"#")[0]
@@ -363,18 +342,18 @@ class Connection(asyncio.Protocol):
         if isinstance(cause, _Stop) or (
             # Bytes after a request that closes the connection are never a request
             # (RFC 9112 9.6): not answered, not logged.
-            self.parsing is None and not self._last_keep_alive and not isinstance(cause, _BadHead)
+            self.parsing is None and not self._last_keep_alive and not isinstance(cause, BadHead)
         ):
             self._stop_parsing()
             if not busy:
                 self.close()
             return
         if self.parsing is not None:
-            self._bad_body(str(cause) if isinstance(cause, _BadHead) else str(exc))
-        elif isinstance(cause, _BadHead):
+            self._bad_body(str(cause) if isinstance(cause, BadHead) else str(exc))
+        elif isinstance(cause, BadHead):
             self._refused_head(cause)
         else:
-            self._refused_head(_BadHead(f"the request is not valid HTTP/1.1: {exc}"))
+            self._refused_head(BadHead(f"the request is not valid HTTP/1.1: {exc}"))
 
     def _bad_body(self, message: str) -> None:
         """The head was fine, the body broke its framing: its reader gets the error, and
@@ -384,14 +363,14 @@ class Connection(asyncio.Protocol):
         self.parsing = None
         self._stop_parsing()
 
-    def _refused_head(self, refusal: _BadHead) -> None:
+    def _refused_head(self, refusal: BadHead) -> None:
         self._stop_parsing()
         if self.current is not None or self.waiting:
             self.refusal = refusal  # answered after the requests received before it
         else:
             self._refuse(refusal)
 
-    def _refuse(self, refusal: _BadHead) -> None:
+    def _refuse(self, refusal: BadHead) -> None:
         error = RouterError(refusal.code, str(refusal))
         request_id = self.server.refused(error.status)
         self._write_error(error, request_id)
@@ -469,21 +448,6 @@ class Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self.current is None and not self.waiting and self.parsing is None
-
-
-def _chunked(headers: CIMultiDict[str], version: tuple[int, int]) -> bool:
-    """Whether a request's body is chunked; any other transfer coding is refused, as nginx
-    does: not last, the body's length is unknowable (400, RFC 9112 6.3); before chunked, a
-    coding the router would have to undo for the backend (501, RFC 9112 6.1)."""
-    if version < (1, 1):
-        raise _BadHead("an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112 6.1)")
-    codings = [c.strip().lower() for c in ",".join(headers.getall("Transfer-Encoding")).split(",")]
-    codings = [c for c in codings if c]
-    if not codings or codings[-1] != "chunked":
-        raise _BadHead("Transfer-Encoding must end with chunked (RFC 9112 6.3)")
-    if len(codings) > 1:
-        raise _BadHead("no transfer coding but chunked is supported", "not_implemented")
-    return True
 
 
 class Server:
