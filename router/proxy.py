@@ -206,7 +206,7 @@ class Proxy:
             response = self._error(error, ex)
         except asyncio.CancelledError:
             if not self._cutting_off:
-                # The client went away (aiohttp cancels the handler then): stop waiting on
+                # The client went away (the server cancels the handler then): stop waiting on
                 # the backend, as nginx does, and say so in the record.
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
                 raise
