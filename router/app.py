@@ -132,9 +132,10 @@ class Router:
             if self.server is not None:
                 # New connections are refused from here; idle keep-alive ones close.
                 self.server.stop_accepting()
-                if not await self.proxy.drained(self.tables.current.server.drain_s):
-                    self.proxy.cut_off()
-                    await self.proxy.drained(1.0)
+                if not await self.server.drained(self.tables.current.server.drain_s):
+                    self.proxy.cut_off()  # what comes up from here is answered 503
+                    self.server.cut_off()  # what runs is cancelled, and logged as cut off
+                    await self.server.drained(1.0)
                 self.server.close()
             await self._lifecycles.aclose()
             if self.admin is not None:

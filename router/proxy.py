@@ -145,46 +145,18 @@ class Proxy:
     ) -> None:
         self.tables = tables
         self.metrics = metrics
-        self._in_flight: set[asyncio.Task[Any]] = set()
         self._cutting_off = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.health = health
         self._no_user = pseudonymize.fields(None)  # `user: null`, or nothing with `omit`
         self.log = log
         self.pseudonymize = pseudonymize
 
-    async def drained(self, seconds: float) -> bool:
-        """Wait until no request is in flight, for up to `seconds`; True if none is left."""
-        try:
-            async with asyncio.timeout(seconds):
-                while True:
-                    await self._idle.wait()
-                    await asyncio.sleep(0)  # a pipelined request just started registers
-                    if not self._in_flight:
-                        return True
-        except TimeoutError:
-            return False
-
     def cut_off(self) -> None:
-        """Cancel the requests still in flight (drain time is over); each logs its record."""
+        """drain_s is over: the server cancels what is still running (each logs its record
+        as cut off), and requests that come up after this get 503 at once."""
         self._cutting_off = True
-        for task in self._in_flight:
-            task.cancel()
 
     async def handle(self, request: Request) -> StreamResponse:
-        task = request.task  # the handler's task, known to the server: no current_task()
-        assert task is not None
-        self._in_flight.add(task)
-        self._idle.clear()
-        try:
-            return await self._handle(request)
-        finally:
-            self._in_flight.discard(task)
-            if not self._in_flight:
-                self._idle.set()
-
-    async def _handle(self, request: Request) -> StreamResponse:
         table = self.tables.current  # read once: this request keeps this table
         given = request.headers.get("X-Request-ID")
         ex = Exchange(

@@ -28,8 +28,8 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -258,7 +258,7 @@ class Connection(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self.current = request
         self.responded = False
-        request.task = self.server.loop.create_task(self._run(request))
+        request.task = self.server.track(self._run(request))
 
     async def _run(self, request: Request) -> None:
         request.started = True  # from here the handler logs the request, whatever happens
@@ -459,6 +459,11 @@ class Server:
         self.dropped = dropped
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
+        # Every request's task, from its creation (not its first step): a pipelined request
+        # started by the answer before it is in flight before that one's task ends.
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -481,6 +486,32 @@ class Server:
             if conn.current is None and not conn.waiting and conn.idle_since < deadline:
                 conn.close()
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+
+    def track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self.loop.create_task(coro)
+        self.in_flight.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if not self.in_flight:
+            self._idle.set()
+
+    async def drained(self, seconds: float) -> bool:
+        """Wait until no request is in flight, for up to `seconds`; True if none is left."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def cut_off(self) -> None:
+        """Cancel the requests still in flight (the drain time is over)."""
+        for task in self.in_flight:
+            task.cancel()
 
     def stop_accepting(self) -> None:
         """New connections are refused; idle ones close; busy ones close after their answer."""

@@ -186,12 +186,12 @@ async def test_sigterm_under_load_loses_no_record(backends: dict[str, str], tmp_
 async def test_pipelined_requests_behind_a_cut_off_one_get_503_without_forwarding(
     backends: dict[str, str], tmp_path: Path
 ) -> None:
-    """SIGTERM while a slow request runs with two more pipelined behind it, and drain_s
-    well below the slow one: it is cut off with 503 `shutting_down`, and the two behind it
+    """SIGTERM while a slow request runs with four more pipelined behind it, and drain_s
+    well below the slow one: it is cut off with 503 `shutting_down`, and the ones behind it
     are answered 503 at once, not forwarded to a backend that is being left. One record
     each; the last answer closes the connection."""
-    ids = ["cut-0", "cut-1", "cut-2"]
-    targets = ["/models/m/slow?s=10", "/models/m/echo", "/models/m/echo"]
+    ids = [f"cut-{n}" for n in range(5)]
+    targets = ["/models/m/slow?s=10"] + ["/models/m/echo"] * 4
     burst = b"".join(
         f"GET {target} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n\r\n".encode()
         for target, rid in zip(targets, ids, strict=True)
@@ -212,7 +212,7 @@ async def test_pipelined_requests_behind_a_cut_off_one_get_503_without_forwardin
             writer.close()
         assert await proc.wait(timeout=10) == 0
     heads = answers.split(b"HTTP/1.1 ")[1:]
-    assert [head[:3] for head in heads] == [b"503"] * 3, answers
+    assert [head[:3] for head in heads] == [b"503"] * len(ids), answers
     assert b"Connection: close" in heads[-1]
     assert all(b"shutting_down" in head for head in heads)
     records = {r["request_id"]: r for r in requests_in(tmp_path / "routing.jsonl")}
