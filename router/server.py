@@ -93,6 +93,7 @@ class Connection(asyncio.Protocol):
         self._head_fed = 0  # bytes of an unfinished head, counted by _bound
         self._in_trailer = False  # after the last chunk's size line: trailer fields come
         self._trailer_fed = 0  # bytes of an unfinished trailer, counted by _bound
+        self._parts = 0  # messages and chunks begun so far, for _bound
 
     # --- asyncio.Protocol ---
 
@@ -109,7 +110,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.closed:
             return
-        in_head, in_trailer, parsing = self._in_head, self._in_trailer, self.parsing
+        marks = (self._in_head, self._in_trailer, self._parts)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -122,18 +123,21 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
         else:
-            self._bound(len(data), in_head, in_trailer, parsing)
+            self._bound(len(data), *marks)
 
-    def _bound(self, size: int, in_head: bool, in_trailer: bool, parsing: Request | None) -> None:
+    def _bound(self, size: int, in_head: bool, in_trailer: bool, parts: int) -> None:
         """httptools hands a header or trailer line over only once it has ended, holding
-        it meanwhile: count what went into an unfinished head, or into a chunked body's
-        framing and trailer, so that an endless line is refused rather than held."""
-        if in_head and self._in_head:  # all of `data` went into one head, still unfinished
+        it meanwhile: count what went into an unfinished head or trailer, so that an endless
+        line is refused rather than held. `data` is counted only when all of it went into
+        one: in it before and after, and no message or chunk began in between."""
+        if parts != self._parts:
+            return
+        if in_head and self._in_head:
             self._head_fed += size
             if self._head_fed > MAX_HEAD:
                 self._refused_head(BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB"))
-        elif in_trailer and self._in_trailer and parsing is not None and parsing is self.parsing:
-            self._trailer_fed += size  # all of `data` went into an unfinished trailer
+        elif in_trailer and self._in_trailer:
+            self._trailer_fed += size
             if self._trailer_fed > MAX_HEAD:
                 self._bad_body(f"its trailer is larger than {MAX_HEAD // 1024} KiB")
 
@@ -179,6 +183,7 @@ class Connection(asyncio.Protocol):
         self._head_size = 0
         self._head_fed = 0
         self._in_head = True
+        self._parts += 1
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)  # llhttp may hand the target over in pieces
@@ -242,6 +247,7 @@ class Connection(asyncio.Protocol):
         # on_body gets at once. Until data comes, this may be the trailer.
         self._in_trailer = True
         self._trailer_fed = 0
+        self._parts += 1
 
     def on_chunk_complete(self) -> None:
         self._in_trailer = False

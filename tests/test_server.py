@@ -1181,3 +1181,22 @@ async def test_one_byte_chunks_with_extensions_pass_whatever_the_writes(
     assert answer.status == 200, (answer.status_line, answer.body)
     assert answer.json()["body_bytes"] == len(body)
     assert answer.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_long_pipeline_in_one_write_is_not_taken_for_an_endless_head(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """3000 requests in one write (about 200 KB) are all answered: the router reads them in
+    pieces that end mid-head, and only what went wholly into one unfinished head counts
+    against its 64 KiB."""
+    count = 3000
+    burst = b"".join(get(f"/models/m/echo?n={n}") for n in range(count - 1))
+    burst += get(f"/models/m/echo?n={count - 1}", "Connection: close")
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        reader, writer = conn
+        writer.write(burst)
+        await writer.drain()
+        async with asyncio.timeout(30):
+            answers = await reader.read()
+    assert answers.count(b"HTTP/1.1 200 OK\r\n") == count
+    assert b"bad_request" not in answers
