@@ -137,6 +137,7 @@ class Router:
                     self.server.cut_off()  # what runs is cancelled, and logged as cut off
                     await self.server.drained(1.0)
                 self.server.close()
+                await asyncio.sleep(0)  # the connections' ends run, and log what they held
             await self._lifecycles.aclose()
             if self.admin is not None:
                 await self.admin.cleanup()

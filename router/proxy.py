@@ -212,16 +212,17 @@ class Proxy:
         self._record(ex)
         return ex.request_id
 
-    def dropped(self, request: Request) -> None:
-        """Log a request received whole but never started: its connection closed first
-        (the client left, or the shutdown closed it behind a request still running)."""
+    def dropped(self, request: Request, by_router: bool) -> None:
+        """Log a request received whole but never started: its connection closed first,
+        by the client (499) or by the router (503: the shutdown, an answer that the close
+        ends, a failure)."""
         ex = Exchange(
             now_rfc3339(), time.perf_counter(), request_id(request.headers.get("X-Request-ID")),
             request.method, printable(origin_form(request.raw_path).partition("?")[0]),
             self.tables.current.digest,
         )  # fmt: skip
         ex.user = self._no_user
-        if self._cutting_off:
+        if by_router or self._cutting_off:
             ex.status, ex.outcome = 503, "unavailable"
         else:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"

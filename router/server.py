@@ -49,8 +49,9 @@ SEND_S = 60.0  # a client that reads nothing of its answer for this long is cut 
 Handler = Callable[[Request], Awaitable[StreamResponse]]
 # Logs the record of a request refused before routing, given its status; returns its id.
 Refused = Callable[[int], str]
-# Logs the record of a request received but never started: its connection closed first.
-Dropped = Callable[[Request], None]
+# Logs the record of a request received but never started: its connection closed first,
+# closed by the router (True) or by the client.
+Dropped = Callable[[Request, bool], None]
 
 _log = logging.getLogger("model-router")
 
@@ -106,6 +107,7 @@ class Connection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.connections.add(self)
+        self.closing = self.server.stopping  # accepted just as the shutdown began
 
     def data_received(self, data: bytes) -> None:
         if self.discarding or self.closed:
@@ -147,16 +149,9 @@ class Connection(asyncio.Protocol):
         gone = ConnectionResetError("the client closed the connection")
         if self.parsing is not None:
             self.parsing.content.finish(gone)
-        for request in self.waiting:  # received, never started: each still gets a record
-            request.content.finish(gone)
-            self.server.dropped(request)
-        self.waiting.clear()
+        self._drop_unstarted(by_router=False)
         current = self.current
         if current is None or current.task is None or current.task.done():
-            return
-        if not current.started:  # its task never ran: cancelled now, it would log nothing
-            current.task.cancel()
-            self.server.dropped(current)
             return
         waiter = self.write_waiter
         if waiter is not None and not waiter.done():
@@ -198,10 +193,10 @@ class Connection(asyncio.Protocol):
             raise BadHead(f"a header line is longer than {MAX_LINE} bytes")
         if self._head_size > MAX_HEAD:
             raise BadHead(f"the headers are larger than {MAX_HEAD // 1024} KiB")
-        if len(self._headers) >= MAX_FIELDS:
-            raise BadHead(f"more than {MAX_FIELDS} header lines")
         if not self._in_head:
             return  # a chunked body's trailer: never merged into the headers (RFC 9110 6.5.1)
+        if len(self._headers) >= MAX_FIELDS:
+            raise BadHead(f"more than {MAX_FIELDS} header lines")
         # Values as aiohttp keeps them: UTF-8, bytes that are not as surrogates.
         self._headers.add(
             name.decode("latin-1"), value.decode("utf-8", "surrogateescape").strip(" \t")
@@ -446,10 +441,36 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def close(self) -> None:
-        """Close after what is already written; nothing more is read or written."""
+        """Close after what is already written; nothing more is read or written. Requests
+        received but not started are logged as the router's doing (503). A client that
+        does not take what is left within SEND_S is cut off."""
         if self.transport is not None and not self.closed:
             self.closed = True
+            self._drop_unstarted(by_router=True)
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.server.loop.call_later(SEND_S, self.transport.abort)
+
+    def abort(self) -> None:
+        """The end of the shutdown: drop the connection at once, written or not."""
+        if self.transport is not None:
+            if not self.closed:
+                self.closed = True
+                self._drop_unstarted(by_router=True)
+            self.transport.abort()
+
+    def _drop_unstarted(self, *, by_router: bool) -> None:
+        """Log the requests received but never started, as this connection ends: each
+        still gets its record, though no answer."""
+        gone = ConnectionResetError("the connection was closed")
+        for request in self.waiting:
+            request.content.finish(gone)
+            self.server.dropped(request, by_router)
+        self.waiting.clear()
+        current = self.current
+        if current is not None and not current.started and current.task is not None:
+            current.task.cancel()  # it never ran: cancelled now, it would log nothing
+            self.server.dropped(current, by_router)
 
     @property
     def idle(self) -> bool:
@@ -465,6 +486,7 @@ class Server:
         self.dropped = dropped
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
+        self.stopping = False
         # Every request's task, from its creation (not its first step): a pipelined request
         # started by the answer before it is in flight before that one's task ends.
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -515,12 +537,16 @@ class Server:
         return True
 
     def cut_off(self) -> None:
-        """Cancel the requests still in flight (the drain time is over)."""
-        for task in self.in_flight:
-            task.cancel()
+        """Cancel the requests still running (the drain time is over). One whose task has
+        not begun is left to begin: it answers 503 at once, and logs it."""
+        for conn in self.connections:
+            request = conn.current
+            if request is not None and request.started and request.task is not None:
+                request.task.cancel()
 
     def stop_accepting(self) -> None:
         """New connections are refused; idle ones close; busy ones close after their answer."""
+        self.stopping = True
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
@@ -535,4 +561,4 @@ class Server:
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
-            conn.close()
+            conn.abort()

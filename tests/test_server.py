@@ -1200,3 +1200,55 @@ async def test_a_long_pipeline_in_one_write_is_not_taken_for_an_endless_head(
             answers = await reader.read()
     assert answers.count(b"HTTP/1.1 200 OK\r\n") == count
     assert b"bad_request" not in answers
+
+
+async def test_requests_behind_a_client_that_reads_nothing_are_logged_when_the_drain_ends(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """A large answer the client does not read, two requests pipelined behind it, and a
+    shutdown whose drain_s runs out: the connection is dropped at the end, and the two
+    requests it still held are logged 503 `unavailable` before the log closes."""
+    loop = asyncio.get_running_loop()
+    sock = slow_reader()
+    try:
+        async with router_running(one_model(backends), tmp_path, drain_s=0.5) as r:
+            await loop.sock_connect(sock, address_of(r))
+            await loop.sock_sendall(
+                sock,
+                get("/models/m/download?mb=8")
+                + get("/models/m/echo", "X-Request-ID: second")
+                + get("/models/m/echo", "X-Request-ID: third"),
+            )
+
+            async def writing() -> bool | None:
+                return True if r.router.server and r.router.server.in_flight else None
+
+            await poll(writing, WAIT, "the download to be under way")
+        # router_running has stopped the router: drained, cut off, the log closed.
+        records = {rec["request_id"]: rec for rec in r.records()}
+    finally:
+        sock.close()
+    assert len(records) == 3
+    for rid in ("second", "third"):
+        assert (records[rid]["status"], records[rid]["outcome"]) == (503, "unavailable")
+
+
+async def test_a_request_behind_an_answer_that_the_close_ends_is_logged_as_the_routers_doing(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """HTTP/1.0 and a streamed answer without a length: the close ends that answer, so a
+    request pipelined behind it cannot be answered. Its record says 503, not that the
+    client left."""
+    request = "GET /models/m/{} HTTP/1.0\r\nConnection: keep-alive\r\nX-Request-ID: {}\r\n\r\n"
+    burst = request.format("predict-chunked", "first") + request.format("echo", "second")
+    async with router_running(one_model(backends), tmp_path) as r, connected(r) as conn:
+        reader, writer = conn
+        writer.write(burst.encode())
+        await writer.drain()
+        async with asyncio.timeout(WAIT):
+            answers = await reader.read()
+    assert answers.count(b"HTTP/1.1 ") == 1
+    assert b"Connection: close" in answers
+    records = {rec["request_id"]: rec for rec in r.records()}
+    assert (records["first"]["status"], records["first"]["outcome"]) == (200, "ok")
+    assert (records["second"]["status"], records["second"]["outcome"]) == (503, "unavailable")
