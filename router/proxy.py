@@ -83,7 +83,7 @@ class _Body:
                 self.client_gone = True
                 raise
             except BadBody as exc:
-                raise self._fail("bad_body", f"the request body is malformed: {exc}") from None
+                raise self._fail("bad_body", _malformed(exc)) from None
             except TimeoutError:
                 raise self._fail("body_timeout", _slow_body(self.timeout)) from None
             self._backend_clock(self.within)
@@ -156,18 +156,25 @@ class Proxy:
         as cut off), and requests that come up after this get 503 at once."""
         self._cutting_off = True
 
-    async def handle(self, request: Request) -> StreamResponse:
-        table = self.tables.current  # read once: this request keeps this table
-        given = request.headers.get("X-Request-ID")
-        ex = Exchange(
-            ts=now_rfc3339(),
-            started=time.perf_counter(),
-            request_id=request_id(given),
-            method=request.method,
-            path=printable(origin_form(request.raw_path).partition("?")[0]),
-            config=table.digest,
+    def _exchange(self, table: Table, request: Request | None) -> Exchange:
+        """The record of a request, begun; without one (refused before it was parsed
+        whole), its method and path are unknown."""
+        if request is None:
+            return Exchange(now_rfc3339(), time.perf_counter(), new_request_id(), None, None,
+                            table.digest, user=self._no_user)  # fmt: skip
+        return Exchange(
+            now_rfc3339(),
+            time.perf_counter(),
+            request_id(request.headers.get("X-Request-ID")),
+            request.method,
+            printable(origin_form(request.raw_path).partition("?")[0]),
+            table.digest,
             user=self._no_user,
         )
+
+    async def handle(self, request: Request) -> StreamResponse:
+        table = self.tables.current  # read once: this request keeps this table
+        ex = self._exchange(table, request)
         response: StreamResponse | None = None
         try:
             if self._cutting_off:  # a pipelined request that comes up after the cut-off
@@ -203,11 +210,7 @@ class Proxy:
     def refused(self, status: int) -> str:
         """Log a request the server refused before routing (junk, an oversized head);
         returns the id its error answer carries."""
-        table = self.tables.current
-        ex = Exchange(
-            now_rfc3339(), time.perf_counter(), new_request_id(), None, None, table.digest
-        )
-        ex.user = self._no_user
+        ex = self._exchange(self.tables.current, None)
         ex.status = status
         self._record(ex)
         return ex.request_id
@@ -216,12 +219,7 @@ class Proxy:
         """Log a request received whole but never started: its connection closed first,
         by the client (499) or by the router (503: the shutdown, an answer that the close
         ends, a failure)."""
-        ex = Exchange(
-            now_rfc3339(), time.perf_counter(), request_id(request.headers.get("X-Request-ID")),
-            request.method, printable(origin_form(request.raw_path).partition("?")[0]),
-            self.tables.current.digest,
-        )  # fmt: skip
-        ex.user = self._no_user
+        ex = self._exchange(self.tables.current, request)
         if by_router or self._cutting_off:
             ex.status, ex.outcome = 503, "unavailable"
         else:
@@ -295,7 +293,7 @@ class Proxy:
             except (ConnectionError, asyncio.IncompleteReadError):
                 return _Body(None, client_gone=True)
             except BadBody as exc:
-                raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
+                raise RouterError("bad_body", _malformed(exc)) from exc
             except TimeoutError:
                 raise RouterError("body_timeout", _slow_body(timeout)) from None
         return _Body(None, stream=request.content, limit=limit, timeout=timeout)
@@ -390,11 +388,7 @@ class Proxy:
             self._failed(key, model)
             if exc.timed_out:
                 raise _Unreachable(_upstream_timeout(version, exc), "timeout") from exc
-            error = RouterError(
-                "upstream_unavailable",
-                f"version '{version.name}' of model '{model.name}' could not be reached: {exc}",
-            )
-            raise _Unreachable(error, "unavailable") from exc
+            raise _unreachable(model, version, exc) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             self._failed(key, model)
             raise _Unreachable(_upstream_timeout(version, exc), "timeout") from exc
@@ -410,11 +404,7 @@ class Proxy:
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
                 return Response(CLIENT_CLOSED)
             self._failed(key, model)
-            error = RouterError(
-                "upstream_unavailable",
-                f"version '{version.name}' of model '{model.name}' could not be reached: {exc}",
-            )
-            raise _Unreachable(error, "unavailable") from exc
+            raise _unreachable(model, version, exc) from exc
         except aiohttp.ClientError as exc:  # reached, but its answer was not HTTP we can pass on
             ex.upstream_ms, ex.outcome = _ms_since(sent), "unavailable"
             raise RouterError(
@@ -531,7 +521,7 @@ class Proxy:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
             return Response(CLIENT_CLOSED)
         except BadBody as exc:
-            raise RouterError("bad_body", f"the request body is malformed: {exc}") from exc
+            raise RouterError("bad_body", _malformed(exc)) from exc
         except orjson.JSONDecodeError as exc:
             raise RouterError("bad_feedback", f"the body is not JSON: {exc}") from exc
         if (
@@ -610,6 +600,15 @@ def _upstream_timeout(version: Version, exc: BaseException) -> RouterError:
         "upstream_timeout",
         f"version '{version.name}' did not answer within {version.timeout_s:g} s",
     )
+
+
+def _unreachable(model: Model, version: Version, exc: BaseException) -> _Unreachable:
+    message = f"version '{version.name}' of model '{model.name}' could not be reached: {exc}"
+    return _Unreachable(RouterError("upstream_unavailable", message), "unavailable")
+
+
+def _malformed(exc: BaseException) -> str:
+    return f"the request body is malformed: {exc}"
 
 
 def _not_found(path: str) -> RouterError:

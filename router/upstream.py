@@ -189,20 +189,12 @@ class _Connection(asyncio.Protocol):
 
     def flow(self, pause: bool) -> None:
         """Stop reading from the backend while its answer waits unread, and go on after."""
-        if pause:
-            self.pause()
-        else:
-            self.resume()
-
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+        if pause != self.paused and self.transport is not None:
+            self.paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -214,7 +206,7 @@ class _Connection(asyncio.Protocol):
         self.pool._unwatch(self)
         if self.complete and self.keep_alive and not self.closed:
             self._reset()  # llhttp itself is ready for the next message on the connection
-            self.resume()  # if a reader left part of a large body unread
+            self.flow(False)  # if a reader left part of a large body unread
             self.pool._give_back(self)
         else:
             self.close()
