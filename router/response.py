@@ -79,8 +79,6 @@ class StreamResponse:
 
     def _head(self, request: Request, length: int | None) -> bytes:
         """The status line and headers; `length` None means streamed."""
-        # A body still coming in (an early answer: 413, 404) is not read to its end: the
-        # connection closes after the answer (with a lingering close, see server.py).
         keep = not self.close and request._conn.keeps_alive(request)
         lines = [f"HTTP/1.1 {self.status} {self.reason}\r\n"]
         given_length = None
@@ -100,7 +98,7 @@ class StreamResponse:
             # router's own answer; never a length made up for an empty body.
             shown = given_length if given_length is not None else length or None
             if shown is not None and self.status >= 200 and self.status not in (204, 304):
-                lines.append(f"Content-Length: {shown}\r\n")  # HEAD: what GET would be
+                lines.append(f"Content-Length: {shown}\r\n")
         elif length is not None:
             lines.append(f"Content-Length: {length}\r\n")
         elif given_length is not None:

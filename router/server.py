@@ -269,10 +269,8 @@ class Connection(asyncio.Protocol):
                 if not response.prepared:
                     await response.prepare(request)
                 await response.write_eof()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
             self.close()  # the client left, or the shutdown cut this request off
-        except ConnectionError:
-            self.close()
         except Exception:
             _log.exception("the request handler failed on %s %s", request.method,
                            request.raw_path)  # fmt: skip
@@ -411,9 +409,7 @@ class Connection(asyncio.Protocol):
     def _send_timed_out(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             waiter.set_exception(ConnectionResetError(f"the client read nothing for {SEND_S:g} s"))
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.abort()  # what is left unsent will never be read
+        self.abort()  # what is left unsent will never be read
 
     def send_continue(self) -> None:
         if not self.closed and self.transport is not None:
