@@ -27,8 +27,8 @@ from pathlib import Path
 from types import FrameType
 
 from backends.model import sample_rows
-from router.config import Address, ConfigError, parse_address
-from router.validate import load_table
+from router.config.model import Address, ConfigError, parse_address
+from router.config.validate import load_table
 
 LOOPBACK = "127.0.0.1"
 BACKENDS: tuple[tuple[str, int], ...] = (("v1", 9001), ("v2", 9002))

@@ -9,10 +9,11 @@ What a day of traffic through the router looks like in its log:
 - a `config_loaded` event first, and a second one half-way through the requests: a ramp of each
   model's candidate `v2` (10% -> 20% of users), with its own digest, so records carry two
   `config` digests and a report must match each record with the split that was in force;
-- `request` records shaped exactly as `router.proxy.Exchange.record` writes them (same keys in
-  the same order, floats as orjson prints them), with arrival times over one day following a
-  daily cycle; users from a pool, each a heavy or a light user, bucketed with the contract's
-  MurmurHash3 formula and logged as the router's default pseudonym (SHA-256, 16 hex);
+- `request` records shaped exactly as `router.observe.record.Exchange.record` writes them
+  (same keys in the same order, floats as orjson prints them), with arrival times over one
+  day following a daily cycle; users from a pool, each a heavy or a light user, bucketed
+  with the contract's MurmurHash3 formula and logged as the router's default pseudonym
+  (SHA-256, 16 hex);
 - who decides the version: the split (~85%), no user id (~5%, a random bucket), a pinned path
   (~5%), an `X-Model-Version` header (~3%), a rule (~2%); ~0.2% of requests fall back to `v1`
   (the candidate is marked down for a 10 s cool-off, or its connection failed);
@@ -126,7 +127,7 @@ class ModelSpec:
         return dict(zip(self.versions, self.after if phase else self.before, strict=True))
 
     def edges(self, phase: int) -> I64:
-        """First bucket past each version, as `router.assign.Split` lays the split out."""
+        """First bucket past each version, as `router.config.model.Split` lays the split out."""
         percents = np.array(self.after if phase else self.before, dtype=np.int64)
         edges: I64 = np.cumsum(percents * (BUCKETS // 100))
         return edges
@@ -290,7 +291,7 @@ def assign(
     buckets: I16,
     activity: F64,
 ) -> None:
-    """Model, user, bucket and assigned version, as `router.assign.choose` picks them."""
+    """Model, user, bucket and assigned version, as `router.routing.choose` picks them."""
     n = len(r)
     r.model = rng.choice(len(specs), size=n, p=model_weights(len(specs))).astype(np.int8)
     r.by = rng.choice(len(ASSIGNED_BY), size=n, p=ASSIGNED_BY_P).astype(np.int8)
@@ -517,7 +518,7 @@ def hex_bytes(raw: U8) -> U8:
 
 
 def timestamps(ms: I64) -> U8:
-    """RFC 3339 UTC with milliseconds and a Z, as `router.events.now_rfc3339` writes them."""
+    """RFC 3339 UTC with milliseconds and a Z, as `router.observe.log.now_rfc3339` writes them."""
     day, tod = np.divmod(ms, DAY_MS)
     dates = START_DAY + np.arange(int(day.max(initial=0)) + 1)
     date_table = table([f"{d}T".encode() for d in dates])
@@ -637,7 +638,7 @@ def config_events(specs: Sequence[ModelSpec], switch_ms: int) -> tuple[list[str]
 
 
 def moves(spec: ModelSpec) -> dict[str, object]:
-    """The users a ramp moves, as `router.churn.ModelChurn.as_dict` summarises them."""
+    """The users a ramp moves, as `router.config.churn.ModelChurn.as_dict` summarises them."""
     every = np.arange(BUCKETS)
     old = np.searchsorted(spec.edges(0), every, side="right")
     new = np.searchsorted(spec.edges(1), every, side="right")

@@ -13,10 +13,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from router.config.holder import ReloadResult, TableHolder, iso_utc
 from router.errors import RouterError
-from router.headers import new_request_id
-from router.health import HealthBook
-from router.table import ReloadResult, TableHolder, iso_utc
+from router.observe.health import HealthBook
+from router.proxy.headers import new_request_id
 
 TABLES = web.AppKey("tables", TableHolder)
 REGISTRY = web.AppKey("registry", CollectorRegistry)

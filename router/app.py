@@ -15,15 +15,16 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from router import health, upstream
 from router.admin import create_admin_app
-from router.config import Address, Table
-from router.events import LogSink, Pseudonymizer, make_logger
-from router.health import HealthBook
-from router.metrics import Metrics
-from router.proxy import Proxy
-from router.server import Server
-from router.table import TableHolder, watching
+from router.config.holder import TableHolder, watching
+from router.config.model import Address, Table
+from router.http.client import pool as upstream
+from router.http.server import Server
+from router.observe import health
+from router.observe.health import HealthBook
+from router.observe.log import LogSink, Pseudonymizer, make_logger
+from router.observe.metrics import Metrics
+from router.proxy.handler import Proxy
 
 
 def client_session() -> aiohttp.ClientSession:

@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router import churn
-from router.config import DEFAULT_CONFIG, ConfigError, Overrides, Table, parse_address
-from router.validate import load_table
+from router.config import churn
+from router.config.model import DEFAULT_CONFIG, ConfigError, Overrides, Table, parse_address
+from router.config.validate import load_table
 
 REPORT_FORMATS = ("text", "json", "html")
 EXIT_OK = 0

@@ -39,10 +39,10 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from router.admin import create_admin_app
 from router.app import Router, ServeError, configure_logging, listen_on, run_loop, until_stopped
-from router.config import Address, Overrides, Table
-from router.health import HealthBook
-from router.table import ReloadResult, TableHolder
-from router.validate import load_table
+from router.config.holder import ReloadResult, TableHolder
+from router.config.model import Address, Overrides, Table
+from router.config.validate import load_table
+from router.observe.health import HealthBook
 
 START_TIMEOUT_S = 60.0
 _CTX = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop or threads

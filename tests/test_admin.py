@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from router.app import Router
-from router.validate import load_table
+from router.config.validate import load_table
 from tests.support.echo import create_echo_app
 from tests.support.running import (
     LOOPBACK,

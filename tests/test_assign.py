@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.assign import BUCKETS, Split, bucket
+from router.config.model import BUCKETS, Split
+from router.routing.choose import bucket
 
 
 # The Optimizely SDK's published vectors: user id + experiment key, seed 1, scaled to 10000.

@@ -15,7 +15,7 @@ import pytest
 
 import router.app
 from router.cli import main
-from router.validate import load_table
+from router.config.validate import load_table
 
 ROOT = Path(__file__).parent.parent
 

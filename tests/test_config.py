@@ -16,19 +16,19 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from router.assign import Split
-from router.config import (
+from router.config.model import (
     Address,
     ConfigError,
     LogSettings,
     Model,
     Rule,
     ServerSettings,
+    Split,
     Table,
     UserIdSource,
     Version,
 )
-from router.validate import load_table, parse_table, parse_text
+from router.config.validate import load_table, parse_table, parse_text
 
 SOURCE = "routes.yaml"
 

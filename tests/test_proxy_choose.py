@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from router.assign import bucket
+from router.routing.choose import bucket
 from tests.support.running import router_running
 
 

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from router.cli import main
-from router.validate import load_table
+from router.config.validate import load_table
 from tests.support.echo import SEEN, create_echo_app
 from tests.support.running import (
     LOOPBACK,

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import pytest
 
-from router import server
+from router.http import server
 from tests.support.echo import SEEN, create_echo_app
 from tests.support.errors import contract_error
 from tests.support.running import RunningRouter, router_running, serving

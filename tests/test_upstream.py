@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router import upstream
-from router.upstream import Pool
+from router.http.client import pool as upstream
+from router.http.client.pool import Pool
 from tests.support.running import LOOPBACK, router_running
 from tests.support.waiting import poll
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from router.assign import bucket
+from router.routing.choose import bucket
 
 
 def config_loaded(digest: str, split: dict[str, float], model: str = "cancer") -> dict[str, Any]:

@@ -20,7 +20,7 @@ import yaml
 from aiohttp import web
 
 from router.app import Router
-from router.validate import load_table, parse_table
+from router.config.validate import load_table, parse_table
 
 LOOPBACK = "127.0.0.1"
 

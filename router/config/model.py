@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Literal, get_args
-
-from router.assign import Split
 
 State = Literal["active", "deprecated", "retired"]
 UserIdMode = Literal["hash", "raw", "omit"]
@@ -23,6 +23,7 @@ USER_ID_KINDS: tuple[UserIdKind, ...] = get_args(UserIdKind)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 DEFAULT_CONFIG = "config/routes.yaml"
 DEFAULT_TIMEOUT_S = 30.0
+BUCKETS = 10_000  # 0.01% resolution (contract section 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,44 @@ class Version:
     plain_http: bool = field(default=True, compare=False)
     # Deprecation, Sunset and Link headers, rendered once at load time.
     response_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Percentages laid over buckets 0..9999 in the order the versions are listed.
+
+    `edges[i]` is the first bucket past version i, so `bisect_right(edges, b)` finds the
+    version of bucket b; a version with a 0% share has an empty range and is never chosen.
+    """
+
+    versions: tuple[str, ...]
+    percents: tuple[Decimal, ...]
+    edges: tuple[int, ...]
+
+    @classmethod
+    def of(cls, shares: Mapping[str, Decimal]) -> Split:
+        """Build a split from percentages that are validated to add up to exactly 100."""
+        edges: list[int] = []
+        total = 0
+        for percent in shares.values():
+            total += int(percent * 100)  # at most two decimals: exact
+            edges.append(total)
+        return cls(tuple(shares), tuple(shares.values()), tuple(edges))
+
+    def version_at(self, b: int) -> str:
+        return self.versions[bisect.bisect_right(self.edges, b)]
+
+    def ranges(self) -> dict[str, range]:
+        """The buckets of each version."""
+        starts = (0, *self.edges[:-1])
+        return {v: range(s, e) for v, s, e in zip(self.versions, starts, self.edges, strict=True)}
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Percentages as JSON numbers: ints where whole, for the log and the admin view."""
+        return {v: int(p) if p == p.to_integral() else float(p) for v, p in self.shares()}
+
+    def shares(self) -> list[tuple[str, Decimal]]:
+        return list(zip(self.versions, self.percents, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

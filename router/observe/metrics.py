@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
-from router.config import Table
+from router.config.model import Table
 
 if values.ValueClass is not values.MutexValue:
     # Multiprocess mode (`serve --workers`): by default every increment asks os.getpid()

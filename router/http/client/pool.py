@@ -18,7 +18,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.body import Body
+from router.http.body import Body
 
 IDLE_S = 30.0  # an idle pooled connection is closed after this long
 

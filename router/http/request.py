@@ -15,10 +15,10 @@ from urllib.parse import parse_qsl
 
 from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from router.body import Body
+from router.http.body import Body
 
 if TYPE_CHECKING:
-    from router.server import Connection
+    from router.http.server import Connection
 
 
 class BadBody(Exception):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from router.config import Table
+from router.config.model import Table
 
 Key = tuple[str, str, str]  # model, version, url
 

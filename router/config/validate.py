@@ -19,9 +19,8 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 
-from router import yamlmarks
-from router.assign import Split
-from router.config import (
+from router.config import yamlmarks
+from router.config.model import (
     DEFAULT_TIMEOUT_S,
     NAME,
     STATES,
@@ -36,6 +35,7 @@ from router.config import (
     Problem,
     Rule,
     ServerSettings,
+    Split,
     Table,
     UserIdSource,
     Version,

@@ -21,7 +21,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
-from router.config import UserIdMode
+from router.config.model import UserIdMode
 
 USER_ID_KEY_ENV: Final = "ROUTER_USER_ID_KEY"
 PSEUDONYM_CHARS: Final = 16  # 64 bits: no collisions in practice, not reversible

@@ -35,10 +35,10 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.errors import RouterError
-from router.framing import MAX_FIELDS, MAX_HEAD, MAX_LINE, BadHead, check_head
-from router.headers import new_request_id
-from router.request import BadBody, Request
-from router.response import StreamResponse, http_date, reason_phrase
+from router.http.framing import MAX_FIELDS, MAX_HEAD, MAX_LINE, BadHead, check_head
+from router.http.request import BadBody, Request
+from router.http.response import StreamResponse, http_date, reason_phrase
+from router.proxy.headers import new_request_id
 
 PIPELINE_DEPTH = 32  # requests received ahead of the one being handled, at most
 IDLE_S = 75.0  # a keep-alive connection with no request for this long is closed (nginx's)

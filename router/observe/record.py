@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from router.assign import AssignedBy
+from router.routing.choose import AssignedBy
 
 Outcome = Literal[
     "ok", "client_error", "server_error", "timeout", "unavailable", "rejected", "client_closed"

@@ -14,7 +14,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from router.request import Request
+    from router.http.request import Request
 
 # Set by the framing below, never taken from the headers handed in.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})

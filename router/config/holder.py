@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from structlog.typing import FilteringBoundLogger
 
-from router import churn
-from router.config import ConfigError, Table
-from router.metrics import Metrics
-from router.validate import load_table
+from router.config import churn
+from router.config.model import ConfigError, Table
+from router.config.validate import load_table
+from router.observe.metrics import Metrics
 
 WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
 

@@ -6,21 +6,15 @@ edges, rule sets) is computed then, so that a request costs one hash and one bis
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import mmh3
 
+from router.config.model import BUCKETS, Model
 from router.errors import RouterError
-
-if TYPE_CHECKING:
-    from router.config import Model
-
-BUCKETS = 10_000
 
 AssignedBy = Literal["pinned", "header", "rule", "split", "no_user_random", "no_user_default"]
 
@@ -35,44 +29,6 @@ def bucket(user_id: str, salt: str) -> int:
     # this gives the client's bytes back, so any id has a bucket, as bytes on the wire.
     h: int = mmh3.hash((user_id + salt).encode("utf-8", "surrogateescape"), seed=1, signed=False)
     return (h * BUCKETS) >> 32
-
-
-@dataclass(frozen=True, slots=True)
-class Split:
-    """Percentages laid over buckets 0..9999 in the order the versions are listed.
-
-    `edges[i]` is the first bucket past version i, so `bisect_right(edges, b)` finds the
-    version of bucket b; a version with a 0% share has an empty range and is never chosen.
-    """
-
-    versions: tuple[str, ...]
-    percents: tuple[Decimal, ...]
-    edges: tuple[int, ...]
-
-    @classmethod
-    def of(cls, shares: Mapping[str, Decimal]) -> Split:
-        """Build a split from percentages that are validated to add up to exactly 100."""
-        edges: list[int] = []
-        total = 0
-        for percent in shares.values():
-            total += int(percent * 100)  # at most two decimals: exact
-            edges.append(total)
-        return cls(tuple(shares), tuple(shares.values()), tuple(edges))
-
-    def version_at(self, b: int) -> str:
-        return self.versions[bisect.bisect_right(self.edges, b)]
-
-    def ranges(self) -> dict[str, range]:
-        """The buckets of each version."""
-        starts = (0, *self.edges[:-1])
-        return {v: range(s, e) for v, s, e in zip(self.versions, starts, self.edges, strict=True)}
-
-    def as_dict(self) -> dict[str, float | int]:
-        """Percentages as JSON numbers: ints where whole, for the log and the admin view."""
-        return {v: int(p) if p == p.to_integral() else float(p) for v, p in self.shares()}
-
-    def shares(self) -> list[tuple[str, Decimal]]:
-        return list(zip(self.versions, self.percents, strict=True))
 
 
 class RequestLike(Protocol):

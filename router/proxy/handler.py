@@ -19,19 +19,19 @@ import orjson
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
-from router import upstream as upstream_pool
-from router.assign import choose
-from router.body import Body
-from router.config import Model, Table, Version
+from router.config.holder import TableHolder
+from router.config.model import Model, Table, Version
 from router.errors import ErrorCode, RouterError
-from router.events import Pseudonymizer, now_rfc3339, printable
-from router.headers import downstream_headers, new_request_id, request_id, upstream_headers
-from router.health import HealthBook
-from router.metrics import Metrics
-from router.record import Exchange, Outcome
-from router.request import BadBody, Request
-from router.response import Response, StreamResponse
-from router.table import TableHolder
+from router.http.body import Body
+from router.http.client import pool as upstream_pool
+from router.http.request import BadBody, Request
+from router.http.response import Response, StreamResponse
+from router.observe.health import HealthBook
+from router.observe.log import Pseudonymizer, now_rfc3339, printable
+from router.observe.metrics import Metrics
+from router.observe.record import Exchange, Outcome
+from router.proxy.headers import downstream_headers, new_request_id, request_id, upstream_headers
+from router.routing.choose import choose
 
 # Bodies up to this size are read whole before forwarding: one write each way, and a
 # request that can be sent again to the fallback. Larger ones are streamed.

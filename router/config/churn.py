@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from router.assign import BUCKETS, Split
-from router.config import Model, Table
+from router.config.model import BUCKETS, Model, Split, Table
 
 
 @dataclass(frozen=True, slots=True)
