@@ -518,7 +518,7 @@ def hex_bytes(raw: U8) -> U8:
 
 
 def timestamps(ms: I64) -> U8:
-    """RFC 3339 UTC with milliseconds and a Z, as `router.observe.log.now_rfc3339` writes them."""
+    """RFC 3339 UTC with milliseconds and a Z, as `router.http.clock.now_rfc3339` writes them."""
     day, tod = np.divmod(ms, DAY_MS)
     dates = START_DAY + np.arange(int(day.max(initial=0)) + 1)
     date_table = table([f"{d}T".encode() for d in dates])

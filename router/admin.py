@@ -13,10 +13,11 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.config.holder import ReloadResult, TableHolder, iso_utc
-from router.errors import RouterError
+from router.config.holder import ReloadResult, TableHolder
+from router.errors import RouterError, error_body
+from router.http.clock import iso_utc
+from router.http.request import new_request_id
 from router.observe.health import HealthBook
-from router.proxy.headers import new_request_id
 
 TABLES = web.AppKey("tables", TableHolder)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -55,6 +56,11 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+def _error(status: int, code: str, message: str, **more: object) -> web.Response:
+    body = error_body(code, message, new_request_id(), **more)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Admin errors in the contract's JSON shape too; POSTs checked for the bearer token."""
@@ -63,16 +69,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             _authorize(request)
         return await handler(request)
     except RouterError as error:
-        return web.Response(
-            body=error.body(new_request_id()), status=error.status, content_type="application/json"
-        )
+        return _error(error.status, error.code, error.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = "not_found" if exc.status == 404 else "method_not_allowed"
-        body = {"error": {"code": code, "message": f"{request.method} {request.path}: {exc.reason}",
-                          "request_id": new_request_id()}}  # fmt: skip
-        return _json(body, exc.status)
+        return _error(exc.status, code, f"{request.method} {request.path}: {exc.reason}")
 
 
 def _authorize(request: web.Request) -> None:
@@ -123,9 +125,7 @@ async def reload(request: web.Request) -> web.Response:
     result = await request.app[RELOAD]()
     if result.result == "rejected":
         message = f"the routing table was refused; {result.digest} stays in force"
-        error = {"code": "config_rejected", "message": message, "request_id": new_request_id(),
-                 "problems": list(result.problems)}  # fmt: skip
-        return _json({"error": error}, 422)
+        return _error(422, "config_rejected", message, problems=list(result.problems))
     return _json({"result": result.result, "config": result.digest, "models": result.moves})
 
 

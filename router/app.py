@@ -18,7 +18,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from router.admin import create_admin_app
 from router.config.holder import TableHolder, watching
 from router.config.model import Address, Table
+from router.errors import error_body
 from router.http.client import pool as upstream
+from router.http.hooks import Hooks
+from router.http.limits import ServerLimits
 from router.http.server import Server
 from router.observe import health
 from router.observe.health import HealthBook
@@ -60,9 +63,12 @@ class Router:
         *,
         admin: bool = True,
         reuse_port: bool = False,
+        limits: ServerLimits | None = None,
     ) -> None:
-        """`admin=False, reuse_port=True` make a worker: the public port only, shared."""
+        """`admin=False, reuse_port=True` make a worker: the public port only, shared.
+        `limits` are the public port's (nginx's defaults if not given)."""
         self.reuse_port = reuse_port
+        self.limits = limits
         try:
             self.sink = LogSink(table.log.path)
         except OSError as exc:
@@ -109,7 +115,8 @@ class Router:
         )
         await stack.enter_async_context(watching(tables))
         # The public port: the proxy's own HTTP/1.1 server (router/server.py).
-        public = self.server = Server(proxy.handle, proxy.refused, proxy.dropped)
+        hooks = Hooks(proxy.handle, proxy.refused, proxy.dropped, error_body)
+        public = self.server = Server(hooks, self.limits)
         address = server.listen
         await listen_on(
             lambda: public.listen(address.host, address.port, reuse_port=self.reuse_port),

@@ -6,6 +6,8 @@ from typing import Literal
 
 import orjson
 
+from router.http.text import printable
+
 ErrorCode = Literal[
     "unknown_model",
     "unknown_version",
@@ -49,19 +51,22 @@ STATUS: dict[ErrorCode, int] = {
 }
 
 
+def error_body(code: str, message: str, request_id: str, **more: object) -> bytes:
+    """The contract's JSON error: `{"error": {"code", "message", "request_id", ...more}}`."""
+    # Messages quote what the client sent, which may hold bytes that are not UTF-8.
+    return orjson.dumps({"error": {"code": code, "message": printable(message),
+                                   "request_id": request_id, **more}})  # fmt: skip
+
+
 class RouterError(Exception):
     """A request the router answers itself, with one of the contract's codes."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
-        # Messages quote what the client sent, which may hold bytes that are not UTF-8.
-        if not message.isascii():
-            message = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        message = printable(message)
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.status = STATUS[code]
 
     def body(self, request_id: str) -> bytes:
-        """The JSON body: `{"error": {"code", "message", "request_id"}}`."""
-        error = {"code": self.code, "message": self.message, "request_id": request_id}
-        return orjson.dumps({"error": error})
+        return error_body(self.code, self.message, request_id)

@@ -23,6 +23,7 @@ from structlog.typing import FilteringBoundLogger
 from router.config import churn
 from router.config.model import ConfigError, Table
 from router.config.validate import load_table
+from router.http.clock import iso_utc
 from router.observe.metrics import Metrics
 
 WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
@@ -187,7 +188,3 @@ def _keep_fixed(old: Table, new: Table) -> tuple[Table, list[str]]:
     server = dataclasses.replace(new.server, **fixed_server)
     log = dataclasses.replace(new.log, **fixed_log)
     return dataclasses.replace(new, server=server, log=log), ignored
-
-
-def iso_utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,7 +1,7 @@
 """A body as it arrives over a connection, read on demand by whoever consumes it.
 
-The same on both sides of the proxy: a client's request body (router/server.py) and a
-backend's answer (router/upstream.py). Reading from the connection pauses while
+The same on both sides of the proxy: a client's request body (`connection.py`) and a
+backend's answer (`client/pool.py`). Reading from the connection pauses while
 HIGH_WATER bytes wait unread, so a slow reader holds back the sender, not memory.
 """
 
@@ -12,6 +12,10 @@ from collections import deque
 from collections.abc import Callable
 
 HIGH_WATER = 1 << 20
+
+
+class BadBody(Exception):
+    """The body broke its own framing (a bad chunk size, bytes after the last chunk)."""
 
 
 class Body:

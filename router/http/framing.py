@@ -1,20 +1,25 @@
 """What the public port takes as a request: size limits and framing rules (RFC 9112),
 checked on what llhttp has parsed, before anything is routed.
 
-A refusal is a `BadHead` carrying the contract-shaped code it is answered with. The
+A refusal is a `BadHead` carrying the contract-shaped code and the status it is answered
+with (the proxy's error hook renders the body). The size limits are `ServerLimits`. The
 choices follow nginx where the RFC leaves room: a transfer coding other than chunked is
 refused rather than undone, and a request line that is not HTTP/1.0 or HTTP/1.1 gets 505.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from multidict import CIMultiDict
 
-from router.errors import ErrorCode
-
-MAX_LINE = 8190  # bytes in the request target or one header line (aiohttp's, nginx's 8 KiB)
-MAX_HEAD = 64 * 1024  # bytes in all header lines together; a trailer has the same budget
-MAX_FIELDS = 1000  # header lines
+# The codes of the refusals made here, with their status: the router's `ErrorCode` has them.
+RefusalCode = Literal["bad_request", "not_implemented", "unsupported_version"]
+_STATUS: dict[RefusalCode, int] = {
+    "bad_request": 400,
+    "not_implemented": 501,
+    "unsupported_version": 505,
+}
 
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 
@@ -22,9 +27,10 @@ _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 class BadHead(Exception):
     """The request is refused with `code` (400 `bad_request` by default)."""
 
-    def __init__(self, message: str, code: ErrorCode = "bad_request") -> None:
+    def __init__(self, message: str, code: RefusalCode = "bad_request") -> None:
         super().__init__(message)
-        self.code: ErrorCode = code
+        self.code: RefusalCode = code
+        self.status = _STATUS[code]
 
 
 def check_head(

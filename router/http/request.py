@@ -1,4 +1,5 @@
-"""A request as the public port's server (`router/server.py`) hands it to the proxy.
+"""A request as the public port's server hands it to the proxy: a value that knows its
+connection only as a `Channel`.
 
 Only what the proxy uses: method, target, version, headers, cookies, query and a body
 read on demand. Everything is parsed once, by llhttp, before the handler starts; cookies
@@ -8,21 +9,34 @@ and the query string only when asked for (most routing looks at a header).
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from router.http.body import Body
 
-if TYPE_CHECKING:
-    from router.http.server import Connection
+
+def new_request_id() -> str:
+    """128 random bits in hex. An id must be unique, not secret: no system call for it."""
+    return f"{random.getrandbits(128):032x}"
 
 
-class BadBody(Exception):
-    """The body broke its own framing (a bad chunk size, bytes after the last chunk)."""
+class Channel(Protocol):
+    """What a request and its answer need of the connection they came on."""
+
+    loop: asyncio.AbstractEventLoop
+    remote: str | None  # the client's address
+
+    def body_flow(self, pause: bool) -> None: ...
+    def send_continue(self) -> None: ...
+    def close(self) -> None: ...
+    def keeps_alive(self) -> bool: ...
+    async def write(self, data: bytes) -> None: ...
+    def finished(self, close: bool) -> None: ...
 
 
 class Request:
@@ -30,14 +44,15 @@ class Request:
 
     __slots__ = (
         "__dict__",
-        "_conn",
         "body_exists",
+        "channel",
         "content",
         "content_length",
         "headers",
         "keep_alive",
         "method",
         "raw_path",
+        "responded",
         "started",
         "task",
         "version",
@@ -45,7 +60,7 @@ class Request:
 
     def __init__(
         self,
-        conn: Connection,
+        channel: Channel,
         method: str,
         raw_path: str,
         version: tuple[int, int],
@@ -54,7 +69,7 @@ class Request:
         chunked: bool,
         keep_alive: bool,
     ) -> None:
-        self._conn = conn
+        self.channel = channel
         self.method = method
         self.raw_path = raw_path  # the target as sent: origin-form, absolute-form or `*`
         self.version = version
@@ -62,23 +77,19 @@ class Request:
         self.content_length = content_length
         self.body_exists = chunked or bool(content_length)
         self.keep_alive = keep_alive  # what the client asked for (llhttp's reading of it)
-        self.content = Body(conn.server.loop, conn.body_flow)
+        self.content = Body(channel.loop, channel.body_flow)
         self.task: asyncio.Task[None] | None = None
         self.started = False  # the task has begun to run
+        self.responded = False  # some of the answer (its status line at least) went out
 
     @property
     def remote(self) -> str | None:
         """The client's address, as X-Forwarded-For should append it."""
-        return self._conn.remote
+        return self.channel.remote
 
     @property
     def scheme(self) -> str:
         return "http"
-
-    @property
-    def responded(self) -> bool:
-        """Some of the answer (its status line at least) has gone out to the client."""
-        return self._conn.responded
 
     @cached_property
     def cookies(self) -> Mapping[str, str]:
@@ -105,8 +116,8 @@ class Request:
         """`100 Continue` for a client that sent `Expect: 100-continue`, once it is wanted
         (RFC 9110 10.1.1): a request refused before (413) never makes the client send it."""
         if self.version >= (1, 1) and self.headers.get("Expect", "").lower() == "100-continue":
-            self._conn.send_continue()
+            self.channel.send_continue()
 
     def close_connection(self) -> None:
         """Close the client's connection now: an answer that broke off must look broken."""
-        self._conn.close()
+        self.channel.close()

@@ -7,32 +7,16 @@ coding, `Connection`), and `Date` when the backend sent none (RFC 9110 6.6.1).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
-from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from router.http.request import Request
+from router.http.clock import http_date
+from router.http.request import Request
 
 # Set by the framing below, never taken from the headers handed in.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _REASONS[499] = "Client Closed Request"
-
-
-class _Clock:
-    second = -1
-    value = ""
-
-
-def http_date() -> str:
-    """The `Date` header's value. It changes once a second: it is formatted once a second."""
-    now = int(time.time())
-    if now != _Clock.second:
-        _Clock.second, _Clock.value = now, formatdate(now, usegmt=True)
-    return _Clock.value
 
 
 def reason_phrase(status: int) -> str:
@@ -79,7 +63,7 @@ class StreamResponse:
 
     def _head(self, request: Request, length: int | None) -> bytes:
         """The status line and headers; `length` None means streamed."""
-        keep = not self.close and request._conn.keeps_alive(request)
+        keep = not self.close and request.channel.keeps_alive()
         lines = [f"HTTP/1.1 {self.status} {self.reason}\r\n"]
         given_length = None
         dated = False
@@ -121,7 +105,7 @@ class StreamResponse:
         if not self.prepared:
             self.prepared = True
             self._request = request
-            await request._conn.write(self._head(request, None))
+            await request.channel.write(self._head(request, None))
 
     async def write(self, chunk: bytes) -> None:
         """One piece of the body; waits while the client reads slowly."""
@@ -130,13 +114,13 @@ class StreamResponse:
             return
         if self._chunked:
             chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        await self._request._conn.write(chunk)
+        await self._request.channel.write(chunk)
 
     async def write_eof(self) -> None:
         assert self._request is not None, "prepare() first"
         if self._chunked:
-            await self._request._conn.write(b"0\r\n\r\n")
-        self._request._conn.finished(self.close)
+            await self._request.channel.write(b"0\r\n\r\n")
+        self._request.channel.finished(self.close)
 
 
 class Response(StreamResponse):
@@ -152,5 +136,5 @@ class Response(StreamResponse):
         request = self._request
         assert request is not None, "prepare() first"
         body = b"" if _bodiless(request.method, self.status) else self.body
-        await request._conn.write(self._head(request, len(self.body)) + body)
-        request._conn.finished(self.close)
+        await request.channel.write(self._head(request, len(self.body)) + body)
+        request.channel.finished(self.close)

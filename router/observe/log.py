@@ -12,7 +12,6 @@ import hmac
 import logging
 import os
 import threading
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Final
@@ -22,34 +21,14 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from router.config.model import UserIdMode
+from router.http.clock import now_rfc3339
+from router.http.text import printable
 
 USER_ID_KEY_ENV: Final = "ROUTER_USER_ID_KEY"
 PSEUDONYM_CHARS: Final = 16  # 64 bits: no collisions in practice, not reversible
 
 _REOPEN: Final = object()
 FLUSH_S: Final = 0.05  # lines reach the file within this long after they are logged
-
-
-def printable(text: str) -> str:
-    """Text as JSON can hold it: bytes that were not UTF-8 (surrogates) become U+FFFD."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-class _Second:
-    at = -1
-    text = ""
-
-
-def now_rfc3339() -> str:
-    """The current UTC time as RFC 3339 with milliseconds and a `Z`, e.g.
-    `2026-11-25T20:03:16.123Z`. The part up to the second is formatted once a second."""
-    now = time.time()
-    second = int(now)
-    if second != _Second.at:
-        _Second.at, _Second.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_Second.text}.{int((now - second) * 1000):03d}Z"
 
 
 class LogSink:

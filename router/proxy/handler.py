@@ -22,15 +22,17 @@ from yarl import URL
 from router.config.holder import TableHolder
 from router.config.model import Model, Table, Version
 from router.errors import ErrorCode, RouterError
-from router.http.body import Body
+from router.http.body import BadBody, Body
 from router.http.client import pool as upstream_pool
-from router.http.request import BadBody, Request
+from router.http.clock import now_rfc3339
+from router.http.request import Request, new_request_id
 from router.http.response import Response, StreamResponse
+from router.http.text import printable
 from router.observe.health import HealthBook
-from router.observe.log import Pseudonymizer, now_rfc3339, printable
+from router.observe.log import Pseudonymizer
 from router.observe.metrics import Metrics
 from router.observe.record import Exchange, Outcome
-from router.proxy.headers import downstream_headers, new_request_id, request_id, upstream_headers
+from router.proxy.headers import downstream_headers, request_id, upstream_headers
 from router.routing.choose import choose
 
 # Bodies up to this size are read whole before forwarding: one write each way, and a

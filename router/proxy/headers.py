@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
 from multidict import MultiMapping
+
+from router.http.request import new_request_id
 
 # Hop-by-hop headers concern one connection only and are never forwarded (RFC 9110 7.6.1).
 # Proxy-* covers Proxy-Authorization, Proxy-Authenticate and the non-standard
@@ -95,8 +96,3 @@ def downstream_headers(
 def request_id(given: str | None) -> str:
     """The client's X-Request-ID when it is 1-128 of [A-Za-z0-9._-], else a new one."""
     return given if given is not None and REQUEST_ID.match(given) else new_request_id()
-
-
-def new_request_id() -> str:
-    """128 random bits in hex. An id must be unique, not secret: no system call for it."""
-    return f"{random.getrandbits(128):032x}"

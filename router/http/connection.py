@@ -1,0 +1,462 @@
+"""One client connection of the public port: an asyncio protocol over llhttp (httptools).
+
+Requests received whole are answered in order, even after the connection has started to
+end (a refusal, a shutdown); only the last answer says `Connection: close`. Where the
+connection stands is its `phase` (`phase.py` has the table of moves); why reading is
+paused is a set of reasons in its `FlowControl`. The limits come in as `ServerLimits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, Protocol, cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from router.http.body import BadBody
+from router.http.clock import http_date
+from router.http.flow import FlowControl, Pause
+from router.http.framing import BadHead, check_head
+from router.http.hooks import Hooks
+from router.http.limits import ServerLimits
+from router.http.phase import Phase, advance
+from router.http.request import Request, new_request_id
+from router.http.response import reason_phrase
+
+_log = logging.getLogger("model-router")
+
+
+class Server(Protocol):
+    """What a connection needs of the server that accepted it (`server.Server`)."""
+
+    loop: asyncio.AbstractEventLoop
+    limits: ServerLimits
+    hooks: Hooks
+    stopping: bool
+    connections: set[Connection]
+
+    def track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: no more requests are taken on this connection."""
+
+
+class _Part(enum.Enum):
+    """Which part of a message llhttp is in, for counting what it holds back."""
+
+    HEAD = "a head, its lines not all handed over yet"
+    TRAILER = "a chunked body's trailer, or the size line that may start one"
+    OTHER = "a body's data, or between messages"
+
+
+class Connection(asyncio.Protocol):
+    """Parses a client's requests, runs them in order, writes the answers."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.limits = server.limits
+        self.phase = Phase.DRAINING if server.stopping else Phase.OPEN
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote: str | None = None
+        self.current: Request | None = None  # being handled
+        self.waiting: deque[Request] = deque()  # received, behind it (pipelining)
+        self.parsing: Request | None = None  # whose body is arriving
+        self.refusal: BadHead | None = None  # to answer after the requests before it
+        self.idle_since = self.loop.time()
+        self._url: list[bytes] = []
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._head_size = 0
+        self._part = _Part.OTHER
+        self._last_keep_alive = True
+        self._fed = 0  # bytes of an unfinished head or trailer, counted by _bound
+        self._parts = 0  # messages and chunks begun so far, for _bound
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    def _move(self, to: Phase) -> None:
+        self.phase = advance(self.phase, to)
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, but act as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(self.transport)
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else None
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase >= Phase.ENDING:
+            return  # read and dropped
+        marks = (self._part, self._parts)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No protocol switch here (Upgrade is hop-by-hop and dropped): the request is
+            # answered as a plain one and the connection closes after it.
+            if self.parsing is not None:
+                self.parsing.content.finish()
+                self.parsing = None
+            self._stop_parsing()
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+        else:
+            self._bound(len(data), *marks)
+
+    def _bound(self, size: int, part: _Part, parts: int) -> None:
+        """httptools hands a header or trailer line over only once it has ended, holding
+        it meanwhile: count what went into an unfinished head or trailer, so that an endless
+        line is refused rather than held. `data` is counted only when all of it went into
+        one: in it before and after, and no message or chunk began in between."""
+        if parts != self._parts or part is _Part.OTHER or part is not self._part:
+            return
+        self._fed += size
+        limit = self.limits.max_head
+        if self._fed <= limit:
+            return
+        if part is _Part.HEAD:
+            self._refused_head(BadHead(f"the headers are larger than {limit // 1024} KiB"))
+        else:
+            self._bad_body(f"its trailer is larger than {limit // 1024} KiB")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._move(Phase.CLOSED)
+        self.server.connections.discard(self)
+        gone = ConnectionResetError("the client closed the connection")
+        if self.parsing is not None:
+            self.parsing.content.finish(gone)
+        self._drop_unstarted(by_router=False)
+        current = self.current
+        if current is None or current.task is None or current.task.done():
+            return
+        if self.flow is None or not self.flow.fail_drain(gone):  # a write waits: it fails
+            current.task.cancel()  # the proxy stops waiting on the backend and logs 499
+
+    def pause_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.resume_writing()
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self) -> None:
+        if self.phase >= Phase.DRAINING:
+            raise _Stop  # shutting down: a request not yet begun is not taken
+        self._url = []
+        self._headers = CIMultiDict()
+        self._head_size = 0
+        self._fed = 0
+        self._part = _Part.HEAD
+        self._parts += 1
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)  # llhttp may hand the target over in pieces
+        self._head_size += len(url)
+        if self._head_size > self.limits.max_line:
+            raise BadHead(f"the request target is longer than {self.limits.max_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        size = len(name) + len(value)
+        self._head_size += size + 4  # ": " and CRLF
+        if size > limits.max_line:
+            raise BadHead(f"a header line is longer than {limits.max_line} bytes")
+        if self._head_size > limits.max_head:
+            raise BadHead(f"the headers are larger than {limits.max_head // 1024} KiB")
+        if self._part is not _Part.HEAD:
+            return  # a chunked body's trailer: never merged into the headers (RFC 9110 6.5.1)
+        if len(self._headers) >= limits.max_fields:
+            raise BadHead(f"more than {limits.max_fields} header lines")
+        # Values as aiohttp keeps them: UTF-8, bytes that are not as surrogates.
+        self._headers.add(
+            name.decode("latin-1"), value.decode("utf-8", "surrogateescape").strip(" \t")
+        )
+
+    def on_headers_complete(self) -> None:
+        self._part = _Part.OTHER
+        self._head_size = 0  # a trailer, if any, has the same budget as the head
+        parser = self.parser
+        headers = self._headers
+        method = parser.get_method()
+        version, chunked = check_head(parser.get_http_version(), method, headers)
+        length = headers.get("Content-Length")
+        target = b"".join(self._url)
+        if b"#" in target:  # a fragment is the client's own business (RFC 9112 3.2)
+            target = target.partition(b"#")[0]
+        # llhttp answers this only inside its callbacks: ask it here.
+        keep_alive = self._last_keep_alive = parser.should_keep_alive()
+        request = Request(
+            self,
+            method.decode("ascii"),
+            target.decode("utf-8", "surrogateescape"),
+            version,
+            CIMultiDictProxy(headers),
+            int(length) if length is not None else None,
+            chunked,
+            keep_alive,
+        )
+        self.parsing = request
+        if self.current is None:
+            self._start(request)
+        else:
+            self.waiting.append(request)
+            self._flow()
+
+    def on_body(self, body: bytes) -> None:
+        self._part = _Part.OTHER  # a chunk with data: not the last one
+        if self.parsing is not None:
+            self.parsing.content.feed(body)
+
+    def on_chunk_header(self) -> None:
+        # The last chunk (size 0) is followed by the trailer; any other by its data, which
+        # on_body gets at once. Until data comes, this may be the trailer.
+        self._part = _Part.TRAILER
+        self._fed = 0
+        self._parts += 1
+
+    def on_chunk_complete(self) -> None:
+        self._part = _Part.OTHER
+
+    def on_message_complete(self) -> None:
+        if self.parsing is not None:
+            self.parsing.content.finish()
+            self.parsing = None
+            if self.flow is not None and not self.flow.reading:
+                self._flow()
+
+    # --- running requests ---
+
+    def _start(self, request: Request) -> None:
+        self.current = request
+        request.task = self.server.track(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        request.started = True  # from here the handler logs the request, whatever happens
+        try:
+            response = await self.server.hooks.handle(request)
+            if self.current is request and not self.closed:  # left unfinished by the handler
+                if not response.prepared:
+                    await response.prepare(request)
+                await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            self.close()  # the client left, or the shutdown cut this request off
+        except Exception:
+            _log.exception("the request handler failed on %s %s", request.method,
+                           request.raw_path)  # fmt: skip
+            if self.current is request and not request.responded and not self.closed:
+                message = "the router failed on this request"
+                self._write_error("internal_error", 500, message, new_request_id())
+            self.close()
+
+    def keeps_alive(self) -> bool:
+        """Whether the answer to the current request leaves the connection open for another."""
+        request = self.current
+        if request is None or not request.keep_alive or not request.content.complete:
+            return False  # the client asked, or the rest of its body was never read
+        if self.phase >= Phase.DRAINING:
+            return bool(self.waiting) or self.refusal is not None  # more answers follow
+        return True
+
+    def finished(self, close: bool) -> None:
+        """The current answer is out (`close`: it said `Connection: close`): run the next
+        request, refuse what could not be parsed, wait for more, or close."""
+        request = self.current
+        self.current = None
+        if self.closed:
+            return
+        if close or request is None:
+            self._close_after(request)
+            return
+        assert self.flow is not None
+        self.flow.hold(Pause.BODY_UNREAD, False)  # that body's reader is gone, read or not
+        if self.waiting:
+            self._start(self.waiting.popleft())
+        elif self.refusal is not None:
+            self._refuse(self.refusal)
+            return
+        elif self.phase >= Phase.DRAINING:
+            self.close()
+            return
+        else:
+            self.idle_since = self.loop.time()
+        self._flow()
+
+    def _close_after(self, request: Request | None) -> None:
+        """Close; if the client may still be sending a body, read and drop it for a while
+        first (lingering close), so that it reads its answer rather than a reset."""
+        if request is not None and request.content.complete and self.phase < Phase.ENDING:
+            self.close()
+            return
+        assert self.transport is not None
+        self._stop_parsing()
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        except OSError:  # the client is already gone
+            self.close()
+            return
+        self._move(Phase.LINGERING)
+        self.loop.call_later(self.limits.linger_s, self.close)
+
+    def _stop_parsing(self) -> None:
+        """No more requests are taken; what comes is read and dropped."""
+        self._move(Phase.ENDING)
+        if self.flow is not None:
+            self.flow.release_all()
+
+    # --- refusals ---
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        cause = exc.__cause__ or exc.__context__
+        busy = self.current is not None or bool(self.waiting)
+        if isinstance(cause, _Stop) or (
+            # Bytes after a request that closes the connection are never a request
+            # (RFC 9112 9.6): not answered, not logged.
+            self.parsing is None and not self._last_keep_alive and not isinstance(cause, BadHead)
+        ):
+            self._stop_parsing()
+            if not busy:
+                self.close()
+            return
+        if self.parsing is not None:
+            self._bad_body(str(cause) if isinstance(cause, BadHead) else str(exc))
+        elif isinstance(cause, BadHead):
+            self._refused_head(cause)
+        else:
+            self._refused_head(BadHead(f"the request is not valid HTTP/1.1: {exc}"))
+
+    def _bad_body(self, message: str) -> None:
+        """The head was fine, the body broke its framing: its reader gets the error, and
+        the proxy answers 400 bad_body."""
+        assert self.parsing is not None
+        self.parsing.content.finish(BadBody(message))
+        self.parsing = None
+        self._stop_parsing()
+
+    def _refused_head(self, refusal: BadHead) -> None:
+        self._stop_parsing()
+        if self.current is not None or self.waiting:
+            self.refusal = refusal  # answered after the requests received before it
+        else:
+            self._refuse(refusal)
+
+    def _refuse(self, refusal: BadHead) -> None:
+        request_id = self.server.hooks.refused(refusal.status)
+        self._write_error(refusal.code, refusal.status, str(refusal), request_id)
+        self._close_after(None)
+
+    def _write_error(self, code: str, status: int, message: str, request_id: str) -> None:
+        """A JSON error of the router's own (the hook renders it), for a request the proxy
+        did not answer; the connection closes after it."""
+        body = self.server.hooks.error_body(code, message, request_id)
+        head = (
+            f"HTTP/1.1 {status} {reason_phrase(status)}\r\nDate: {http_date()}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n"
+        ).encode("ascii")
+        assert self.transport is not None
+        self.transport.write(head + body)
+
+    # --- used by requests and responses (the `Channel` of a request) ---
+
+    async def write(self, data: bytes) -> None:
+        """Write, then wait while the client is behind in reading; a client that reads
+        nothing for `send_s` is cut off (nginx's `send_timeout`)."""
+        if self.closed or self.transport is None or self.flow is None:
+            raise ConnectionResetError("the client closed the connection")
+        if self.current is not None:
+            self.current.responded = True
+        self.transport.write(data)
+        if not self.flow.writing:
+            timer = self.loop.call_later(self.limits.send_s, self._send_timed_out)
+            try:
+                await self.flow.drain()
+            finally:
+                timer.cancel()
+
+    def _send_timed_out(self) -> None:
+        assert self.flow is not None
+        seconds = self.limits.send_s
+        self.flow.fail_drain(ConnectionResetError(f"the client read nothing for {seconds:g} s"))
+        self.abort()  # what is left unsent will never be read
+
+    def send_continue(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def body_flow(self, pause: bool) -> None:
+        if self.flow is not None:
+            self.flow.hold(Pause.BODY_UNREAD, pause and self.phase < Phase.ENDING)
+
+    def _flow(self) -> None:
+        """Read from the client unless a body waits unread, the body of a request not yet
+        being handled is arriving, or `pipeline_depth` requests wait their turn. Reading on
+        behind a few bodiless requests is what lets a client's hang-up be seen (uvloop
+        reports neither end nor reset while reading is paused)."""
+        flow = self.flow
+        if flow is None or self.phase >= Phase.ENDING:
+            return  # what comes is dropped: never held back
+        flow.hold(Pause.PIPELINE, len(self.waiting) >= self.limits.pipeline_depth)
+        ahead = self.parsing is not None and self.parsing is not self.current
+        flow.hold(Pause.BODY_AHEAD, ahead)
+
+    def close(self) -> None:
+        """Close after what is already written; nothing more is read or written. Requests
+        received but not started are logged as the router's doing (503). A client that
+        does not take what is left within `send_s` is cut off."""
+        if self.transport is not None and not self.closed:
+            self._move(Phase.CLOSED)
+            self._drop_unstarted(by_router=True)
+            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.loop.call_later(self.limits.send_s, self.transport.abort)
+
+    def abort(self) -> None:
+        """The end of the shutdown: drop the connection at once, written or not."""
+        if self.transport is not None:
+            if not self.closed:
+                self._move(Phase.CLOSED)
+                self._drop_unstarted(by_router=True)
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """The server stops accepting: take no new request; close now if idle."""
+        self._move(Phase.DRAINING)
+        if self.idle:
+            self.close()
+
+    def _drop_unstarted(self, *, by_router: bool) -> None:
+        """Log the requests received but never started, as this connection ends: each
+        still gets its record, though no answer."""
+        gone = ConnectionResetError("the connection was closed")
+        for request in self.waiting:
+            request.content.finish(gone)
+            self.server.hooks.dropped(request, by_router)
+        self.waiting.clear()
+        current = self.current
+        if current is not None and not current.started and current.task is not None:
+            current.task.cancel()  # it never ran: cancelled now, it would log nothing
+            self.server.hooks.dropped(current, by_router)
+
+    @property
+    def idle(self) -> bool:
+        return self.current is None and not self.waiting and self.parsing is None

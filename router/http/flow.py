@@ -1,0 +1,77 @@
+"""Flow control over one asyncio transport, for both ends of the proxy (uvicorn's
+`FlowControl`, with reasons): reading pauses while any reason to pause holds, and a
+writer waits while the transport's write buffer is over its high-water mark."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+
+
+class Pause(enum.Enum):
+    """Why reading from a connection is paused."""
+
+    BODY_UNREAD = "a body's reader is HIGH_WATER bytes behind"
+    BODY_AHEAD = "the body of a request not yet being handled is arriving"
+    PIPELINE = "the most pipelined requests allowed wait their turn"
+
+
+class FlowControl:
+    __slots__ = ("_drain", "_reasons", "_transport", "reading", "writing")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._reasons: set[Pause] = set()
+        self._drain: asyncio.Future[None] | None = None
+        self.reading = True
+        self.writing = True  # False while the transport asks us to stop writing
+
+    # --- reading ---
+
+    def hold(self, reason: Pause, on: bool) -> None:
+        """Add (`on`) or drop one reason to pause reading, and pause or resume to match."""
+        if on == (reason in self._reasons):
+            return  # the common case on the hot path: nothing changes
+        if on:
+            self._reasons.add(reason)
+        else:
+            self._reasons.discard(reason)
+        reading = not self._reasons
+        if reading != self.reading and not self._transport.is_closing():
+            self.reading = reading
+            if reading:
+                self._transport.resume_reading()
+            else:
+                self._transport.pause_reading()
+
+    def release_all(self) -> None:
+        """Read whatever comes from now on (a connection that only drops what it reads)."""
+        for reason in list(self._reasons):
+            self.hold(reason, False)
+
+    # --- writing: called by the protocol's pause_writing / resume_writing ---
+
+    def pause_writing(self) -> None:
+        self.writing = False
+
+    def resume_writing(self) -> None:
+        self.writing = True
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the transport takes writes again (return at once if it does)."""
+        if self.writing:
+            return
+        self._drain = asyncio.get_running_loop().create_future()
+        try:
+            await self._drain
+        finally:
+            self._drain = None
+
+    def fail_drain(self, error: BaseException) -> bool:
+        """Make a writer waiting in `drain` raise `error`; False if none was waiting."""
+        if self._drain is None or self._drain.done():
+            return False
+        self._drain.set_exception(error)
+        return True
