@@ -11,7 +11,6 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -19,7 +18,7 @@ from router.admin import create_admin_app
 from router.config.holder import TableHolder, watching
 from router.config.model import Address, Table
 from router.errors import error_body
-from router.http.client import pool as upstream
+from router.http.client import Client, client_session
 from router.http.hooks import Hooks
 from router.http.limits import ServerLimits
 from router.http.server import Server
@@ -28,25 +27,6 @@ from router.observe.health import HealthBook
 from router.observe.log import LogSink, Pseudonymizer, make_logger
 from router.observe.metrics import Metrics
 from router.proxy.handler import Proxy
-
-
-def client_session() -> aiohttp.ClientSession:
-    """The one pooled, keep-alive client session of a process.
-
-    A proxy must pass bodies and headers through untouched, so: no decompression, no
-    cookie jar (one user's cookies must never reach another's request), no default
-    User-Agent, Accept, Accept-Encoding or Content-Type, no proxy settings from the
-    environment.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        trust_env=False,
-        read_bufsize=2**18,
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
 
 
 class Router:
@@ -106,12 +86,12 @@ class Router:
     async def start(self) -> None:
         server = self.tables.current.server
         stack, proxy = self._lifecycles, self.proxy
-        proxy.session = await stack.enter_async_context(client_session())
-        proxy.pool = upstream.Pool()
-        stack.push_async_callback(proxy.pool.close)
+        session = await stack.enter_async_context(client_session())
+        proxy.client = Client(session)
+        stack.push_async_callback(proxy.client.close)
         tables = self.tables
         await stack.enter_async_context(
-            health.active_checks(lambda: tables.current, proxy.health, proxy.session)
+            health.active_checks(lambda: tables.current, proxy.health, session)
         )
         await stack.enter_async_context(watching(tables))
         # The public port: the proxy's own HTTP/1.1 server (router/server.py).

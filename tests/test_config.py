@@ -29,6 +29,7 @@ from router.config.model import (
     Version,
 )
 from router.config.validate import load_table, parse_table, parse_text
+from router.proxy.headers import lifecycle_headers
 
 SOURCE = "routes.yaml"
 
@@ -86,6 +87,11 @@ def test_full_table_parses_into_the_expected_dataclasses() -> None:
     assert table.log == LogSettings(path="logs/routing.jsonl", user_ids="hash")
     assert list(table.models) == ["cancer"]
     cancer = table.models["cancer"]
+    assert lifecycle_headers("cancer", cancer.versions["v3"]) == (
+        ("Deprecation", "true"),
+        ("Sunset", "Wed, 31 Mar 2027 00:00:00 GMT"),
+        ("Link", '</models/cancer/versions/v1>; rel="successor-version"'),
+    )
     assert cancer == Model(
         name="cancer",
         salt="cancer-2026-11",
@@ -108,11 +114,6 @@ def test_full_table_parses_into_the_expected_dataclasses() -> None:
                 state="deprecated",
                 sunset=dt.date(2027, 3, 31),
                 successor="v1",
-                response_headers=(
-                    ("Deprecation", "true"),
-                    ("Sunset", "Wed, 31 Mar 2027 00:00:00 GMT"),
-                    ("Link", '</models/cancer/versions/v1>; rel="successor-version"'),
-                ),
             ),
         },
         split=Split(

@@ -1,4 +1,4 @@
-"""The lean upstream path (router/upstream.py) against raw backends that misbehave on cue."""
+"""The upstream client (router/http/client/) against raw backends that misbehave on cue."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.http.client import pool as upstream
+from router.http.client import Origin, ResponseTimeout
 from router.http.client.pool import Pool
 from tests.support.running import LOOPBACK, router_running
 from tests.support.waiting import poll
@@ -46,6 +46,10 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
         if line.lower().startswith(b"content-length:"):
             await reader.readexactly(int(line.split(b":")[1]))
     return head
+
+
+def origin(url: str) -> Origin:
+    return Origin("http", LOOPBACK, int(url.rsplit(":", 1)[1]), "")
 
 
 def table(url: str) -> dict[str, Any]:
@@ -209,14 +213,14 @@ async def test_each_exchange_times_out_by_its_own_deadline() -> None:
         await reader.read()  # never answers; waits for the close
 
     async with raw_backend(silent) as (url, connections):
-        port = int(url.rsplit(":", 1)[1])
+        port = url
         pool = Pool()
         loop = asyncio.get_running_loop()
         started = loop.time()
 
         async def timed(within: float) -> float:
-            with pytest.raises(TimeoutError):
-                await pool.request(LOOPBACK, port, "POST", "/", [], b"x", 1.0, within)
+            with pytest.raises(ResponseTimeout):
+                await pool.send(origin(port), "POST", "/", [], b"x", within)
             return loop.time() - started
 
         try:
@@ -240,21 +244,16 @@ async def test_a_body_that_stalls_times_out_at_the_deadline() -> None:
     async with raw_backend(stalls) as (url, _):
         pool = Pool()
         try:
-            response = await pool.request(
-                LOOPBACK, int(url.rsplit(":", 1)[1]), "GET", "/", [], None, 1.0, 0.3
-            )
+            response = await pool.send(origin(url), "GET", "/", [], None, 0.3)
             assert response.status == 200
-            with pytest.raises(TimeoutError):
+            with pytest.raises(ResponseTimeout):
                 await response.read()
         finally:
             await pool.close()
 
 
-async def test_a_connection_idle_past_the_limit_is_closed_not_reused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_connection_idle_past_the_limit_is_closed_not_reused() -> None:
     """Idle connections are swept (the limit is shortened here from 30 s to 0.2 s)."""
-    monkeypatch.setattr(upstream, "IDLE_S", 0.2)
     closed: list[int] = []
 
     async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -268,11 +267,10 @@ async def test_a_connection_idle_past_the_limit_is_closed_not_reused(
             await writer.drain()
 
     async with raw_backend(keep_alive) as (url, connections):
-        port = int(url.rsplit(":", 1)[1])
-        pool = Pool()
+        pool = Pool(idle_s=0.2)
         try:
             for _ in range(2):  # back to back: the same connection
-                response = await pool.request(LOOPBACK, port, "GET", "/", [], None, 1.0, 2.0)
+                response = await pool.send(origin(url), "GET", "/", [], None, 2.0)
                 assert await response.read() == b"ok"
                 response.release()
             assert len(connections) == 1
@@ -281,7 +279,7 @@ async def test_a_connection_idle_past_the_limit_is_closed_not_reused(
                 return True if closed else None
 
             await poll(swept, 3.0, "the idle sweep")
-            response = await pool.request(LOOPBACK, port, "GET", "/", [], None, 1.0, 2.0)
+            response = await pool.send(origin(url), "GET", "/", [], None, 2.0)
             assert await response.read() == b"ok"
             response.release()
             assert len(connections) == 2

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
+from router.http.client.interface import Origin
+
 State = Literal["active", "deprecated", "retired"]
 UserIdMode = Literal["hash", "raw", "omit"]
 UserIdKind = Literal["header", "cookie", "query"]
@@ -97,14 +99,9 @@ class Version:
     sunset: dt.date | None = None
     successor: str | None = None
     health: HealthCheck | None = None
-    # The url taken apart once, for the lean upstream path (router/upstream.py); derived
-    # from `url`, so left out of comparisons.
-    host: str = field(default="", compare=False)
-    port: int = field(default=0, compare=False)
-    base: str = field(default="", compare=False)  # the url's path, before every forwarded one
-    plain_http: bool = field(default=True, compare=False)
-    # Deprecation, Sunset and Link headers, rendered once at load time.
-    response_headers: tuple[tuple[str, str], ...] = ()
+    # The url taken apart once, for the upstream client; derived from `url`, so left out
+    # of comparisons.
+    origin: Origin = field(default=Origin("http", "", 80, ""), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import email.utils
 import hashlib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -41,6 +40,7 @@ from router.config.model import (
     Version,
     parse_address,
 )
+from router.http.client.interface import Origin
 
 
 def load_table(path: str | Path) -> Table:
@@ -356,16 +356,6 @@ class _Reader:
                 f"{path}.sunset",
                 "only a deprecated or retired version has a sunset; add state: deprecated",
             )
-        headers: list[tuple[str, str]] = []
-        if state == "deprecated":
-            headers.append(("Deprecation", "true"))
-            if sunset is not None:
-                midnight = dt.datetime.combine(sunset, dt.time(), dt.UTC)
-                headers.append(("Sunset", email.utils.format_datetime(midnight, usegmt=True)))
-            if successor is not None:
-                headers.append(
-                    ("Link", f'</models/{model}/versions/{successor}>; rel="successor-version"')
-                )
         # A version with a bad url is still a version, so that references to it are not
         # reported as missing; the model is refused for the url problem anyway.
         parts = urlsplit(url or "")
@@ -377,11 +367,7 @@ class _Reader:
             sunset=sunset,
             successor=successor,
             health=self.health(section, path),
-            response_headers=tuple(headers),
-            host=parts.hostname or "",
-            port=parts.port or (443 if parts.scheme == "https" else 80),
-            base=parts.path,
-            plain_http=parts.scheme == "http",
+            origin=Origin.of(parts),
         )
 
     def health(self, section: dict[Any, Any], path: str) -> HealthCheck | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from router.routing.choose import AssignedBy
+
+CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
 
 Outcome = Literal[
     "ok", "client_error", "server_error", "timeout", "unavailable", "rejected", "client_closed"
@@ -49,10 +51,15 @@ class Exchange:
             "path": self.path,
             "status": self.status,
             "outcome": self.outcome,
-            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "latency_ms": ms_since(self.started),
             "upstream_ms": self.upstream_ms,
             "config": self.config,
         }
         if self.response is not None:
             fields["response"] = self.response
         return fields
+
+
+def ms_since(start: float) -> float:
+    """Milliseconds since `start` (a `time.perf_counter()`), as records carry them."""
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Final
 
 from multidict import MultiMapping
 
+from router.config.model import Version
 from router.http.request import new_request_id
 
 # Hop-by-hop headers concern one connection only and are never forwarded (RFC 9110 7.6.1).
@@ -96,3 +100,25 @@ def downstream_headers(
 def request_id(given: str | None) -> str:
     """The client's X-Request-ID when it is 1-128 of [A-Za-z0-9._-], else a new one."""
     return given if given is not None and REQUEST_ID.match(given) else new_request_id()
+
+
+def lifecycle_headers(model: str, version: Version) -> tuple[tuple[str, str], ...]:
+    """What a deprecated version's answers carry (contract section 4): `Deprecation`,
+    `Sunset` (RFC 8594) when it has a sunset, a `Link` to its successor when it has one."""
+    if version.state != "deprecated":
+        return ()
+    return _deprecation(model, version.sunset, version.successor)
+
+
+@lru_cache(maxsize=4096)
+def _deprecation(
+    model: str, sunset: dt.date | None, successor: str | None
+) -> tuple[tuple[str, str], ...]:
+    headers = [("Deprecation", "true")]
+    if sunset is not None:
+        midnight = dt.datetime.combine(sunset, dt.time(), dt.UTC)
+        headers.append(("Sunset", email.utils.format_datetime(midnight, usegmt=True)))
+    if successor is not None:
+        link = f'</models/{model}/versions/{successor}>; rel="successor-version"'
+        headers.append(("Link", link))
+    return tuple(headers)

@@ -1,0 +1,65 @@
+"""Upstream transports behind one `send(...) -> UpstreamResponse` and one error tree.
+
+`Client.send` takes the lean pool (`pool.py`) for a body held whole to a plain-http
+version, the common case, and aiohttp (`aio.py`) for streamed uploads, HEAD and https.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Iterable
+
+import aiohttp
+
+from router.http.client.aio import AioTransport, client_session
+from router.http.client.errors import (
+    BadResponse,
+    ConnectFailed,
+    ConnectTimeout,
+    ResponseTimeout,
+    UpstreamError,
+)
+from router.http.client.interface import Origin, UpstreamResponse
+from router.http.client.pool import Pool
+
+__all__ = [
+    "BadResponse",
+    "Client",
+    "ConnectFailed",
+    "ConnectTimeout",
+    "Origin",
+    "ResponseTimeout",
+    "UpstreamError",
+    "UpstreamResponse",
+    "client_session",
+]
+
+
+class Client:
+    """Both transports of a process: `session` is its one aiohttp `ClientSession`."""
+
+    def __init__(self, session: aiohttp.ClientSession, pool: Pool | None = None) -> None:
+        self.session = session
+        self.pool = pool or Pool()
+        self._aio = AioTransport(session)
+
+    async def send(
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | AsyncIterable[bytes] | None,
+        timeout_s: float,
+    ) -> UpstreamResponse:
+        """Send a request to `origin` + `target`; returns once the answer's head is in.
+
+        Raises one of the `UpstreamError`s; an error raised by a streamed `body` comes
+        through as it was raised. The answer must start within `timeout_s` of the request
+        (of its last piece, for a streamed body).
+        """
+        if origin.scheme == "http" and method != "HEAD" and not isinstance(body, AsyncIterable):
+            return await self.pool.send(origin, method, target, headers, body, timeout_s)
+        return await self._aio.send(origin, method, target, headers, body, timeout_s)
+
+    async def close(self) -> None:
+        await self.pool.close()

@@ -1,66 +1,72 @@
-"""A lean HTTP/1.1 client for the hot path: asyncio protocols over a keep-alive pool.
+"""The lean upstream transport for the hot path: asyncio protocols over a keep-alive pool.
 
-The profile showed aiohttp's client as the ceiling of the proxy: in a probe, aiohttp's
+aiohttp's client was the ceiling of the proxy in the profile (docs/performance.md): a
 server with this kind of client answered 3.5 times the requests per second of the same
-server with `ClientSession`. It is used for requests whose body the router holds whole
-(the common case) to plain-http versions; streamed uploads, HEAD and https go through
-aiohttp's client. Responses are parsed by llhttp (through httptools) and can be read whole
-or streamed, with flow control.
+server with `ClientSession`. It carries requests whose body the router holds whole (the
+common case) to plain-http versions; `aio.py` carries the rest. Answers are parsed by
+llhttp (through httptools) and read whole or piece by piece, with flow control.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.http.body import Body
+from router.http.client.errors import (
+    BadResponse,
+    ConnectFailed,
+    ConnectTimeout,
+    ResponseTimeout,
+)
+from router.http.client.interface import Origin, connect_timeout
+from router.http.flow import FlowControl, Pause
 
-IDLE_S = 30.0  # an idle pooled connection is closed after this long
 
+class _Unanswered(BadResponse):
+    """Closed before any byte of an answer: on a reused connection, the request goes again."""
 
-class UpstreamError(Exception):
-    """The exchange failed; `connected` says whether the version was reached at all, and
-    `timed_out` whether it was the connect that took too long."""
-
-    def __init__(self, message: str, *, connected: bool, timed_out: bool = False) -> None:
+    def __init__(self, message: str, *, received: bool) -> None:
         super().__init__(message)
-        self.connected = connected
-        self.timed_out = timed_out
+        self.received = received
 
 
-class Response:
-    """What `ClientResponse` offers the proxy, for a response read by a pooled connection."""
+class PoolResponse:
+    """An `UpstreamResponse` read by a pooled connection."""
 
-    def __init__(self, conn: _Connection, status: int, reason: str, headers: CIMultiDict[str]):
-        self.status = status
-        self.reason = reason
-        self.headers = CIMultiDictProxy(headers)
-        length = headers.get("Content-Length")
+    def __init__(self, conn: _Connection, timeout_s: float) -> None:
+        self.status = conn.status
+        self.reason = conn.reason
+        self.headers = CIMultiDictProxy(conn.headers)
+        length = conn.headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
-        self.content = conn.body
         self._conn = conn
+        self._timeout_s = timeout_s
 
     async def read(self) -> bytes:
-        return await self.content.read()
+        return await self._conn.body.read()  # under the exchange's deadline
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        pool = conn.pool
+        while True:
+            pool._watch(conn, pool.loop.time() + self._timeout_s)  # for each piece
+            try:
+                chunk = await conn.body.readany()
+            finally:
+                pool._unwatch(conn)
+            if not chunk:
+                return
+            yield chunk
 
     def release(self) -> None:
         """Back to the pool if the answer was read whole and the connection may be kept."""
         self._conn.finish()
-
-    def untimed(self) -> None:
-        """The pool's deadline no longer applies: the reader keeps time itself (streaming)."""
-        self._conn.pool._unwatch(self._conn)
-
-    async def __aenter__(self) -> Response:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self.release()
 
 
 class _Connection(asyncio.Protocol):
@@ -73,7 +79,7 @@ class _Connection(asyncio.Protocol):
         # Bare LF line ends: RFC 9112 2.2 lets a recipient accept them, as aiohttp's client does.
         self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self.closed = False
-        self.paused = False
+        self.flow: FlowControl | None = None
         self.idle_since = 0.0  # loop time it went back to the pool
         self.deadline = 0.0  # loop time by which the exchange in progress must be over
         self._reset()
@@ -84,7 +90,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.interim = False  # the message being parsed is a 1xx, to skip
         self.extra = False  # a message after the answer: the backend is out of step
-        self.body = Body(self.loop, self.flow)
+        self.body = Body(self.loop, self.body_flow)
         self.head: asyncio.Future[None] = self.loop.create_future()
         self.complete = False
         self.keep_alive = False
@@ -96,6 +102,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but act as one.
         self.transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(self.transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.in_use:  # bytes nobody asked for: this connection cannot be trusted
@@ -106,7 +113,7 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if self.in_use:
-                self._fail(UpstreamError(f"bad answer: {exc}", connected=True))
+                self._fail(BadResponse(f"bad answer: {exc}"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -116,11 +123,10 @@ class _Connection(asyncio.Protocol):
                 self.complete = True  # a body delimited by the close (RFC 9112 6.3, rule 8)
                 self.body.finish()
             elif self.head.done():
-                self.body.finish(UpstreamError("closed in the middle of its answer",
-                                                connected=True))  # fmt: skip
+                self.body.finish(BadResponse("closed in the middle of its answer"))
             else:
                 message = "closed the connection without answering"
-                self.head.set_exception(UpstreamError(message, connected=self.received))
+                self.head.set_exception(_Unanswered(message, received=self.received))
         self.pool._forget(self)
 
     def _ends_at_close(self) -> bool:
@@ -178,7 +184,7 @@ class _Connection(asyncio.Protocol):
 
     def time_out(self) -> None:
         """The exchange outlived its deadline: fail it and drop the connection."""
-        self._fail(TimeoutError())
+        self._fail(ResponseTimeout("no answer within timeout_s"))
         self.close()
 
     def _fail(self, error: Exception) -> None:
@@ -187,14 +193,10 @@ class _Connection(asyncio.Protocol):
         else:
             self.body.finish(error)
 
-    def flow(self, pause: bool) -> None:
+    def body_flow(self, pause: bool) -> None:
         """Stop reading from the backend while its answer waits unread, and go on after."""
-        if pause != self.paused and self.transport is not None:
-            self.paused = pause
-            if pause:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+        if self.flow is not None:
+            self.flow.hold(Pause.BODY_UNREAD, pause)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -206,7 +208,7 @@ class _Connection(asyncio.Protocol):
         self.pool._unwatch(self)
         if self.complete and self.keep_alive and not self.closed:
             self._reset()  # llhttp itself is ready for the next message on the connection
-            self.flow(False)  # if a reader left part of a large body unread
+            self.body_flow(False)  # if a reader left part of a large body unread
             self.pool._give_back(self)
         else:
             self.close()
@@ -222,7 +224,8 @@ class Pool:
     passes, fails what is overdue and is set again for the next one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle_s: float = 30.0) -> None:
+        self.idle_s = idle_s  # an idle pooled connection is closed after this long
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._watched: set[_Connection] = set()
@@ -233,25 +236,23 @@ class Pool:
         # system call each time, 10% of a worker's time in a native profile.
         self.loop = asyncio.get_running_loop()
 
-    async def request(
+    async def send(
         self,
-        host: str,
-        port: int,
+        origin: Origin,
         method: str,
         target: str,
         headers: Iterable[tuple[str, str]],
         body: bytes | None,
-        connect_timeout: float,
-        within: float,
-    ) -> Response:
+        timeout_s: float,
+    ) -> PoolResponse:
         """Send a request whose body is held whole; returns once the headers are in.
 
-        The answer must start and, if read whole, end `within` seconds from now, or its
-        waits raise TimeoutError; `Response.untimed` lifts that for a streamed answer.
+        The answer must start and, if read whole, end within `timeout_s`, or its waits
+        raise ResponseTimeout; `chunks` gives each piece its own `timeout_s`.
         """
-        deadline = self.loop.time() + within
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        head = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+        deadline = self.loop.time() + timeout_s
+        host, port = origin.host, origin.port
+        head = [f"{method} {origin.base}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
         for name, value in headers:
             if name.lower() not in ("content-length", "host"):
                 head.append(f"{name}: {value}\r\n")
@@ -259,17 +260,18 @@ class Pool:
             head.append(f"Content-Length: {len(body or b'')}\r\n")
         head.append("\r\n")
         data = "".join(head).encode("utf-8", "surrogateescape") + (body or b"")
-        conn, reused = await self._connection(host, port, connect_timeout)
+        connect_s = connect_timeout(timeout_s)
+        conn, reused = await self._connection(host, port, connect_s)
         try:
             await self._send(conn, data, deadline)
-        except UpstreamError as exc:
+        except _Unanswered as exc:
             # A kept-alive connection the backend closed just as it was reused: the request
             # never got there, so it goes again on a new connection (as nginx does).
-            if not reused or exc.connected:
+            if not reused or exc.received:
                 raise
-            conn, _ = await self._connection(host, port, connect_timeout, reuse=False)
+            conn, _ = await self._connection(host, port, connect_s, reuse=False)
             await self._send(conn, data, deadline)
-        return Response(conn, conn.status, conn.reason, conn.headers)
+        return PoolResponse(conn, timeout_s)
 
     async def _send(self, conn: _Connection, data: bytes, deadline: float) -> None:
         assert conn.transport is not None
@@ -283,11 +285,11 @@ class Pool:
             raise
 
     async def _connection(
-        self, host: str, port: int, connect_timeout: float, *, reuse: bool = True
+        self, host: str, port: int, connect_s: float, *, reuse: bool = True
     ) -> tuple[_Connection, bool]:
         """A kept-alive connection if there is one (and `reuse`), else a new one."""
         idle = self._idle.get((host, port))
-        stale = self.loop.time() - IDLE_S
+        stale = self.loop.time() - self.idle_s
         while idle and reuse:
             conn = idle.popleft()
             if conn.idle_since < stale:
@@ -296,17 +298,16 @@ class Pool:
                 return conn, True
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout(connect_s):
                 transport, conn = await loop.create_connection(
                     lambda: _Connection(self, (host, port)), host, port
                 )
             # uvloop may call connection_made only after create_connection returns.
             conn.transport = transport
         except TimeoutError:
-            raise UpstreamError(f"no connection within {connect_timeout:g} s",
-                                connected=False, timed_out=True) from None  # fmt: skip
+            raise ConnectTimeout(f"no connection within {connect_s:g} s") from None
         except OSError as exc:
-            raise UpstreamError(f"cannot connect: {exc.strerror or exc}", connected=False) from exc
+            raise ConnectFailed(f"cannot connect: {exc.strerror or exc}") from exc
         self._all.add(conn)
         return conn, False
 
@@ -345,17 +346,17 @@ class Pool:
         self._idle.setdefault(conn.key, deque()).appendleft(conn)
         conn.idle_since = self.loop.time()
         if self._sweeper is None:
-            self._sweeper = self.loop.call_later(IDLE_S / 2, self._sweep)
+            self._sweeper = self.loop.call_later(self.idle_s / 2, self._sweep)
 
     def _sweep(self) -> None:
-        """Close connections idle for IDLE_S, every IDLE_S / 2 while any are idle (one timer
+        """Close connections idle for idle_s, every idle_s / 2 while any are idle (one timer
         for the pool, not one per connection handed back)."""
         self._sweeper = None
-        stale = self.loop.time() - IDLE_S
+        stale = self.loop.time() - self.idle_s
         for conn in [c for idle in self._idle.values() for c in idle if c.idle_since < stale]:
             conn.close()  # its connection_lost takes it out of the pool
         if any(self._idle.values()):
-            self._sweeper = self.loop.call_later(IDLE_S / 2, self._sweep)
+            self._sweeper = self.loop.call_later(self.idle_s / 2, self._sweep)
 
     def _forget(self, conn: _Connection) -> None:
         self._all.discard(conn)

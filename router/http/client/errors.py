@@ -1,0 +1,31 @@
+"""One error tree for every upstream transport (as httpx's). Each adapter translates its
+own library's failures into these, in one place, so the proxy catches four named errors.
+
+What each means to the proxy: `ConnectFailed` and `ConnectTimeout` never reached the
+version (the request may go to a fallback); `ResponseTimeout` and `BadResponse` reached
+it and got no usable answer in time. Errors of the request body's own source (a client
+that stops sending) are not translated: they reach the caller as they were raised.
+"""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """The exchange with the version failed."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection: refused, no route, no such host."""
+
+
+class ConnectTimeout(UpstreamError):
+    """No connection within the connect timeout."""
+
+
+class ResponseTimeout(UpstreamError):
+    """Connected, but the answer (or its next piece) did not come within timeout_s."""
+
+
+class BadResponse(UpstreamError):
+    """Connected, but the answer was not HTTP that can be passed on, or the version closed
+    the connection before or in the middle of it."""

@@ -1,0 +1,106 @@
+"""The request-body policy: read small bodies whole, stream the rest, within limits.
+
+Bodies up to BUFFER_BYTES with a `Content-Length` are read whole before forwarding: one
+write each way, and a request that can be sent again to the fallback. Larger and chunked
+ones are streamed, never held whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from router.config.model import ServerSettings
+from router.errors import RouterError
+from router.http.body import BadBody, Body
+from router.http.request import Request
+
+BUFFER_BYTES: Final = 1024 * 1024
+
+
+class ClientGone(Exception):
+    """The client went away while its body was being read."""
+
+
+@dataclass(slots=True)
+class RequestBody:
+    """The request body: whole (`data` is bytes) or a stream read on demand."""
+
+    data: bytes | None
+    stream: Body | None = None
+    limit: int = 0
+    timeout: float = 0.0  # body_timeout_s: the longest wait for each piece from the client
+    consumed: bool = False  # a byte was read from the client: it can't be sent again
+    client_gone: bool = False
+
+    @property
+    def resendable(self) -> bool:
+        return self.stream is None or not self.consumed
+
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        return self.data if self.stream is None else self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The body as the client sends it, each piece within body_timeout_s, the whole
+        within max_body_mb."""
+        assert self.stream is not None
+        total = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    chunk = await self.stream.readany()
+            except ConnectionError:
+                self.client_gone = True
+                raise ClientGone from None
+            except BadBody as exc:
+                raise RouterError("bad_body", malformed(exc)) from None
+            except TimeoutError:
+                raise RouterError("body_timeout", slow_body(self.timeout)) from None
+            if not chunk:
+                return
+            total += len(chunk)
+            self.consumed = True
+            if total > self.limit:
+                raise RouterError("body_too_large", too_large(self.limit))
+            yield chunk
+
+
+async def read_body(request: Request, settings: ServerSettings) -> RequestBody:
+    """The body as it will be forwarded; RouterError if it is refused."""
+    limit = settings.max_body_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RouterError("body_too_large", too_large(limit))
+    if not request.body_exists:
+        return RequestBody(None)
+    timeout = settings.body_timeout_s
+    request.send_continue()
+    if length is None or length > BUFFER_BYTES:
+        return RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
+    try:
+        # Small bodies have usually arrived with the headers: take them at once.
+        ready = request.content.read_nowait(length)
+        if len(ready) == length:
+            return RequestBody(ready)
+        async with asyncio.timeout(timeout):
+            return RequestBody(ready + await request.content.readexactly(length - len(ready)))
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return RequestBody(None, client_gone=True)
+    except BadBody as exc:
+        raise RouterError("bad_body", malformed(exc)) from exc
+    except TimeoutError:
+        raise RouterError("body_timeout", slow_body(timeout)) from None
+
+
+def malformed(exc: BaseException) -> str:
+    return f"the request body is malformed: {exc}"
+
+
+def too_large(limit: int) -> str:
+    return f"the request body is larger than {limit / 1024 / 1024:g} MiB (server.max_body_mb)"
+
+
+def slow_body(timeout: float) -> str:
+    return f"the request body stalled for {timeout:g} s (server.body_timeout_s)"

@@ -1,0 +1,77 @@
+"""Which model a request target names (contract sections 3 and 4): `/models/<m>/<rest>`,
+`/models/<m>/versions/<v>/<rest>` and `/feedback/<m>`; what goes to the version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote
+
+from router.config.model import Model, Table
+from router.errors import RouterError
+
+_DOTS = (".", "..")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: Literal["models", "feedback"]
+    model: str  # as named, percent-decoded
+    pinned: str | None = None  # /versions/<v>/
+    target: str = "/"  # what the version gets: the rest of the path and the query, as sent
+
+
+class PathError(RouterError):
+    """A target that names no route; `model` is the model it names, if any, for the log."""
+
+    def __init__(self, error: RouterError, model: str | None) -> None:
+        super().__init__(error.code, error.message)
+        self.model = model
+
+
+def origin_form(target: str) -> str:
+    """The path and query of a request target; absolute-form (`GET http://host/p`), which
+    HTTP/1.1 servers must accept (RFC 9112 3.2.2), loses its scheme and authority."""
+    if target.startswith("/"):
+        return target
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        path_start = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=-1)
+        return "/" + rest[path_start:].lstrip("/") if path_start >= 0 else "/"
+    return target
+
+
+def route(target: str) -> Route:
+    """The route of a request target; PathError (`bad_path`, `not_found`) if none.
+
+    The query string is never decoded: it is forwarded byte for byte.
+    """
+    path, has_query, query = origin_form(target).partition("?")
+    segments = path.split("/")
+    named = segments[2] if len(segments) >= 3 and segments[1] == "models" else None
+    if any(s in _DOTS or ("%" in s and unquote(s) in _DOTS) for s in segments):
+        error = RouterError("bad_path", f"path '{path}' has '.' or '..' segments")
+        raise PathError(error, named)
+    if len(segments) < 3 or segments[0] != "":
+        raise PathError(_not_found(path), None)
+    if segments[1] == "feedback" and len(segments) == 3:
+        return Route("feedback", unquote(segments[2]))
+    if segments[1] != "models":
+        raise PathError(_not_found(path), None)
+    rest = segments[3:]
+    pinned = None
+    if len(rest) >= 2 and rest[0] == "versions":
+        pinned, rest = unquote(rest[1]), rest[2:]
+    return Route("models", unquote(segments[2]), pinned, "/" + "/".join(rest) + has_query + query)
+
+
+def find_model(table: Table, name: str) -> Model:
+    model = table.models.get(name)
+    if model is None:
+        known = ", ".join(table.models)
+        raise RouterError("unknown_model", f"no model '{name}'; models: {known}")
+    return model
+
+
+def _not_found(path: str) -> RouterError:
+    return RouterError("not_found", f"no route for '{path}'; models are under /models/<name>/")
