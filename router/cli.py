@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,9 +112,10 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     overrides = Overrides(args.listen, args.admin_listen, args.log)
     if args.workers > 1:
-        from router import workers  # sets up prometheus-client's multiprocess mode first
+        made = _share_metrics()  # before prometheus-client is first imported
+        from router import workers
 
-        main = workers.supervise(overrides(table), args.config, overrides, args.workers)
+        main = workers.supervise(overrides(table), args.config, overrides, args.workers, made)
     else:
         from router.app import serve  # aiohttp is only needed when serving
 
@@ -126,8 +129,28 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _share_metrics() -> str | None:
+    """Workers share their metrics through files (prometheus-client's multiprocess mode),
+    which it reads from PROMETHEUS_MULTIPROC_DIR when first imported; the workers inherit
+    it. The operator's directory is used as it is; else a new one is made here, and its
+    path returned so that it is removed at exit."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return None
+    made = tempfile.mkdtemp(prefix="model-router-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made
+
+
 def _report(args: argparse.Namespace) -> int:
-    from router import report  # DuckDB and NumPy are only needed for the report
+    try:
+        from router import report  # DuckDB, NumPy and SciPy: the `report` extra
+    except ImportError as exc:
+        print(
+            f"model-router report: needs the report extra ({exc.name} is missing): "
+            "pip install 'model-router[report]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
     try:
         data = report.make_report(args.logs, args.model, args.baseline)

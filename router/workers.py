@@ -11,21 +11,14 @@ multiprocess mode. Log lines of all workers stay whole: each appends whole lines
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-
-# prometheus-client picks its value store when it is first imported: the directory must be
-# set before that, here and (inherited) in every worker.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-router-metrics-")
-
 import asyncio
 import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
+import shutil
 import signal
 import socket
 import sys
@@ -204,7 +197,12 @@ class Supervisor:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-async def supervise(table: Table, source: str, overrides: Overrides, workers: int) -> int:
+async def supervise(
+    table: Table, source: str, overrides: Overrides, workers: int, metrics_dir: str | None
+) -> int:
+    """Run `workers` workers until SIGTERM or SIGINT. `metrics_dir` is the directory this
+    run made for the workers' metrics (removed at the end); None when the operator chose
+    one with PROMETHEUS_MULTIPROC_DIR, which is never removed."""
     configure_logging()
     supervisor = Supervisor(table, source, overrides, workers)
     watcher: asyncio.Future[Any] | None = None
@@ -229,5 +227,6 @@ async def supervise(table: Table, source: str, overrides: Overrides, workers: in
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await supervisor.stop()
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -9,9 +9,9 @@ import bisect
 import datetime as dt
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from router.http.client.interface import Origin
 
@@ -26,6 +26,25 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 DEFAULT_CONFIG = "config/routes.yaml"
 DEFAULT_TIMEOUT_S = 30.0
 BUCKETS = 10_000  # 0.01% resolution (contract section 3)
+
+
+# Fields computed at load time rather than written in the YAML.
+DERIVED: Final = {"derived": True}
+
+
+def yaml_keys(cls: type[Any]) -> tuple[str, ...]:
+    """The keys of a YAML section: its dataclass's fields, less the derived ones. The
+    dataclasses below are the schema, stated once; the validator reads it from them."""
+    return tuple(f.name for f in fields(cls) if not f.metadata.get("derived"))
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """A field's default, as the dataclass states it."""
+    (found,) = [f for f in fields(cls) if f.name == name]
+    if found.default is not MISSING:
+        return found.default
+    assert found.default_factory is not MISSING, f"{cls.__name__}.{name} has no default"
+    return found.default_factory()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +111,7 @@ class Outlier:
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    name: str
+    name: str = field(metadata=DERIVED)  # its key under `versions`
     url: str  # scheme://host[:port][/base], no trailing slash
     timeout_s: float
     state: State = "active"
@@ -101,7 +120,7 @@ class Version:
     health: HealthCheck | None = None
     # The url taken apart once, for the upstream client; derived from `url`, so left out
     # of comparisons.
-    origin: Origin = field(default=Origin("http", "", 80, ""), compare=False)
+    origin: Origin = field(default=Origin("http", "", 80, ""), compare=False, metadata=DERIVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +161,17 @@ class Split:
         return list(zip(self.versions, self.percents, strict=True))
 
 
+RULE_KEYS: Final = ("match", "version")
+MATCH_KEYS: Final = ("header", "user_id")
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """`match` conditions, all of which must hold; an empty condition set is refused."""
+    """`match` conditions, all of which must hold; an empty condition set is refused.
+
+    In YAML a rule is `{match: {header: {...}, user_id: [...]}, version: v}`: RULE_KEYS
+    and MATCH_KEYS.
+    """
 
     version: str
     headers: tuple[tuple[str, str], ...] = ()
@@ -158,16 +185,18 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Model:
-    name: str
-    salt: str
-    user_id: tuple[UserIdSource, ...]
-    when_no_user_id: str  # "random", "reject" or a version name
+    name: str = field(metadata=DERIVED)  # its key under `models`
+    salt: str  # defaults to the name
     versions: Mapping[str, Version]
     split: Split
+    user_id: tuple[UserIdSource, ...] = (UserIdSource("header", "X-User-ID"),)
+    when_no_user_id: str = "random"  # "random", "reject" or a version name
     rules: tuple[Rule, ...] = ()
     fallback: str | None = None
     log_response: tuple[str, ...] = ()
     outlier: Outlier = Outlier()
+    # Each version's timeout_s unless it has its own.
+    timeout_s: float = field(default=DEFAULT_TIMEOUT_S, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +204,11 @@ class Table:
     server: ServerSettings
     log: LogSettings
     models: Mapping[str, Model]
-    digest: str
+    digest: str = field(metadata=DERIVED)
     # The table as written, for the admin view; never mutated.
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    raw: Mapping[str, Any] = field(
+        default_factory=dict, compare=False, repr=False, metadata=DERIVED
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,8 @@ YAML file keeping line numbers so that each problem reads `FILE:LINE: key.path: 
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import hashlib
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -20,12 +19,12 @@ import yaml
 
 from router.config import yamlmarks
 from router.config.model import (
-    DEFAULT_TIMEOUT_S,
+    MATCH_KEYS,
     NAME,
+    RULE_KEYS,
     STATES,
     USER_ID_KINDS,
     USER_ID_MODES,
-    Address,
     ConfigError,
     HealthCheck,
     LogSettings,
@@ -38,8 +37,10 @@ from router.config.model import (
     Table,
     UserIdSource,
     Version,
-    parse_address,
+    default_of,
+    yaml_keys,
 )
+from router.config.reader import Reader, fmt, join, kind, percent, show
 from router.http.client.interface import Origin
 
 
@@ -69,7 +70,7 @@ def parse_text(text: str, source: str = "<table>") -> Table:
 
 def parse_table(data: Any, source: str = "<table>") -> Table:
     """Validate a table given as plain data (from YAML or JSON); freeze it or raise."""
-    reader = _Reader()
+    reader = _TableReader()
     table = reader.table(data)
     if reader.problems or table is None:
         reader.problems.sort(key=lambda p: p.line or 0)
@@ -104,118 +105,23 @@ def _canonical(data: Any, key: object = None) -> Any:
 
 # --- validation -------------------------------------------------------------------------
 
-_TOP = ("server", "log", "models")
-_SERVER = ("listen", "admin_listen", "admin_token_env", "max_body_mb", "drain_s", "body_timeout_s")
-_LOG = ("path", "user_ids")
-_MODEL = (
-    "salt", "user_id", "when_no_user_id", "timeout_s", "versions", "split", "rules",
-    "fallback", "log_response", "outlier",
-)  # fmt: skip
-_VERSION = ("url", "timeout_s", "state", "sunset", "successor", "health")
-_HEALTH = ("path", "interval_s")
-_OUTLIER = ("failures", "cooloff_s")
-_RULE = ("match", "version")
-_MATCH = ("header", "user_id")
+# Each section's keys are its dataclass's fields (model.py states the schema once).
+_TOP = yaml_keys(Table)
+_SERVER = yaml_keys(ServerSettings)
+_LOG = yaml_keys(LogSettings)
+_MODEL = yaml_keys(Model)
+_VERSION = yaml_keys(Version)
+_HEALTH = yaml_keys(HealthCheck)
+_OUTLIER = yaml_keys(Outlier)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-class _Reader:
-    """Walks the data once, collecting every problem instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-
-    def fail(self, parent: object, key: object, path: str, message: str) -> None:
-        self.problems.append(Problem(yamlmarks.line_of(parent, key), path, message))
-
-    def mapping(
-        self, parent: dict[Any, Any] | list[Any], key: Any, path: str, keys: tuple[str, ...]
-    ) -> dict[Any, Any] | None:
-        """The mapping at parent[key], its unknown and duplicate keys reported."""
-        value = parent[key]
-        if not isinstance(value, dict):
-            self.fail(parent, key, path, f"must be a mapping, not {_kind(value)}")
-            return None
-        self.check_keys(value, path, keys)
-        return value
-
-    def check_keys(self, value: dict[Any, Any], path: str, keys: tuple[str, ...]) -> None:
-        for name, line in getattr(value, "duplicates", []):
-            self.problems.append(Problem(line, _join(path, name), "is given twice"))
-        if not keys:
-            return
-        for name in value:
-            if name not in keys:
-                hint = difflib.get_close_matches(str(name), keys, n=1)
-                expected = (
-                    f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(keys)}"
-                )
-                self.fail(value, name, _join(path, name), f"unknown key ({expected})")
-
-    def number(
-        self, parent: dict[Any, Any], key: str, path: str, default: float, *, positive: bool
-    ) -> float:
-        if key not in parent:
-            return default
-        value = parent[key]
-        if not _is_number(value) or value < 0 or (positive and value == 0):
-            expected = "a number above 0" if positive else "a number, 0 or more"
-            self.fail(parent, key, _join(path, key), f"must be {expected}, not {_show(value)}")
-            return default
-        return float(value)
-
-    def string(self, parent: dict[Any, Any], key: str, path: str) -> str | None:
-        if key not in parent:
-            return None
-        value = parent[key]
-        if isinstance(value, int) and not isinstance(value, bool):
-            # A salt or a header value written as a bare number: the text as written.
-            return getattr(value, "text", str(value))
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-            message = f"must be a string, not the YAML boolean {text}; quote it: '{text}'"
-            self.fail(parent, key, _join(path, key), message)
-            return None
-        if not isinstance(value, str) or not value:
-            self.fail(
-                parent, key, _join(path, key), f"must be a non-empty string, not {_show(value)}"
-            )
-            return None
-        return value
-
-    def choice(
-        self, parent: dict[Any, Any], key: str, path: str, options: tuple[str, ...]
-    ) -> str | None:
-        value = self.string(parent, key, path)
-        if value is not None and value not in options:
-            self.fail(
-                parent,
-                key,
-                _join(path, key),
-                f"is '{value}'; expected one of: {', '.join(options)}",
-            )
-            return None
-        return value
-
-    def address(self, parent: dict[Any, Any], key: str, path: str, default: Address) -> Address:
-        text = self.string(parent, key, path)
-        if text is None:
-            return default
-        try:
-            return parse_address(text)
-        except ValueError as exc:
-            self.fail(parent, key, _join(path, key), str(exc))
-            return default
-
-    # --- sections ---
+class _TableReader(Reader):
+    """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
         if not isinstance(data, dict):
             self.problems.append(
-                Problem(1, "", f"a routing table is a mapping with 'models', not {_kind(data)}")
+                Problem(1, "", f"a routing table is a mapping with 'models', not {kind(data)}")
             )
             return None
         self.check_keys(data, "", _TOP)
@@ -275,13 +181,15 @@ class _Reader:
         if section is None:
             return None
         line = yamlmarks.line_of(models, name)
-        timeout_s = self.number(section, "timeout_s", path, DEFAULT_TIMEOUT_S, positive=True)
+        timeout_s = self.number(
+            section, "timeout_s", path, default_of(Model, "timeout_s"), positive=True
+        )
         versions = self.versions(section, str(name), path, timeout_s, line)
         split = self.split(section, path, versions, line)
         rules = self.rules(section, path, versions)
         user_id = self.user_id_sources(section, path)
         salt = self.string(section, "salt", path) or name
-        when = self.string(section, "when_no_user_id", path) or "random"
+        when = self.string(section, "when_no_user_id", path) or default_of(Model, "when_no_user_id")
         if when not in ("random", "reject"):
             self.version_ref(section, "when_no_user_id", path, versions, what="when_no_user_id")
         fallback = self.string(section, "fallback", path)
@@ -302,6 +210,7 @@ class _Reader:
             fallback=fallback,
             log_response=log_response,
             outlier=outlier,
+            timeout_s=timeout_s,
         )
 
     def versions(
@@ -346,7 +255,7 @@ class _Reader:
         if section is None:
             return None
         url = self.url(section, path, yamlmarks.line_of(found, name))
-        state = self.choice(section, "state", path, STATES) or "active"
+        state = self.choice(section, "state", path, STATES) or default_of(Version, "state")
         successor = self.string(section, "successor", path)
         sunset = self.sunset(section, path)
         if sunset is not None and state == "active":
@@ -381,7 +290,10 @@ class _Reader:
         if check_path is None or not check_path.startswith("/"):
             self.fail(found, "path", f"{where}.path", "is needed and starts with /, like /health")
             return None
-        return HealthCheck(check_path, self.number(found, "interval_s", where, 5.0, positive=True))
+        interval = default_of(HealthCheck, "interval_s")
+        return HealthCheck(
+            check_path, self.number(found, "interval_s", where, interval, positive=True)
+        )
 
     def outlier(self, section: dict[Any, Any], path: str) -> Outlier:
         where = f"{path}.outlier"
@@ -390,12 +302,14 @@ class _Reader:
         found = self.mapping(section, "outlier", where, _OUTLIER)
         if found is None:
             return Outlier()
-        failures = found.get("failures", 5)
+        defaults = Outlier()
+        failures = found.get("failures", defaults.failures)
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
-            message = f"must be a whole number, 1 or more, not {_show(failures)}"
+            message = f"must be a whole number, 1 or more, not {show(failures)}"
             self.fail(found, "failures", f"{where}.failures", message)
-            failures = 5
-        return Outlier(failures, self.number(found, "cooloff_s", where, 10.0, positive=True))
+            failures = defaults.failures
+        cooloff = self.number(found, "cooloff_s", where, defaults.cooloff_s, positive=True)
+        return Outlier(failures, cooloff)
 
     def url(self, section: dict[Any, Any], path: str, line: int | None) -> str | None:
         if "url" not in section:
@@ -436,7 +350,7 @@ class _Reader:
                 section,
                 "sunset",
                 f"{path}.sunset",
-                f"must be a date like 2027-03-31, not {_show(value)}",
+                f"must be a date like 2027-03-31, not {show(value)}",
             )
             return None
 
@@ -457,13 +371,13 @@ class _Reader:
         shares: dict[str, Decimal] = {}
         for name, value in found.items():
             where = f"{path}.{name}"
-            percent = _percent(value)
-            if percent is None:
+            share = percent(value)
+            if share is None:
                 self.fail(
                     found,
                     name,
                     where,
-                    f"must be a number from 0 to 100 with at most two decimals, not {_show(value)}",
+                    f"must be a number from 0 to 100 with at most two decimals, not {show(value)}",
                 )
                 continue
             version = versions.get(str(name))
@@ -474,17 +388,17 @@ class _Reader:
                     where,
                     f"no such version; versions: {', '.join(versions) or 'none'}",
                 )
-            elif version.state == "retired" and percent != 0:
+            elif version.state == "retired" and share != 0:
                 self.fail(
                     found,
                     name,
                     where,
                     f"version '{name}' is retired; its share must be 0, not {value}",
                 )
-            shares[str(name)] = percent
+            shares[str(name)] = share
         total = sum(shares.values(), Decimal(0))
         if len(shares) == len(found) and total != 100:
-            self.fail(section, "split", path, f"percentages add up to {_fmt(total)}, not 100")
+            self.fail(section, "split", path, f"percentages add up to {fmt(total)}, not 100")
         return Split.of(shares) if total == 100 else None
 
     def rules(
@@ -495,13 +409,13 @@ class _Reader:
         found = section["rules"]
         if not isinstance(found, list):
             self.fail(
-                section, "rules", f"{path}.rules", f"must be a list of rules, not {_kind(found)}"
+                section, "rules", f"{path}.rules", f"must be a list of rules, not {kind(found)}"
             )
             return ()
         rules = []
         for i in range(len(found)):
             where = f"{path}.rules[{i}]"
-            item = self.mapping(found, i, where, _RULE)
+            item = self.mapping(found, i, where, RULE_KEYS)
             if item is None:
                 continue
             rule = self.rule(item, where, versions)
@@ -519,7 +433,7 @@ class _Reader:
                 "is missing (for example match: {header: {X-Beta-Tester: 'true'}})",
             )
             return None
-        match = self.mapping(item, "match", f"{path}.match", _MATCH)
+        match = self.mapping(item, "match", f"{path}.match", MATCH_KEYS)
         if match is None:
             return None
         if not match:
@@ -561,7 +475,7 @@ class _Reader:
         what: str,
     ) -> str | None:
         """A version named by a key; it must exist and must not be retired."""
-        where = _join(path, key)
+        where = join(path, key)
         if key not in parent:
             self.fail(parent, None, where, "is missing; name a version")
             return None
@@ -583,7 +497,7 @@ class _Reader:
         return name
 
     def user_id_sources(self, section: dict[Any, Any], path: str) -> tuple[UserIdSource, ...]:
-        default = (UserIdSource("header", "X-User-ID"),)
+        default: tuple[UserIdSource, ...] = default_of(Model, "user_id")
         if "user_id" not in section:
             return default
         found = section["user_id"]
@@ -624,55 +538,7 @@ class _Reader:
         found = section[key]
         if not isinstance(found, list) or not all(isinstance(i, str) and i for i in found):
             self.fail(
-                section, key, _join(path, key), "must be a list of field names, like [prediction]"
+                section, key, join(path, key), "must be a list of field names, like [prediction]"
             )
             return ()
         return tuple(found)
-
-
-def _percent(value: object) -> Decimal | None:
-    """A percentage as an exact Decimal, or None if it is not 0..100 with two decimals at most."""
-    if not _is_number(value):
-        return None
-    try:
-        percent = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    if not percent.is_finite() or percent < 0 or percent > 100:
-        return None
-    if percent != percent.quantize(Decimal("0.01")):
-        return None
-    return percent
-
-
-def _fmt(value: Decimal) -> str:
-    return str(value.normalize()) if value != value.to_integral() else str(int(value))
-
-
-def _join(path: str, key: object) -> str:
-    if key is None:
-        return path
-    return f"{path}.{key}" if path else str(key)
-
-
-def _show(value: object) -> str:
-    """A value as YAML spells it: `true`, not Python's `True`; `nothing` for an empty value."""
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nothing"
-    for kind, name in (
-        (bool, "a boolean"),
-        (dict, "a mapping"),
-        (list, "a list"),
-        (str, "a string"),
-    ):
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__
