@@ -109,16 +109,18 @@ async def config(request: web.Request) -> web.Response:
         for version in model.versions.values()
         if health.is_down((model.name, version.name, version.url))
     ]
-    return _json({
-        "config": holder.current.digest,
-        "source": str(holder.path) if holder.path else None,
-        "loaded_at": iso_utc(holder.loaded_at),
-        "table": dict(holder.current.raw),
-        "last_refusal": holder.last_refusal,
-        # `table` is the file as written; these of its settings wait for a restart.
-        "restart_needed": holder.restart_needed,
-        "down": down,
-    })  # fmt: skip
+    return _json(
+        {
+            "config": holder.current.digest,
+            "source": str(holder.path) if holder.path else None,
+            "loaded_at": iso_utc(holder.loaded_at),
+            "table": dict(holder.current.raw),
+            "last_refusal": holder.last_refusal,
+            # `table` is the file as written; these of its settings wait for a restart.
+            "restart_needed": holder.restart_needed,
+            "down": down,
+        }
+    )
 
 
 async def reload(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from router.http.client import Client, client_session
 from router.http.hooks import Hooks
 from router.http.limits import ServerLimits
 from router.http.server import Server
+from router.http.text import host_port
 from router.observe import health
 from router.observe.health import HealthBook
 from router.observe.log import LogSink, Pseudonymizer, make_logger
@@ -69,9 +70,11 @@ class Router:
         self.admin: web.AppRunner | None = None
         if admin:
             app = create_admin_app(
-                self.tables, self.metrics.registry, book,
+                self.tables,
+                self.metrics.registry,
+                book,
                 lambda: "draining" if self.draining[0] else None,
-            )  # fmt: skip
+            )
             self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
 
     @property
@@ -100,8 +103,9 @@ class Router:
         address = server.listen
         await listen_on(
             lambda: public.listen(address.host, address.port, reuse_port=self.reuse_port),
-            "public", address,
-        )  # fmt: skip
+            "public",
+            address,
+        )
         if self.admin is not None:
             await self.admin.setup()
             site = web.TCPSite(self.admin, server.admin_listen.host, server.admin_listen.port)
@@ -224,4 +228,4 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 def _url(addresses: list[Any]) -> str:
     host, port = addresses[0][:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return f"http://{host_port(host, port)}"

@@ -33,31 +33,51 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the router")
-    serve.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
-                       help=f"routing table (default: {DEFAULT_CONFIG})")  # fmt: skip
-    serve.add_argument("--listen", type=_address, metavar="HOST:PORT",
-                       help="public address; overrides server.listen")  # fmt: skip
-    serve.add_argument("--admin-listen", type=_address, metavar="HOST:PORT",
-                       help="admin address; overrides server.admin_listen")  # fmt: skip
+    serve.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"routing table (default: {DEFAULT_CONFIG})",
+    )
+    serve.add_argument(
+        "--listen",
+        type=_address,
+        metavar="HOST:PORT",
+        help="public address; overrides server.listen",
+    )
+    serve.add_argument(
+        "--admin-listen",
+        type=_address,
+        metavar="HOST:PORT",
+        help="admin address; overrides server.admin_listen",
+    )
     serve.add_argument(
         "--log", metavar="PATH", help="routing log ('-' is stdout); overrides log.path"
     )
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes sharing the port (default 1)")  # fmt: skip
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port (default 1)",
+    )
     serve.set_defaults(command=_serve)
 
     check = commands.add_parser("check", help="validate a routing table")
     check.add_argument("path", metavar="PATH")
-    check.add_argument("--against", metavar="OLD",
-                       help="also show which users would move from OLD to PATH")  # fmt: skip
+    check.add_argument(
+        "--against", metavar="OLD", help="also show which users would move from OLD to PATH"
+    )
     check.set_defaults(command=_check)
 
     report = commands.add_parser("report", help="compare versions from routing logs")
-    report.add_argument("logs", nargs="+", metavar="LOG",
-                        help="routing logs, plain or .gz; globs allowed")  # fmt: skip
+    report.add_argument(
+        "logs", nargs="+", metavar="LOG", help="routing logs, plain or .gz; globs allowed"
+    )
     report.add_argument("--model", metavar="NAME", help="only this model")
-    report.add_argument("--baseline", metavar="VERSION",
-                        help="compare against it (default: the largest share)")  # fmt: skip
+    report.add_argument(
+        "--baseline", metavar="VERSION", help="compare against it (default: the largest share)"
+    )
     report.add_argument("--format", choices=REPORT_FORMATS, default="text")
     report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     report.set_defaults(command=_report)

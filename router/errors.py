@@ -54,8 +54,9 @@ STATUS: dict[ErrorCode, int] = {
 def error_body(code: str, message: str, request_id: str, **more: object) -> bytes:
     """The contract's JSON error: `{"error": {"code", "message", "request_id", ...more}}`."""
     # Messages quote what the client sent, which may hold bytes that are not UTF-8.
-    return orjson.dumps({"error": {"code": code, "message": printable(message),
-                                   "request_id": request_id, **more}})  # fmt: skip
+    return orjson.dumps(
+        {"error": {"code": code, "message": printable(message), "request_id": request_id, **more}}
+    )
 
 
 class RouterError(Exception):

@@ -35,6 +35,7 @@ from router.app import Router, ServeError, configure_logging, listen_on, run_loo
 from router.config.holder import ReloadResult, TableHolder
 from router.config.model import Address, Overrides, Table
 from router.config.validate import load_table
+from router.http.text import host_port
 from router.observe.health import HealthBook
 
 START_TIMEOUT_S = 60.0
@@ -46,8 +47,9 @@ def worker_main(config: str, overrides: Overrides, ready: Any) -> None:
 
     async def main() -> int:
         configure_logging()
-        router = Router(overrides(load_table(config)), config, overrides, admin=False,
-                        reuse_port=True)  # fmt: skip
+        router = Router(
+            overrides(load_table(config)), config, overrides, admin=False, reuse_port=True
+        )
         orphan_watch = asyncio.create_task(_stop_when_orphaned(os.getppid()))
         try:
             await router.start()
@@ -116,9 +118,10 @@ class Supervisor:
 
     def _spawn(self) -> BaseProcess:
         proc = _CTX.Process(
-            target=worker_main, args=(self.source, self.worker_overrides, self.ready),
+            target=worker_main,
+            args=(self.source, self.worker_overrides, self.ready),
             name="model-router-worker",
-        )  # fmt: skip
+        )
         proc.start()
         return proc
 
@@ -169,8 +172,11 @@ class Supervisor:
             await asyncio.sleep(0.5)
             for i, proc in enumerate(self.procs):
                 if not proc.is_alive() and not self.stopping:
-                    print(f"model-router: worker {proc.pid} exited with {proc.exitcode}; "
-                          "starting another", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"model-router: worker {proc.pid} exited with {proc.exitcode}; "
+                        "starting another",
+                        file=sys.stderr,
+                    )
                     if proc.pid is not None:
                         multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # untyped upstream
                     self.procs[i] = self._spawn()
@@ -188,13 +194,12 @@ class Supervisor:
 
     @property
     def url(self) -> str:
-        host = f"[{self.listen.host}]" if ":" in self.listen.host else self.listen.host
-        return f"http://{host}:{self.listen.port}"
+        return f"http://{self.listen}"
 
     @property
     def admin_url(self) -> str:
         host, port = self.admin.addresses[0][:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        return f"http://{host_port(host, port)}"
 
 
 async def supervise(

@@ -75,8 +75,11 @@ def model_churn(old: Model, new: Model) -> ModelChurn:
                 f"{move.target}, though {_why(move, shrinks, grows)}"
             )
     if reshuffled:
-        warnings.insert(0, f"warning: the salt changed ({old.salt!r} -> {new.salt!r}): "
-                           "every user is hashed afresh")  # fmt: skip
+        warnings.insert(
+            0,
+            f"warning: the salt changed ({old.salt!r} -> {new.salt!r}): "
+            "every user is hashed afresh",
+        )
     return ModelChurn(new.name, tuple(moves), reshuffled, tuple(warnings))
 
 

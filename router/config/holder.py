@@ -83,9 +83,13 @@ class TableHolder:
         """Log the table in force, as at start and at the top of a reopened log file, so
         that every log file says which split its records were routed by."""
         self._log.info(
-            "config_loaded", config=self.current.digest, source=str(self.path), pid=os.getpid(),
-            models=models_summary(self.current), reason=reason,
-        )  # fmt: skip
+            "config_loaded",
+            config=self.current.digest,
+            source=str(self.path),
+            pid=os.getpid(),
+            models=models_summary(self.current),
+            reason=reason,
+        )
 
     async def reload(self, reason: str) -> ReloadResult:
         """Read the file again; put it in force if valid, else keep the old table."""
@@ -102,9 +106,13 @@ class TableHolder:
         self.last_refusal = {"at": iso_utc(time.time()), "reason": reason, "problems": problems}
         self._count("rejected")
         self._log.warning(
-            "config_rejected", config=self.current.digest, source=str(self.path), pid=os.getpid(),
-            reason=reason, error=problems,
-        )  # fmt: skip
+            "config_rejected",
+            config=self.current.digest,
+            source=str(self.path),
+            pid=os.getpid(),
+            reason=reason,
+            error=problems,
+        )
         return ReloadResult("rejected", self.current.digest, tuple(problems))
 
     def _install(self, table: Table, reason: str) -> ReloadResult:
@@ -123,9 +131,13 @@ class TableHolder:
         if ignored:
             fields["restart_needed"] = ignored
         self._log.info(
-            "config_loaded", config=table.digest, source=str(self.path), pid=os.getpid(),
-            models=models_summary(table, moves), **fields,
-        )  # fmt: skip
+            "config_loaded",
+            config=table.digest,
+            source=str(self.path),
+            pid=os.getpid(),
+            models=models_summary(table, moves),
+            **fields,
+        )
         summary = {name: change.as_dict() for name, change in moves.items()}
         return ReloadResult("loaded", table.digest, moves=summary)
 

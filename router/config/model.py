@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, Final, Literal, get_args
 
 from router.http.client.interface import Origin
+from router.http.text import host_port
 
 State = Literal["active", "deprecated", "retired"]
 UserIdMode = Literal["hash", "raw", "omit"]
@@ -53,8 +54,7 @@ class Address:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 def parse_address(text: str) -> Address:

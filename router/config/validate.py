@@ -184,7 +184,7 @@ class _TableReader(Reader):
         timeout_s = self.number(
             section, "timeout_s", path, default_of(Model, "timeout_s"), positive=True
         )
-        versions = self.versions(section, str(name), path, timeout_s, line)
+        versions = self.versions(section, path, timeout_s, line)
         split = self.split(section, path, versions, line)
         rules = self.rules(section, path, versions)
         user_id = self.user_id_sources(section, path)
@@ -214,7 +214,7 @@ class _TableReader(Reader):
         )
 
     def versions(
-        self, section: dict[Any, Any], model: str, path: str, timeout_s: float, line: int | None
+        self, section: dict[Any, Any], path: str, timeout_s: float, line: int | None
     ) -> dict[str, Version]:
         path = f"{path}.versions"
         if "versions" not in section:
@@ -229,7 +229,7 @@ class _TableReader(Reader):
             return {}
         versions: dict[str, Version] = {}
         for name in found:
-            version = self.version(found, name, model, f"{path}.{name}", timeout_s)
+            version = self.version(found, name, f"{path}.{name}", timeout_s)
             if version is not None:
                 versions[version.name] = version
         for name, version in versions.items():
@@ -247,7 +247,7 @@ class _TableReader(Reader):
         return versions
 
     def version(
-        self, found: dict[Any, Any], name: Any, model: str, path: str, timeout_s: float
+        self, found: dict[Any, Any], name: Any, path: str, timeout_s: float
     ) -> Version | None:
         if not isinstance(name, str) or not NAME.match(name):
             self.fail(found, name, path, "version names match [A-Za-z0-9][A-Za-z0-9._-]*")

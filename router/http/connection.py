@@ -1,4 +1,5 @@
-"""One client connection of the public port: an asyncio protocol over llhttp (httptools).
+"""One client connection of the public port: the asyncio protocol that runs the requests
+its `RequestParser` (parser.py) makes out of the bytes, in order, and writes their answers.
 
 Requests received whole are answered in order, even after the connection has started to
 end (a refusal, a shutdown); only the last answer says `Connection: close`. Where the
@@ -9,7 +10,6 @@ paused is a set of reasons in its `FlowControl`. The limits come in as `ServerLi
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import socket
 from collections import deque
@@ -17,14 +17,14 @@ from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.http.body import BadBody
 from router.http.clock import http_date
 from router.http.flow import FlowControl, Pause
-from router.http.framing import BadHead, check_head
+from router.http.framing import BadHead
 from router.http.hooks import Hooks
 from router.http.limits import ServerLimits
+from router.http.parser import RequestParser, Stop
 from router.http.phase import Phase, advance
 from router.http.request import Request, new_request_id
 from router.http.response import reason_phrase
@@ -44,18 +44,6 @@ class Server(Protocol):
     def track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
 
-class _Stop(Exception):
-    """Raised in a parser callback: no more requests are taken on this connection."""
-
-
-class _Part(enum.Enum):
-    """Which part of a message llhttp is in, for counting what it holds back."""
-
-    HEAD = "a head, its lines not all handed over yet"
-    TRAILER = "a chunked body's trailer, or the size line that may start one"
-    OTHER = "a body's data, or between messages"
-
-
 class Connection(asyncio.Protocol):
     """Parses a client's requests, runs them in order, writes the answers."""
 
@@ -66,20 +54,12 @@ class Connection(asyncio.Protocol):
         self.phase = Phase.DRAINING if server.stopping else Phase.OPEN
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.reader = RequestParser(self, self.limits)
         self.remote: str | None = None
         self.current: Request | None = None  # being handled
         self.waiting: deque[Request] = deque()  # received, behind it (pipelining)
-        self.parsing: Request | None = None  # whose body is arriving
         self.refusal: BadHead | None = None  # to answer after the requests before it
         self.idle_since = self.loop.time()
-        self._url: list[bytes] = []
-        self._headers: CIMultiDict[str] = CIMultiDict()
-        self._head_size = 0
-        self._part = _Part.OTHER
-        self._last_keep_alive = True
-        self._fed = 0  # bytes of an unfinished head or trailer, counted by _bound
-        self._parts = 0  # messages and chunks begun so far, for _bound
 
     @property
     def closed(self) -> bool:
@@ -104,43 +84,25 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.phase >= Phase.ENDING:
             return  # read and dropped
-        marks = (self._part, self._parts)
         try:
-            self.parser.feed_data(data)
+            self.reader.feed(data)
         except httptools.HttpParserUpgrade:
             # No protocol switch here (Upgrade is hop-by-hop and dropped): the request is
             # answered as a plain one and the connection closes after it.
-            if self.parsing is not None:
-                self.parsing.content.finish()
-                self.parsing = None
+            self.reader.end_body()
             self._stop_parsing()
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
-        else:
-            self._bound(len(data), *marks)
-
-    def _bound(self, size: int, part: _Part, parts: int) -> None:
-        """httptools hands a header or trailer line over only once it has ended, holding
-        it meanwhile: count what went into an unfinished head or trailer, so that an endless
-        line is refused rather than held. `data` is counted only when all of it went into
-        one: in it before and after, and no message or chunk began in between."""
-        if parts != self._parts or part is _Part.OTHER or part is not self._part:
-            return
-        self._fed += size
-        limit = self.limits.max_head
-        if self._fed <= limit:
-            return
-        if part is _Part.HEAD:
-            self._refused_head(BadHead(f"the headers are larger than {limit // 1024} KiB"))
-        else:
-            self._bad_body(f"its trailer is larger than {limit // 1024} KiB")
+        except BadHead as refusal:
+            self._refused_head(refusal)
+        except BadBody as exc:
+            self._bad_body(str(exc))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._move(Phase.CLOSED)
         self.server.connections.discard(self)
         gone = ConnectionResetError("the client closed the connection")
-        if self.parsing is not None:
-            self.parsing.content.finish(gone)
+        self.reader.end_body(gone)
         self._drop_unstarted(by_router=False)
         current = self.current
         if current is None or current.task is None or current.task.done():
@@ -156,92 +118,21 @@ class Connection(asyncio.Protocol):
         assert self.flow is not None
         self.flow.resume_writing()
 
-    # --- httptools callbacks ---
+    # --- what the parser hands over (`parser.Incoming`) ---
 
-    def on_message_begin(self) -> None:
-        if self.phase >= Phase.DRAINING:
-            raise _Stop  # shutting down: a request not yet begun is not taken
-        self._url = []
-        self._headers = CIMultiDict()
-        self._head_size = 0
-        self._fed = 0
-        self._part = _Part.HEAD
-        self._parts += 1
+    def taking(self) -> bool:
+        return self.phase < Phase.DRAINING  # shutting down: a request not yet begun is not
 
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)  # llhttp may hand the target over in pieces
-        self._head_size += len(url)
-        if self._head_size > self.limits.max_line:
-            raise BadHead(f"the request target is longer than {self.limits.max_line} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.limits
-        size = len(name) + len(value)
-        self._head_size += size + 4  # ": " and CRLF
-        if size > limits.max_line:
-            raise BadHead(f"a header line is longer than {limits.max_line} bytes")
-        if self._head_size > limits.max_head:
-            raise BadHead(f"the headers are larger than {limits.max_head // 1024} KiB")
-        if self._part is not _Part.HEAD:
-            return  # a chunked body's trailer: never merged into the headers (RFC 9110 6.5.1)
-        if len(self._headers) >= limits.max_fields:
-            raise BadHead(f"more than {limits.max_fields} header lines")
-        # Values as aiohttp keeps them: UTF-8, bytes that are not as surrogates.
-        self._headers.add(
-            name.decode("latin-1"), value.decode("utf-8", "surrogateescape").strip(" \t")
-        )
-
-    def on_headers_complete(self) -> None:
-        self._part = _Part.OTHER
-        self._head_size = 0  # a trailer, if any, has the same budget as the head
-        parser = self.parser
-        headers = self._headers
-        method = parser.get_method()
-        version, chunked = check_head(parser.get_http_version(), method, headers)
-        length = headers.get("Content-Length")
-        target = b"".join(self._url)
-        if b"#" in target:  # a fragment is the client's own business (RFC 9112 3.2)
-            target = target.partition(b"#")[0]
-        # llhttp answers this only inside its callbacks: ask it here.
-        keep_alive = self._last_keep_alive = parser.should_keep_alive()
-        request = Request(
-            self,
-            method.decode("ascii"),
-            target.decode("utf-8", "surrogateescape"),
-            version,
-            CIMultiDictProxy(headers),
-            int(length) if length is not None else None,
-            chunked,
-            keep_alive,
-        )
-        self.parsing = request
+    def received(self, request: Request) -> None:
         if self.current is None:
             self._start(request)
         else:
             self.waiting.append(request)
             self._flow()
 
-    def on_body(self, body: bytes) -> None:
-        self._part = _Part.OTHER  # a chunk with data: not the last one
-        if self.parsing is not None:
-            self.parsing.content.feed(body)
-
-    def on_chunk_header(self) -> None:
-        # The last chunk (size 0) is followed by the trailer; any other by its data, which
-        # on_body gets at once. Until data comes, this may be the trailer.
-        self._part = _Part.TRAILER
-        self._fed = 0
-        self._parts += 1
-
-    def on_chunk_complete(self) -> None:
-        self._part = _Part.OTHER
-
-    def on_message_complete(self) -> None:
-        if self.parsing is not None:
-            self.parsing.content.finish()
-            self.parsing = None
-            if self.flow is not None and not self.flow.reading:
-                self._flow()
+    def completed(self) -> None:
+        if self.flow is not None and not self.flow.reading:
+            self._flow()
 
     # --- running requests ---
 
@@ -260,8 +151,7 @@ class Connection(asyncio.Protocol):
         except (asyncio.CancelledError, ConnectionError):
             self.close()  # the client left, or the shutdown cut this request off
         except Exception:
-            _log.exception("the request handler failed on %s %s", request.method,
-                           request.raw_path)  # fmt: skip
+            _log.exception("the request handler failed on %s %s", request.method, request.raw_path)
             if self.current is request and not request.responded and not self.closed:
                 message = "the router failed on this request"
                 self._write_error("internal_error", 500, message, new_request_id())
@@ -328,16 +218,17 @@ class Connection(asyncio.Protocol):
     def _parse_failed(self, exc: httptools.HttpParserError) -> None:
         cause = exc.__cause__ or exc.__context__
         busy = self.current is not None or bool(self.waiting)
-        if isinstance(cause, _Stop) or (
+        reader = self.reader
+        if isinstance(cause, Stop) or (
             # Bytes after a request that closes the connection are never a request
             # (RFC 9112 9.6): not answered, not logged.
-            self.parsing is None and not self._last_keep_alive and not isinstance(cause, BadHead)
+            reader.parsing is None and not reader.last_keep_alive and not isinstance(cause, BadHead)
         ):
             self._stop_parsing()
             if not busy:
                 self.close()
             return
-        if self.parsing is not None:
+        if reader.parsing is not None:
             self._bad_body(str(cause) if isinstance(cause, BadHead) else str(exc))
         elif isinstance(cause, BadHead):
             self._refused_head(cause)
@@ -347,9 +238,7 @@ class Connection(asyncio.Protocol):
     def _bad_body(self, message: str) -> None:
         """The head was fine, the body broke its framing: its reader gets the error, and
         the proxy answers 400 bad_body."""
-        assert self.parsing is not None
-        self.parsing.content.finish(BadBody(message))
-        self.parsing = None
+        self.reader.end_body(BadBody(message))
         self._stop_parsing()
 
     def _refused_head(self, refusal: BadHead) -> None:
@@ -416,7 +305,8 @@ class Connection(asyncio.Protocol):
         if flow is None or self.phase >= Phase.ENDING:
             return  # what comes is dropped: never held back
         flow.hold(Pause.PIPELINE, len(self.waiting) >= self.limits.pipeline_depth)
-        ahead = self.parsing is not None and self.parsing is not self.current
+        parsing = self.reader.parsing
+        ahead = parsing is not None and parsing is not self.current
         flow.hold(Pause.BODY_AHEAD, ahead)
 
     def close(self) -> None:
@@ -459,4 +349,4 @@ class Connection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self.current is None and not self.waiting and self.parsing is None
+        return self.current is None and not self.waiting and self.reader.parsing is None

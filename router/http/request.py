@@ -56,7 +56,7 @@ class Request:
         "started",
         "task",
         "version",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,

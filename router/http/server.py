@@ -1,8 +1,7 @@
 """The public port's HTTP/1.1 server: the listening sockets, their connections, shutdown.
 
-After the upstream client, aiohttp's server was the largest cost per request left in the
-profile (docs/performance.md), so the public port runs on a server of the router's own,
-built for what a proxy needs, one module per concern:
+A server of the router's own (why not aiohttp's: docs/performance.md), built for what a
+proxy needs, one module per concern:
 
 - `connection.py`: llhttp parses requests strictly (`framing.py` holds the framing rules,
   `limits.py` the limits); each request runs as one task; keep-alive and pipelining, in

@@ -106,11 +106,15 @@ async def active_checks(
                     if due.get(key, 0.0) > now:
                         continue
                     due[key] = now + version.health.interval_s
-                    task = asyncio.create_task(check(
-                        key, version.url + version.health.path,
-                        min(version.timeout_s, version.health.interval_s),
-                        model.outlier.failures, model.outlier.cooloff_s,
-                    ))  # fmt: skip
+                    task = asyncio.create_task(
+                        check(
+                            key,
+                            version.url + version.health.path,
+                            min(version.timeout_s, version.health.interval_s),
+                            model.outlier.failures,
+                            model.outlier.cooloff_s,
+                        )
+                    )
                     running.add(task)
                     task.add_done_callback(running.discard)
             await asyncio.sleep(0.1)

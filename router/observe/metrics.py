@@ -33,27 +33,36 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "model_router_requests", "Requests by model, version that answered and outcome.",
-            ["model", "version", "outcome"], registry=r,
-        )  # fmt: skip
+            "model_router_requests",
+            "Requests by model, version that answered and outcome.",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
         self.latency = Histogram(
-            "model_router_request_duration_seconds", "Time in the router per request.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "model_router_request_duration_seconds",
+            "Time in the router per request.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.upstream_up = Gauge(
             "model_router_upstream_up",
             "1 while a version takes traffic, 0 while it is marked down.",
-            ["model", "version"], registry=r,
+            ["model", "version"],
+            registry=r,
             multiprocess_mode="livemin",  # with workers: 0 if any worker has it down
-        )  # fmt: skip
+        )
         self.reloads = Counter(
             "model_router_reloads", "Routing-table reloads by result.", ["result"], registry=r
         )
         # A gauge rather than an Info: Info does not work in multiprocess mode.
         self.build = Gauge(
-            "model_router_build_info", "Versions of the router and its runtime.",
-            ["version", "python"], registry=r, multiprocess_mode="max",
-        )  # fmt: skip
+            "model_router_build_info",
+            "Versions of the router and its runtime.",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.build.labels(package_version("model-router"), platform.python_version()).set(1)
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}

@@ -80,8 +80,15 @@ class Proxy:
         """The record of a request, begun; without one (refused before it was parsed
         whole), its method and path are unknown."""
         if request is None:
-            return Exchange(now_rfc3339(), time.perf_counter(), new_request_id(), None, None,
-                            table.digest, user=self._no_user)  # fmt: skip
+            return Exchange(
+                now_rfc3339(),
+                time.perf_counter(),
+                new_request_id(),
+                None,
+                None,
+                table.digest,
+                user=self._no_user,
+            )
         return Exchange(
             now_rfc3339(),
             time.perf_counter(),

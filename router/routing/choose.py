@@ -1,6 +1,6 @@
 """Choosing a version for a request (contract section 3).
 
-Pure: no aiohttp import. Everything that can be computed when the table loads (bucket
+Pure: no I/O. Everything that can be computed when the table loads (bucket
 edges, rule sets) is computed then, so that a request costs one hash and one bisect.
 """
 
@@ -25,14 +25,14 @@ def bucket(user_id: str, salt: str) -> int:
     Multiplying and shifting (instead of a modulo) spreads the 2**32 hash values evenly
     over the buckets, with no bias towards the low ones.
     """
-    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 into surrogates;
+    # surrogateescape: the server decodes header bytes that are not UTF-8 into surrogates;
     # this gives the client's bytes back, so any id has a bucket, as bytes on the wire.
     h: int = mmh3.hash((user_id + salt).encode("utf-8", "surrogateescape"), seed=1, signed=False)
     return (h * BUCKETS) >> 32
 
 
 class RequestLike(Protocol):
-    """What choosing needs of a request; aiohttp's `web.Request` has it."""
+    """What choosing needs of a request; `router.http.request.Request` has it."""
 
     @property
     def headers(self) -> Mapping[str, str]: ...

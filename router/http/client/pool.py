@@ -1,10 +1,9 @@
 """The lean upstream transport for the hot path: asyncio protocols over a keep-alive pool.
 
-aiohttp's client was the ceiling of the proxy in the profile (docs/performance.md): a
-server with this kind of client answered 3.5 times the requests per second of the same
-server with `ClientSession`. It carries requests whose body the router holds whole (the
-common case) to plain-http versions; `aio.py` carries the rest. Answers are parsed by
-llhttp (through httptools) and read whole or piece by piece, with flow control.
+It carries requests whose body the router holds whole (the common case) to plain-http
+versions; `aio.py` carries the rest. Answers are parsed by llhttp (through httptools) and
+read whole or piece by piece, with flow control. Why a client of our own rather than
+aiohttp's for this: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -296,10 +295,9 @@ class Pool:
                 conn.close()
             elif not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_s):
-                transport, conn = await loop.create_connection(
+                transport, conn = await self.loop.create_connection(
                     lambda: _Connection(self, (host, port)), host, port
                 )
             # uvloop may call connection_made only after create_connection returns.
