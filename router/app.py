@@ -56,7 +56,7 @@ class Router:
             raise ServeError(f"cannot open the log {table.log.path}: {exc.strerror}") from exc
         self.log = make_logger(self.sink)
         self.metrics = Metrics()
-        self.tables = TableHolder(table, source, self.log, self.metrics, overrides)
+        self.tables = TableHolder(table, source, self.log, self.metrics.count_reload, overrides)
         book = HealthBook(lambda key, up: self.metrics.set_up(key[0], key[1], up))
         self.tables.on_swap.append(lambda t: self.metrics.track(t, book.is_down))
         self.metrics.track(table, book.is_down)

@@ -31,8 +31,30 @@ def _parser() -> argparse.ArgumentParser:
         description="Split live traffic between model versions behind one stable URL.",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _serve_parser(commands.add_parser("serve", help="run the router"))
 
-    serve = commands.add_parser("serve", help="run the router")
+    check = commands.add_parser("check", help="validate a routing table")
+    check.add_argument("path", metavar="PATH")
+    check.add_argument(
+        "--against", metavar="OLD", help="also show which users would move from OLD to PATH"
+    )
+    check.set_defaults(command=_check)
+
+    report = commands.add_parser("report", help="compare versions from routing logs")
+    report.add_argument(
+        "logs", nargs="+", metavar="LOG", help="routing logs, plain or .gz; globs allowed"
+    )
+    report.add_argument("--model", metavar="NAME", help="only this model")
+    report.add_argument(
+        "--baseline", metavar="VERSION", help="compare against it (default: the largest share)"
+    )
+    report.add_argument("--format", choices=REPORT_FORMATS, default="text")
+    report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    report.set_defaults(command=_report)
+    return parser
+
+
+def _serve_parser(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
@@ -62,26 +84,6 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port (default 1)",
     )
     serve.set_defaults(command=_serve)
-
-    check = commands.add_parser("check", help="validate a routing table")
-    check.add_argument("path", metavar="PATH")
-    check.add_argument(
-        "--against", metavar="OLD", help="also show which users would move from OLD to PATH"
-    )
-    check.set_defaults(command=_check)
-
-    report = commands.add_parser("report", help="compare versions from routing logs")
-    report.add_argument(
-        "logs", nargs="+", metavar="LOG", help="routing logs, plain or .gz; globs allowed"
-    )
-    report.add_argument("--model", metavar="NAME", help="only this model")
-    report.add_argument(
-        "--baseline", metavar="VERSION", help="compare against it (default: the largest share)"
-    )
-    report.add_argument("--format", choices=REPORT_FORMATS, default="text")
-    report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    report.set_defaults(command=_report)
-    return parser
 
 
 def _address(text: str) -> Any:

@@ -24,7 +24,6 @@ from router.config import churn
 from router.config.model import ConfigError, Table
 from router.config.validate import load_table
 from router.http.clock import iso_utc
-from router.observe.metrics import Metrics
 
 WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
 
@@ -60,7 +59,7 @@ class TableHolder:
         table: Table,
         path: str | Path | None,
         log: FilteringBoundLogger,
-        metrics: Metrics | None,
+        counted: Callable[[str], None] | None,
         overrides: Callable[[Table], Table] = lambda table: table,
     ) -> None:
         """`overrides` applies command-line flags to every table read from the file.
@@ -76,7 +75,7 @@ class TableHolder:
         # Settings the file changed that only a restart applies (see _keep_fixed).
         self.restart_needed: list[str] = []
         self._log = log
-        self._metrics = metrics
+        self._counted = counted  # told each reload's result: loaded, unchanged, rejected
         self._lock = asyncio.Lock()
 
     def announce(self, reason: str = "start") -> None:
@@ -142,8 +141,8 @@ class TableHolder:
         return ReloadResult("loaded", table.digest, moves=summary)
 
     def _count(self, result: str) -> None:
-        if self._metrics is not None:
-            self._metrics.reloads.labels(result).inc()
+        if self._counted is not None:
+            self._counted(result)
 
     async def watch(self, interval: float = WATCH_INTERVAL_S) -> None:
         """Reload when the file changes: written in place, renamed over, or a symlink swapped.

@@ -6,13 +6,11 @@ YAML file keeping line numbers so that each problem reads `FILE:LINE: key.path: 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -22,7 +20,6 @@ from router.config.model import (
     MATCH_KEYS,
     NAME,
     RULE_KEYS,
-    STATES,
     USER_ID_KINDS,
     USER_ID_MODES,
     ConfigError,
@@ -40,8 +37,8 @@ from router.config.model import (
     default_of,
     yaml_keys,
 )
-from router.config.reader import Reader, fmt, join, kind, percent, show
-from router.http.client.interface import Origin
+from router.config.reader import fmt, join, kind, percent, show
+from router.config.versions import VersionsReader
 
 
 def load_table(path: str | Path) -> Table:
@@ -115,7 +112,7 @@ _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
 
-class _TableReader(Reader):
+class _TableReader(VersionsReader):
     """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
@@ -212,147 +209,6 @@ class _TableReader(Reader):
             outlier=outlier,
             timeout_s=timeout_s,
         )
-
-    def versions(
-        self, section: dict[Any, Any], path: str, timeout_s: float, line: int | None
-    ) -> dict[str, Version]:
-        path = f"{path}.versions"
-        if "versions" not in section:
-            self.problems.append(
-                Problem(line, path, "is missing; list the versions and their urls")
-            )
-            return {}
-        found = self.mapping(section, "versions", path, ())
-        if not found:
-            if found is not None:
-                self.fail(section, "versions", path, "is empty; list the versions and their urls")
-            return {}
-        versions: dict[str, Version] = {}
-        for name in found:
-            version = self.version(found, name, f"{path}.{name}", timeout_s)
-            if version is not None:
-                versions[version.name] = version
-        for name, version in versions.items():
-            if version.successor is not None:
-                self.version_ref(
-                    found[name], "successor", f"{path}.{name}", versions, what="a successor"
-                )
-                if version.successor == name:
-                    self.fail(
-                        found[name],
-                        "successor",
-                        f"{path}.{name}.successor",
-                        "cannot be the version itself",
-                    )
-        return versions
-
-    def version(
-        self, found: dict[Any, Any], name: Any, path: str, timeout_s: float
-    ) -> Version | None:
-        if not isinstance(name, str) or not NAME.match(name):
-            self.fail(found, name, path, "version names match [A-Za-z0-9][A-Za-z0-9._-]*")
-        section = self.mapping(found, name, path, _VERSION)
-        if section is None:
-            return None
-        url = self.url(section, path, yamlmarks.line_of(found, name))
-        state = self.choice(section, "state", path, STATES) or default_of(Version, "state")
-        successor = self.string(section, "successor", path)
-        sunset = self.sunset(section, path)
-        if sunset is not None and state == "active":
-            self.fail(
-                section,
-                "sunset",
-                f"{path}.sunset",
-                "only a deprecated or retired version has a sunset; add state: deprecated",
-            )
-        # A version with a bad url is still a version, so that references to it are not
-        # reported as missing; the model is refused for the url problem anyway.
-        parts = urlsplit(url or "")
-        return Version(
-            name=str(name),
-            url=url or "",
-            timeout_s=self.number(section, "timeout_s", path, timeout_s, positive=True),
-            state=state,  # type: ignore[arg-type]
-            sunset=sunset,
-            successor=successor,
-            health=self.health(section, path),
-            origin=Origin.of(parts),
-        )
-
-    def health(self, section: dict[Any, Any], path: str) -> HealthCheck | None:
-        where = f"{path}.health"
-        if "health" not in section:
-            return None
-        found = self.mapping(section, "health", where, _HEALTH)
-        if found is None:
-            return None
-        check_path = self.string(found, "path", where)
-        if check_path is None or not check_path.startswith("/"):
-            self.fail(found, "path", f"{where}.path", "is needed and starts with /, like /health")
-            return None
-        interval = default_of(HealthCheck, "interval_s")
-        return HealthCheck(
-            check_path, self.number(found, "interval_s", where, interval, positive=True)
-        )
-
-    def outlier(self, section: dict[Any, Any], path: str) -> Outlier:
-        where = f"{path}.outlier"
-        if "outlier" not in section:
-            return Outlier()
-        found = self.mapping(section, "outlier", where, _OUTLIER)
-        if found is None:
-            return Outlier()
-        defaults = Outlier()
-        failures = found.get("failures", defaults.failures)
-        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
-            message = f"must be a whole number, 1 or more, not {show(failures)}"
-            self.fail(found, "failures", f"{where}.failures", message)
-            failures = defaults.failures
-        cooloff = self.number(found, "cooloff_s", where, defaults.cooloff_s, positive=True)
-        return Outlier(failures, cooloff)
-
-    def url(self, section: dict[Any, Any], path: str, line: int | None) -> str | None:
-        if "url" not in section:
-            message = "is missing (for example url: http://127.0.0.1:9001)"
-            self.problems.append(Problem(line, f"{path}.url", message))
-            return None
-        text = self.string(section, "url", path)
-        if text is None:
-            return None
-        try:
-            parts = urlsplit(text)
-            parts.port  # noqa: B018 (raises ValueError on a bad port)
-        except ValueError as exc:
-            self.fail(section, "url", f"{path}.url", f"'{text}' is not a valid URL: {exc}")
-            return None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.fail(
-                section, "url", f"{path}.url", f"'{text}' must be http:// or https:// with a host"
-            )
-            return None
-        if parts.query or parts.fragment:
-            self.fail(section, "url", f"{path}.url", f"'{text}' must not carry a query or fragment")
-            return None
-        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-    def sunset(self, section: dict[Any, Any], path: str) -> dt.date | None:
-        if "sunset" not in section:
-            return None
-        value = section["sunset"]
-        if isinstance(value, dt.datetime):
-            return value.date()
-        if isinstance(value, dt.date):
-            return value
-        try:
-            return dt.date.fromisoformat(str(value))
-        except ValueError:
-            self.fail(
-                section,
-                "sunset",
-                f"{path}.sunset",
-                f"must be a date like 2027-03-31, not {show(value)}",
-            )
-            return None
 
     def split(
         self, section: dict[Any, Any], path: str, versions: dict[str, Version], line: int | None
@@ -464,37 +320,6 @@ class _TableReader(Reader):
         if version is None:
             return None
         return Rule(version=version, headers=tuple(headers), user_ids=user_ids)
-
-    def version_ref(
-        self,
-        parent: dict[Any, Any],
-        key: str,
-        path: str,
-        versions: dict[str, Version],
-        *,
-        what: str,
-    ) -> str | None:
-        """A version named by a key; it must exist and must not be retired."""
-        where = join(path, key)
-        if key not in parent:
-            self.fail(parent, None, where, "is missing; name a version")
-            return None
-        name = self.string(parent, key, path)
-        if name is None:
-            return None
-        version = versions.get(name)
-        if version is None:
-            self.fail(
-                parent,
-                key,
-                where,
-                f"no version '{name}'; versions: {', '.join(versions) or 'none'}",
-            )
-            return None
-        if version.state == "retired" and what != "a successor":
-            self.fail(parent, key, where, f"version '{name}' is retired and cannot be {what}")
-            return None
-        return name
 
     def user_id_sources(self, section: dict[Any, Any], path: str) -> tuple[UserIdSource, ...]:
         default: tuple[UserIdSource, ...] = default_of(Model, "user_id")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -96,27 +96,10 @@ async def active_checks(
 
     async def loop() -> None:
         while True:
-            now = time.monotonic()
-            table = tables()
-            for model in table.models.values():
-                for version in model.versions.values():
-                    if version.health is None:
-                        continue
-                    key = (model.name, version.name, version.url)
-                    if due.get(key, 0.0) > now:
-                        continue
-                    due[key] = now + version.health.interval_s
-                    task = asyncio.create_task(
-                        check(
-                            key,
-                            version.url + version.health.path,
-                            min(version.timeout_s, version.health.interval_s),
-                            model.outlier.failures,
-                            model.outlier.cooloff_s,
-                        )
-                    )
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+            for args in _due(tables(), due, time.monotonic()):
+                task = asyncio.create_task(check(*args))
+                running.add(task)
+                task.add_done_callback(running.discard)
             await asyncio.sleep(0.1)
 
     task = asyncio.create_task(loop())
@@ -127,3 +110,21 @@ async def active_checks(
         for t in list(running):
             t.cancel()
         await asyncio.gather(task, *running, return_exceptions=True)
+
+
+def _due(
+    table: Table, due: dict[Key, float], now: float
+) -> Iterator[tuple[Key, str, float, int, float]]:
+    """The checks whose time has come: key, url, timeout, failures, cool-off; each next
+    one is noted in `due`."""
+    for model in table.models.values():
+        for version in model.versions.values():
+            if version.health is None:
+                continue
+            key = (model.name, version.name, version.url)
+            if due.get(key, 0.0) > now:
+                continue
+            due[key] = now + version.health.interval_s
+            seconds = min(version.timeout_s, version.health.interval_s)
+            url = version.url + version.health.path
+            yield key, url, seconds, model.outlier.failures, model.outlier.cooloff_s

@@ -67,6 +67,9 @@ class Metrics:
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
+    def count_reload(self, result: str) -> None:
+        self.reloads.labels(result).inc()
+
     def observe(self, model: str | None, version: str | None, outcome: str, seconds: float) -> None:
         model, version = model or NONE, version or NONE
         counter = self._counters.get((model, version, outcome))
