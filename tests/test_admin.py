@@ -16,23 +16,24 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from router.app import Router
 from router.config.validate import load_table
+from tests.support.client import get_json
 from tests.support.echo import create_echo_app
+from tests.support.metrics import REQUESTS, Metrics, scrape
 from tests.support.running import (
     LOOPBACK,
     dead_url,
     requests_in,
     router_from_file,
-    serving,
+    serve,
     table_data,
 )
+from tests.support.tables import model
 from tests.support.waiting import poll
-
-REQUESTS = "model_router_requests", "model_router_requests_total"  # family, sample
 
 
 def write_table(tmp_path: Path, models: dict[str, Any], **server: Any) -> Path:
@@ -52,43 +53,11 @@ async def started(
         yield router, config
 
 
-def two_versions(backends: dict[str, str], **model: Any) -> dict[str, Any]:
-    """Model `m` on the two echo backends, all users on v1 unless `model` says otherwise."""
-    versions = {"v1": {"url": backends["v1"]}, "v2": {"url": backends["v2"]}}
-    return {"m": {"versions": versions, "split": {"v1": 100, "v2": 0}, **model}}
-
-
-async def get_json(
-    client: aiohttp.ClientSession, url: str, **kwargs: Any
-) -> tuple[int, dict[str, Any]]:
-    async with client.get(url, **kwargs) as resp:
-        return resp.status, await resp.json()
-
-
-class Metrics:
-    """One scrape of /metrics, parsed by prometheus-client."""
-
-    def __init__(self, text: str) -> None:
-        self.families = {f.name: f for f in text_string_to_metric_families(text)}
-
-    def samples(self, family: str, name: str | None = None) -> list[Any]:
-        return [s for s in self.families[family].samples if s.name == (name or family)]
-
-    def value(self, family: str, name: str | None = None, **labels: str) -> float | None:
-        """The value of the one sample with these labels (others ignored), or None."""
-        found = [
-            s.value
-            for s in self.samples(family, name)
-            if all(s.labels.get(k) == v for k, v in labels.items())
-        ]
-        assert len(found) <= 1, found
-        return found[0] if found else None
-
-
-async def scrape(client: aiohttp.ClientSession, admin_url: str) -> Metrics:
-    async with client.get(f"{admin_url}/metrics") as resp:
-        assert resp.status == 200
-        return Metrics(await resp.text())
+def two_versions(
+    backends: dict[str, str], split: dict[str, float] | None = None, **settings: Any
+) -> dict[str, Any]:
+    """Model `m` on the two echo backends, all users on v1 unless `split` says otherwise."""
+    return model(backends, split or {"v1": 100, "v2": 0}, **settings)
 
 
 async def upstream_up(
@@ -287,7 +256,7 @@ class HangUp:
 
 
 async def test_a_failing_version_is_skipped_for_the_fallback_then_probed_back(
-    backends: dict[str, str], tmp_path: Path
+    backends: dict[str, str], tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> None:
     url = dead_url()
     port = URL(url).port
@@ -320,17 +289,17 @@ async def test_a_failing_version_is_skipped_for_the_fallback_then_probed_back(
             assert await down_list(client, router.admin_url) == ["m/v1"]
 
             await failing.close()
-            async with serving(create_echo_app("v1"), port):
-                # After the cool-off one probe goes to v1; it succeeds, so v1 is up again.
-                probes = iter(range(1000))
+            await serve(aiohttp_server, create_echo_app("v1"), port)
+            # After the cool-off one probe goes to v1; it succeeds, so v1 is up again.
+            probes = iter(range(1000))
 
-                async def back() -> bool | None:
-                    return True if await ask(f"probe-{next(probes)}") == "v1" else None
+            async def back() -> bool | None:
+                return True if await ask(f"probe-{next(probes)}") == "v1" else None
 
-                await poll(back, 3.0, "v1 answering again after the cool-off")
-                assert await upstream_up(client, router.admin_url, "m", "v1") == 1
-                assert await down_list(client, router.admin_url) == []
-                assert await ask("recovered") == "v1"
+            await poll(back, 3.0, "v1 answering again after the cool-off")
+            assert await upstream_up(client, router.admin_url, "m", "v1") == 1
+            assert await down_list(client, router.admin_url) == []
+            assert await ask("recovered") == "v1"
     finally:
         await failing.close()
     records = {r["request_id"]: r for r in requests_in(tmp_path / "routing.jsonl")}

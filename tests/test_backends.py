@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from backends.app import VERSION_HEADER, create_app
 from backends.model import VERSIONS, Classifier, sample_rows, train
 
 FIRST_ROW = sample_rows(1)[0][0]
+
+Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture(scope="module")
@@ -24,48 +25,25 @@ def models() -> dict[str, Classifier]:
     return {version: train(version) for version in VERSIONS}
 
 
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on a free loopback port and yield its base URL."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 @pytest.fixture(params=VERSIONS)
 async def backend(
-    request: pytest.FixtureRequest, models: dict[str, Classifier]
-) -> AsyncIterator[tuple[str, str]]:
-    """(version, base URL) for each version in turn."""
+    request: pytest.FixtureRequest, models: dict[str, Classifier], aiohttp_client: AiohttpClient
+) -> tuple[str, Client]:
+    """(version, a client of that version's backend served on loopback) for each in turn."""
     version: str = request.param
-    async with serving(create_app(version, models[version])) as url:
-        yield version, url
+    return version, await aiohttp_client(create_app(version, models[version]))
 
 
-async def post_predict(
-    session: aiohttp.ClientSession, url: str, features: Any
-) -> tuple[int, dict[str, Any], str | None]:
-    async with session.post(f"{url}/predict", json={"features": features}) as response:
+async def post_predict(client: Client, features: Any) -> tuple[int, dict[str, Any], str | None]:
+    async with client.post("/predict", json={"features": features}) as response:
         return response.status, await response.json(), response.headers.get(VERSION_HEADER)
 
 
 async def test_v1_answers_only_a_prediction(
-    models: dict[str, Classifier], session: aiohttp.ClientSession
+    models: dict[str, Classifier], aiohttp_client: AiohttpClient
 ) -> None:
-    async with serving(create_app("v1", models["v1"])) as url:
-        status, body, version = await post_predict(session, url, FIRST_ROW)
+    client = await aiohttp_client(create_app("v1", models["v1"]))
+    status, body, version = await post_predict(client, FIRST_ROW)
     assert status == 200
     assert version == "v1"
     assert set(body) == {"prediction"}
@@ -74,10 +52,10 @@ async def test_v1_answers_only_a_prediction(
 
 
 async def test_v2_adds_a_probability(
-    models: dict[str, Classifier], session: aiohttp.ClientSession
+    models: dict[str, Classifier], aiohttp_client: AiohttpClient
 ) -> None:
-    async with serving(create_app("v2", models["v2"])) as url:
-        status, body, version = await post_predict(session, url, FIRST_ROW)
+    client = await aiohttp_client(create_app("v2", models["v2"]))
+    status, body, version = await post_predict(client, FIRST_ROW)
     assert status == 200
     assert version == "v2"
     assert set(body) == {"prediction", "probability"}
@@ -89,14 +67,10 @@ async def test_v2_adds_a_probability(
     assert (body["probability"] >= 0.5) == (body["prediction"] == 1)
 
 
-async def test_predictions_agree_with_the_true_labels(
-    backend: tuple[str, str], session: aiohttp.ClientSession
-) -> None:
-    _version, url = backend
+async def test_predictions_agree_with_the_true_labels(backend: tuple[str, Client]) -> None:
+    _version, client = backend
     rows = sample_rows(50)
-    answers = await asyncio.gather(
-        *(post_predict(session, url, features) for features, _label in rows)
-    )
+    answers = await asyncio.gather(*(post_predict(client, features) for features, _label in rows))
     assert all(status == 200 for status, _body, _header in answers)
     correct = sum(
         body["prediction"] == label
@@ -135,11 +109,11 @@ async def test_predictions_agree_with_the_true_labels(
     ],
 )
 async def test_malformed_bodies_get_400(
-    backend: tuple[str, str], session: aiohttp.ClientSession, body: bytes, expected: str
+    backend: tuple[str, Client], body: bytes, expected: str
 ) -> None:
-    version, url = backend
+    version, client = backend
     headers = {"Content-Type": "application/json"}
-    async with session.post(f"{url}/predict", data=body, headers=headers) as response:
+    async with client.post("/predict", data=body, headers=headers) as response:
         assert response.status == 400
         assert response.headers[VERSION_HEADER] == version
         answer = await response.json()
@@ -148,19 +122,17 @@ async def test_malformed_bodies_get_400(
     assert expected in answer["error"]["message"]
 
 
-async def test_health(backend: tuple[str, str], session: aiohttp.ClientSession) -> None:
-    version, url = backend
-    async with session.get(f"{url}/health") as response:
+async def test_health(backend: tuple[str, Client]) -> None:
+    version, client = backend
+    async with client.get("/health") as response:
         assert response.status == 200
         assert response.headers[VERSION_HEADER] == version
         assert await response.json() == {"status": "ok", "version": version}
 
 
-async def test_unknown_paths_carry_the_version_header(
-    backend: tuple[str, str], session: aiohttp.ClientSession
-) -> None:
-    version, url = backend
-    async with session.get(f"{url}/nowhere") as response:
+async def test_unknown_paths_carry_the_version_header(backend: tuple[str, Client]) -> None:
+    version, client = backend
+    async with client.get("/nowhere") as response:
         assert response.status == 404
         assert response.headers[VERSION_HEADER] == version
 

@@ -7,7 +7,6 @@ wait on the child goes through a thread (`RouterProcess.wait`) and never blocks 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import signal
 import socket
@@ -23,31 +22,15 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from yarl import URL
+from aiohttp.test_utils import TestServer
 
 from tests.support.running import LOOPBACK, read_log, requests_in, router_process, table_data
+from tests.support.sockets import ANSWER_TIMEOUT_S, address, connect, send_raw
+from tests.support.tables import one_model
+from tests.support.waiting import forwarded, poll
 
-# Longest wait for any answer on a raw socket: a router that hangs fails, never stalls the suite.
-ANSWER_TIMEOUT_S = 5.0
 CRLF = b"\r\n"
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
-
-
-def one_model(backends: dict[str, str]) -> dict[str, Any]:
-    """One model `m`, wholly on the v1 backend."""
-    return {"m": {"versions": {"v1": {"url": backends["v1"]}}, "split": {"v1": 100}}}
-
-
-async def connect(url: str) -> None:
-    """Open and close one TCP connection to the router's public port."""
-    target = URL(url)
-    assert target.host is not None
-    assert target.port is not None
-    _, writer = await asyncio.wait_for(
-        asyncio.open_connection(target.host, target.port), ANSWER_TIMEOUT_S
-    )
-    writer.close()
-    await writer.wait_closed()
 
 
 # --- signals and drain ---
@@ -55,7 +38,10 @@ async def connect(url: str) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_lets_the_request_in_flight_finish(
-    backends: dict[str, str], tmp_path: Path, signum: signal.Signals
+    backends: dict[str, str],
+    backend_servers: dict[str, TestServer],
+    tmp_path: Path,
+    signum: signal.Signals,
 ) -> None:
     async with router_process(one_model(backends), tmp_path) as proc:
         async with aiohttp.ClientSession() as client:
@@ -65,12 +51,20 @@ async def test_signal_lets_the_request_in_flight_finish(
                     return resp.status, await resp.json()
 
             in_flight = asyncio.create_task(slow())
-            await asyncio.sleep(0.3)
+            await forwarded(backend_servers["v1"].app, "/slow?s=1")
             proc.signal(signum)
-            await asyncio.sleep(0.2)
+
+            async def refused() -> bool | None:
+                try:
+                    await connect(proc.url)
+                except ConnectionRefusedError:
+                    return True
+                except ConnectionResetError:
+                    pass  # in the listen queue as the listener closed: not refused yet
+                return None
+
             # Shutdown has begun: the listener is closed while the request still runs.
-            with pytest.raises(ConnectionRefusedError):
-                await connect(proc.url)
+            await poll(refused, 0.5, "the listener closed after the signal")
             assert not in_flight.done()
             status, body = await in_flight
         assert status == 200
@@ -89,7 +83,11 @@ async def test_signal_lets_the_request_in_flight_finish(
 
 
 async def cut_off_by_drain(
-    tmp_path: Path, backends: dict[str, str], drain_s: float, slow_s: float
+    tmp_path: Path,
+    backend_servers: dict[str, TestServer],
+    backends: dict[str, str],
+    drain_s: float,
+    slow_s: float,
 ) -> tuple[float, int | BaseException, dict[str, Any]]:
     """SIGTERM while /slow?s=slow_s runs, with `drain_s` well below it.
 
@@ -107,7 +105,7 @@ async def cut_off_by_drain(
                 return resp.status
 
         in_flight = asyncio.create_task(slow())
-        await asyncio.sleep(0.3)
+        await forwarded(backend_servers["v1"].app, f"/slow?s={slow_s:g}")
         signalled = time.monotonic()
         proc.signal(signal.SIGTERM)
         assert await proc.wait(timeout=10) == 0
@@ -124,22 +122,30 @@ async def cut_off_by_drain(
     return exited_after, seen, record
 
 
-async def test_drain_time_bounds_shutdown(backends: dict[str, str], tmp_path: Path) -> None:
-    exited_after, seen, record = await cut_off_by_drain(tmp_path, backends, 0.5, slow_s=5)
+async def test_drain_time_bounds_shutdown(
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
+) -> None:
+    exited_after, seen, record = await cut_off_by_drain(
+        tmp_path, backend_servers, backends, 0.5, slow_s=5
+    )
     assert exited_after < 3.0
     assert seen != 200  # cut off: a broken connection or an error status, never a 200
     assert (record["path"], record["model"]) == ("/models/m/slow", "m")
     assert record["outcome"] != "ok"
 
 
-async def test_drain_lasts_no_longer_than_drain_s(backends: dict[str, str], tmp_path: Path) -> None:
+async def test_drain_lasts_no_longer_than_drain_s(
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
+) -> None:
     """Contract 6: requests in flight finish "for up to drain_s", then the process exits.
 
     Exiting with nothing in flight takes about 0.1 s; drain_s + 2 s is a generous bound
     on a loaded machine, and far below the 10 s the request would take.
     """
     drain_s = 1.5
-    exited_after, _, record = await cut_off_by_drain(tmp_path, backends, drain_s, slow_s=10)
+    exited_after, _, record = await cut_off_by_drain(
+        tmp_path, backend_servers, backends, drain_s, slow_s=10
+    )
     assert exited_after < drain_s + 2
     assert record["latency_ms"] < (0.3 + drain_s + 2) * 1000
 
@@ -149,6 +155,7 @@ async def test_sigterm_under_load_loses_no_record(backends: dict[str, str], tmp_
     requests). Every request the router took is answered and has exactly one record; the
     clients then see refused connections; the process exits 0."""
     answered: list[int] = []
+    clients_answered: set[int] = set()
     refused = 0
 
     async def client(proc_url: str, i: int, stop: asyncio.Event) -> None:
@@ -160,19 +167,27 @@ async def test_sigterm_under_load_loses_no_record(backends: dict[str, str], tmp_
                     async with session.get(f"{proc_url}/models/m{path}") as resp:
                         await resp.read()
                         answered.append(resp.status)
+                        clients_answered.add(i)
                 except aiohttp.ClientConnectorError:
                     refused += 1
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # a retry's back-off, not a wait for a state
                 except aiohttp.ServerDisconnectedError:
                     pass  # an idle keep-alive connection closed by the drain: never taken
 
     async with router_process(one_model(backends), tmp_path, drain_s=5) as proc:
         stop = asyncio.Event()
         clients = [asyncio.create_task(client(proc.url, i, stop)) for i in range(16)]
-        await asyncio.sleep(1.0)
+
+        async def all_sending() -> bool | None:
+            return True if len(clients_answered) == len(clients) else None
+
+        async def all_refused() -> bool | None:
+            return True if refused > 0 else None
+
+        await poll(all_sending, 5.0, "every client answered at least once")
         proc.signal(signal.SIGTERM)
         assert await proc.wait() == 0
-        await asyncio.sleep(0.2)
+        await poll(all_refused, 5.0, "a client refused after the exit")
         stop.set()
         await asyncio.gather(*clients)
     records = requests_in(tmp_path / "routing.jsonl")
@@ -184,7 +199,7 @@ async def test_sigterm_under_load_loses_no_record(backends: dict[str, str], tmp_
 
 
 async def test_pipelined_requests_behind_a_cut_off_one_get_503_without_forwarding(
-    backends: dict[str, str], tmp_path: Path
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
 ) -> None:
     """SIGTERM while a slow request runs with four more pipelined behind it, and drain_s
     well below the slow one: it is cut off with 503 `shutting_down`, and the ones behind it
@@ -197,14 +212,11 @@ async def test_pipelined_requests_behind_a_cut_off_one_get_503_without_forwardin
         for target, rid in zip(targets, ids, strict=True)
     )
     async with router_process(one_model(backends), tmp_path, drain_s=0.5) as proc:
-        target = URL(proc.url)
-        assert target.host is not None
-        assert target.port is not None
-        reader, writer = await asyncio.open_connection(target.host, target.port)
+        reader, writer = await asyncio.open_connection(*address(proc.url))
         try:
             writer.write(burst)
             await writer.drain()
-            await asyncio.sleep(0.3)  # the slow request is with the backend by then
+            await forwarded(backend_servers["v1"].app, "/slow?s=10")
             proc.signal(signal.SIGTERM)
             async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 answers = await reader.read()
@@ -263,40 +275,6 @@ JUNK = [
 ]
 
 
-async def send_raw(url: str, *parts: bytes, pause: float = 0.3) -> bytes:
-    """Send `parts` on a new connection, `pause` s apart; all that comes back until it closes.
-
-    A reset (the router closing on unread input) ends the answer like a close does. A
-    router that neither answers nor closes within ANSWER_TIMEOUT_S fails the test.
-    """
-    target = URL(url)
-    assert target.host is not None
-    assert target.port is not None
-    reader, writer = await asyncio.open_connection(target.host, target.port)
-    received = bytearray()
-    try:
-        with contextlib.suppress(ConnectionError):
-            for i, part in enumerate(parts):
-                if i:
-                    await asyncio.sleep(pause)
-                writer.write(part)
-                await writer.drain()
-        try:
-            async with asyncio.timeout(ANSWER_TIMEOUT_S):
-                with contextlib.suppress(ConnectionError):
-                    while chunk := await reader.read(65536):
-                        received += chunk
-        except TimeoutError:
-            pytest.fail(
-                f"no answer and no close within {ANSWER_TIMEOUT_S:g} s; got {bytes(received)!r}"
-            )
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-    return bytes(received)
-
-
 def status_of(answer: bytes) -> int | None:
     """The status of a raw answer, None when the router closed without one."""
     found = STATUS_LINE.match(answer)
@@ -347,14 +325,19 @@ async def test_malformed_requests_are_refused_and_the_router_keeps_serving(
 
 
 async def test_invalid_chunk_after_the_headers_is_refused(
-    backends: dict[str, str], tmp_path: Path
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
 ) -> None:
     """The body turns bad after the handler has started streaming it to the backend: the
     parser fails the body's stream, and the proxy answers 400 `bad_body` at once (without
     waiting for `server.body_timeout_s`, set long here)."""
     head = _request("/models/m/echo", "Transfer-Encoding: chunked").replace(b"GET", b"POST", 1)
     async with router_process(one_model(backends), tmp_path, body_timeout_s=60) as proc:
-        answer = await send_raw(proc.url, head, b"5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n")
+        answer = await send_raw(
+            proc.url,
+            head + b"5\r\nhello\r\n",
+            b"zz\r\nxx\r\n0\r\n\r\n",
+            between=lambda: forwarded(backend_servers["v1"].app, "/echo"),
+        )
         status = status_of(answer)
         assert status == 400, answer
         assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "bad_body"

@@ -15,12 +15,7 @@ from yarl import URL
 
 from router.routing.choose import bucket
 from tests.support.running import router_running
-
-
-def model(backends: dict[str, str], split: dict[str, float], **settings: Any) -> dict[str, Any]:
-    """A routing-table `models` section: model `m` over the two echo backends."""
-    versions = {name: {"url": url} for name, url in backends.items()}
-    return {"m": {"versions": versions, "split": split, **settings}}
+from tests.support.tables import model
 
 
 async def get_echo(

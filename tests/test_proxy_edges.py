@@ -12,24 +12,9 @@ import mmh3
 import orjson
 
 from tests.support.running import dead_url, router_running
-
-
-def one_model(backends: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {"m": {"versions": {"v1": {"url": backends["v1"]}}, "split": {"v1": 100}, **extra}}
-
-
-async def exchange(url: str, data: bytes, *, wait: float = 5.0) -> bytes:
-    """Send raw bytes on a new connection; everything that comes back until it closes."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(data)
-        await writer.drain()
-        async with asyncio.timeout(wait):
-            return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
+from tests.support.sockets import address, exchange
+from tests.support.tables import one_model
+from tests.support.waiting import log_record
 
 
 def body_of(answer: bytes) -> Any:
@@ -83,8 +68,7 @@ async def test_expect_100_continue_only_for_a_body_the_router_takes(
     )
     async with router_running(one_model(backends), tmp_path, max_body_mb=1) as r:
         too_big = await exchange(r.url, f"{head}Content-Length: {2 << 20}\r\n\r\n".encode())
-        host, port = r.url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(*address(r.url))
         writer.write(f"{head}Content-Length: 5\r\n\r\n".encode())
         async with asyncio.timeout(5):
             interim = await reader.readuntil(b"\r\n\r\n")
@@ -122,7 +106,7 @@ async def test_a_client_that_hangs_up_stops_the_wait_on_the_backend(
                     pass
             except TimeoutError:
                 pass
-        await asyncio.sleep(0.5)
+        await log_record(r.log_path, lambda record: record["event"] == "request")
     (record,) = r.records()
     assert (record["status"], record["outcome"]) == (499, "client_closed")
     assert record["latency_ms"] < 2000  # not the 3 s the backend would have taken

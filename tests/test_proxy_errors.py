@@ -13,33 +13,18 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from tests.support.echo import SEEN, create_echo_app
-from tests.support.errors import contract_error
-from tests.support.running import dead_url, router_running, serving
+from tests.support.echo import SEEN
+from tests.support.errors import router_error
+from tests.support.running import dead_url, router_running
+from tests.support.tables import model, one_model
 
 MIB = 1024 * 1024
-
-
-def model(backends: dict[str, str], split: dict[str, float], **settings: Any) -> dict[str, Any]:
-    """A routing-table `models` section: model `m` over the two echo backends."""
-    versions = {name: {"url": url} for name, url in backends.items()}
-    return {"m": {"versions": versions, "split": split, **settings}}
-
-
-async def router_error(resp: aiohttp.ClientResponse, status: int, code: str) -> str:
-    """Check the contract's error shape; return the message."""
-    body = await resp.json()
-    assert resp.status == status, body
-    assert resp.content_type == "application/json"
-    error = contract_error(body, code)
-    assert error["request_id"] == resp.headers["X-Request-ID"]
-    return error["message"]
 
 
 # --- choosing ---
@@ -161,18 +146,17 @@ async def test_missing_user_id_is_400_when_the_model_rejects(
         "/models/m/a/../../x?q=1",
     ],
 )
-async def test_dot_segments_are_400_bad_path_and_never_forwarded(tmp_path: Path, path: str) -> None:
-    v1 = create_echo_app("v1")
-    async with serving(v1) as url:
-        models = {"m": {"versions": {"v1": {"url": url}}, "split": {"v1": 100}}}
-        async with (
-            router_running(models, tmp_path) as r,
-            aiohttp.ClientSession() as client,
-            # encoded=True: send the path as written; the client would resolve `..` itself
-            client.get(URL(r.url + path, encoded=True), headers={"X-User-ID": "u"}) as resp,
-        ):
-            await router_error(resp, 400, "bad_path")
-    assert v1[SEEN] == []
+async def test_dot_segments_are_400_bad_path_and_never_forwarded(
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path, path: str
+) -> None:
+    async with (
+        router_running(one_model(backends), tmp_path) as r,
+        aiohttp.ClientSession() as client,
+        # encoded=True: send the path as written; the client would resolve `..` itself
+        client.get(URL(r.url + path, encoded=True), headers={"X-User-ID": "u"}) as resp,
+    ):
+        await router_error(resp, 400, "bad_path")
+    assert backend_servers["v1"].app[SEEN] == []
     (record,) = r.records()
     assert (record["status"], record["outcome"]) == (400, "rejected")
     assert record["path"] == path.partition("?")[0]
@@ -324,22 +308,19 @@ async def test_stall_after_the_headers_truncates_the_answer(
 
 
 async def test_body_over_the_limit_with_content_length_is_413(
-    backends: dict[str, str], tmp_path: Path
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
 ) -> None:
-    v1 = create_echo_app("v1")
-    async with serving(v1) as url:
-        models = {"m": {"versions": {"v1": {"url": url}}, "split": {"v1": 100}}}
-        # drain_s: on stop the router may spend up to min(drain_s, 2 s) in the lingering
-        # read of the body it never took, though nothing is in flight; kept short here.
-        async with (
-            router_running(models, tmp_path, max_body_mb=1, drain_s=0.2) as r,
-            aiohttp.ClientSession() as client,
-            # a BytesIO has a size: aiohttp sends it with a Content-Length
-            client.post(f"{r.url}/models/m/upload", data=io.BytesIO(b"x" * (2 * MIB))) as resp,
-        ):
-            assert resp.request_info.headers["Content-Length"] == str(2 * MIB)
-            await router_error(resp, 413, "body_too_large")
-    assert v1[SEEN] == []
+    # drain_s: on stop the router may spend up to min(drain_s, 2 s) in the lingering
+    # read of the body it never took, though nothing is in flight; kept short here.
+    async with (
+        router_running(one_model(backends), tmp_path, max_body_mb=1, drain_s=0.2) as r,
+        aiohttp.ClientSession() as client,
+        # a BytesIO has a size: aiohttp sends it with a Content-Length
+        client.post(f"{r.url}/models/m/upload", data=io.BytesIO(b"x" * (2 * MIB))) as resp,
+    ):
+        assert resp.request_info.headers["Content-Length"] == str(2 * MIB)
+        await router_error(resp, 413, "body_too_large")
+    assert backend_servers["v1"].app[SEEN] == []
     (record,) = r.records()
     assert (record["status"], record["outcome"]) == (413, "rejected")
 

@@ -19,6 +19,7 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
+from tests.support import tables
 from tests.support.echo import GZIP_BODY, GZIP_PLAIN
 from tests.support.running import router_running
 
@@ -29,8 +30,7 @@ HTTP_DATE = re.compile(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d
 
 def model(backends: dict[str, str], **settings: Any) -> dict[str, Any]:
     """Model `m` over the two echo backends; everyone goes to v1 unless pinned."""
-    versions = {name: {"url": url} for name, url in backends.items()}
-    return {"m": {"versions": versions, "split": {"v1": 100, "v2": 0}, **settings}}
+    return tables.model(backends, {"v1": 100, "v2": 0}, **settings)
 
 
 def received(echo: dict[str, Any]) -> CIMultiDict[str]:

@@ -5,7 +5,6 @@ Records are read back, parsed, once the router has stopped (its log is flushed o
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 from pathlib import Path
@@ -16,7 +15,10 @@ import orjson
 import pytest
 from yarl import URL
 
+from tests.support import tables
+from tests.support.errors import router_error
 from tests.support.running import dead_url, read_log, router_running
+from tests.support.waiting import log_record
 
 FIELDS = {
     "event", "ts", "request_id", "model", "version", "assigned_version", "assigned_by", "bucket",
@@ -27,8 +29,7 @@ RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00
 
 def model(backends: dict[str, str], **settings: Any) -> dict[str, Any]:
     """Model `m` over the two echo backends, split 50/50."""
-    versions = {name: {"url": url} for name, url in backends.items()}
-    return {"m": {"versions": versions, "split": {"v1": 50, "v2": 50}, **settings}}
+    return tables.model(backends, {"v1": 50, "v2": 50}, **settings)
 
 
 def utc_time(ts: str) -> dt.datetime:
@@ -36,16 +37,6 @@ def utc_time(ts: str) -> dt.datetime:
     parsed = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
     assert parsed.utcoffset() == dt.timedelta(0)
     return parsed
-
-
-async def router_error(resp: aiohttp.ClientResponse, status: int, code: str) -> None:
-    """The contract's error shape, with the code expected."""
-    body = await resp.json()
-    assert resp.status == status, body
-    assert list(body) == ["error"]
-    assert set(body["error"]) == {"code", "message", "request_id"}
-    assert body["error"]["code"] == code
-    assert body["error"]["request_id"] == resp.headers["X-Request-ID"]
 
 
 UNSAID = "(not said)"  # the contract does not say whether a bad path's record names the model
@@ -299,6 +290,7 @@ async def test_client_gone_before_the_answer_is_499_client_closed(
             with pytest.raises(TimeoutError):
                 async with client.get(f"{r.url}/models/m/slow?s=1") as resp:
                     await resp.read()
-        await asyncio.sleep(1.5)  # the backend answers after 1 s, to nobody
+        # The backend answers after 1 s, to nobody: the record need not wait for it.
+        await log_record(r.log_path, lambda record: record["event"] == "request")
     (record,) = r.records()
     assert (record["status"], record["outcome"]) == (499, "client_closed")

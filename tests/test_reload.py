@@ -23,19 +23,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from router.cli import main
 from router.config.validate import load_table
-from tests.support.echo import SEEN, create_echo_app
-from tests.support.running import (
-    LOOPBACK,
-    RouterProcess,
-    read_log,
-    requests_in,
-    router_from_file,
-    serving,
-)
-from tests.support.waiting import poll
+from tests.support.client import get_json
+from tests.support.running import LOOPBACK, RouterProcess, read_log, requests_in, router_from_file
+from tests.support.waiting import forwarded, log_record, poll
 
 USERS = [f"user-{i}" for i in range(40)]  # under 50/50, all on one side has odds 2**-40
 IN_FORCE_WITHIN_S = 2.0  # the watcher polls every 0.5 s and waits for the file to settle
@@ -75,28 +69,9 @@ def write_unseen(path: Path, text: str) -> None:
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-async def log_record(
-    log_path: Path, wanted: Callable[[dict[str, Any]], bool], within: float = 3.0
-) -> dict[str, Any]:
-    """The first record in the log that `wanted` accepts, waiting for the writer thread."""
-
-    async def probe() -> dict[str, Any] | None:
-        records = await asyncio.to_thread(read_log, log_path)
-        return next((r for r in records if wanted(r)), None)
-
-    return await poll(probe, within, f"a matching record in {log_path}")
-
-
 def reloaded(record: dict[str, Any]) -> bool:
     """A `config_loaded` from a reload (the one at start-up has no `previous`)."""
     return record["event"] == "config_loaded" and "previous" in record
-
-
-async def get_json(
-    client: aiohttp.ClientSession, url: str, **kwargs: Any
-) -> tuple[int, dict[str, Any]]:
-    async with client.get(url, **kwargs) as resp:
-        return resp.status, await resp.json()
 
 
 async def post_reload(client: aiohttp.ClientSession, admin_url: str) -> tuple[int, dict[str, Any]]:
@@ -293,33 +268,28 @@ async def test_post_admin_reload_loads_reports_unchanged_and_refuses(
     assert events[2]["error"] == problems
 
 
-async def test_a_request_in_flight_finishes_on_the_table_it_started_with(tmp_path: Path) -> None:
-    v1_app = create_echo_app("v1")
-    async with serving(v1_app) as v1, serving(create_echo_app("v2")) as v2:
-        log_path = tmp_path / "routing.jsonl"
-        backends = {"v1": v1, "v2": v2}
-        config = plain_file(tmp_path, table_text(log_path, backends, {"v1": 100, "v2": 0}))
-        old = load_table(config).digest
-        async with router_from_file(config) as router, aiohttp.ClientSession() as client:
-            headers = {"X-User-ID": "alice", "X-Request-ID": "in-flight"}
-            in_flight = asyncio.create_task(
-                get_json(client, f"{router.url}/models/m/slow?s=1", headers=headers)
-            )
+async def test_a_request_in_flight_finishes_on_the_table_it_started_with(
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
+) -> None:
+    log_path = tmp_path / "routing.jsonl"
+    config = plain_file(tmp_path, table_text(log_path, backends, {"v1": 100, "v2": 0}))
+    old = load_table(config).digest
+    async with router_from_file(config) as router, aiohttp.ClientSession() as client:
+        headers = {"X-User-ID": "alice", "X-Request-ID": "in-flight"}
+        in_flight = asyncio.create_task(
+            get_json(client, f"{router.url}/models/m/slow?s=1", headers=headers)
+        )
+        await forwarded(backend_servers["v1"].app, "/slow?s=1", within=2.0)
+        write_unseen(config, table_text(log_path, backends, {"v1": 0, "v2": 100}))
+        new = load_table(config).digest
+        status, body = await post_reload(client, router.admin_url)
+        assert (status, body["result"], body["config"]) == (200, "loaded", new)
+        assert not in_flight.done()
 
-            async def reached_v1() -> bool | None:
-                return True if "/slow?s=1" in v1_app[SEEN] else None
-
-            await poll(reached_v1, 2.0, "the slow request reaching v1")
-            write_unseen(config, table_text(log_path, backends, {"v1": 0, "v2": 100}))
-            new = load_table(config).digest
-            status, body = await post_reload(client, router.admin_url)
-            assert (status, body["result"], body["config"]) == (200, "loaded", new)
-            assert not in_flight.done()
-
-            headers = {"X-User-ID": "alice", "X-Request-ID": "after"}
-            status, after = await get_json(client, f"{router.url}/models/m/echo", headers=headers)
-            assert (status, after["version"]) == (200, "v2")
-            assert await in_flight == (200, {"version": "v1", "slept": True})
+        headers = {"X-User-ID": "alice", "X-Request-ID": "after"}
+        status, after = await get_json(client, f"{router.url}/models/m/echo", headers=headers)
+        assert (status, after["version"]) == (200, "v2")
+        assert await in_flight == (200, {"version": "v1", "slept": True})
     records = {r["request_id"]: r for r in requests_in(log_path)}
     assert (records["in-flight"]["version"], records["in-flight"]["config"]) == ("v1", old)
     assert (records["after"]["version"], records["after"]["config"]) == ("v2", new)
@@ -352,10 +322,19 @@ async def test_reloads_under_steady_load_lose_no_request(
                 except aiohttp.ClientError as exc:
                     outcomes.append(type(exc).__name__)
 
+        async def more_answered(n: int) -> None:
+            """Wait until the workers have had `n` more answers (or client errors)."""
+            wanted = len(outcomes) + n
+
+            async def probe() -> bool | None:
+                return True if len(outcomes) >= wanted else None
+
+            await poll(probe, 3.0, f"{n} more requests answered")
+
         workers = [asyncio.create_task(worker(n)) for n in range(8)]
         try:
-            for k in range(8):  # eight reloads in three seconds
-                await asyncio.sleep(3 / 8)
+            for k in range(8):  # eight reloads, each after 20 more requests: over 100 in all
+                await more_answered(20)
                 write_unseen(config, tables[(k + 1) % 2])
                 digests.add(load_table(config).digest)
                 status, body = await post_reload(client, router.admin_url)

@@ -23,13 +23,15 @@ from typing import Any
 
 import orjson
 import pytest
+from pytest_aiohttp import AiohttpServer
 
-from router.http import server
+from router.http.limits import ServerLimits
 from tests.support.echo import SEEN, create_echo_app
 from tests.support.errors import contract_error
-from tests.support.running import RunningRouter, router_running, serving
+from tests.support.running import RunningRouter, router_running, serve
+from tests.support.sockets import exchange
+from tests.support.tables import one_model
 from tests.support.waiting import poll
-from tests.test_proxy_edges import exchange, one_model
 
 WAIT = 5.0  # seconds for any one read: generous, and a hang fails rather than blocks
 MIB = 1 << 20
@@ -631,12 +633,11 @@ async def test_an_expectation_in_http10_is_ignored(
 # --- regressions: framing, trailers, versions, limits, closes ---
 
 
-@asynccontextmanager
-async def watched_backend(name: str = "v1") -> AsyncIterator[tuple[str, list[str]]]:
-    """An echo backend; yields its URL and the raw target of every request it received."""
-    app = create_echo_app(name)
-    async with serving(app) as url:
-        yield url, app[SEEN]
+@pytest.fixture
+async def watched(aiohttp_server: AiohttpServer) -> tuple[str, list[str]]:
+    """An echo backend: its URL, and the raw target of every request it received."""
+    app = create_echo_app("v1")
+    return await serve(aiohttp_server, app), app[SEEN]
 
 
 def on(url: str) -> dict[str, Any]:
@@ -669,12 +670,12 @@ CHUNKED_HELLO = b"5\r\nhello\r\n0\r\n\r\n"
     ],
 )
 async def test_a_transfer_coding_other_than_chunked_is_refused_before_the_backend(
-    tmp_path: Path, codings: list[bytes], status: int, code: str
+    tmp_path: Path, codings: list[bytes], status: int, code: str, watched: tuple[str, list[str]]
 ) -> None:
+    url, seen = watched
     lines = b"".join(b"Transfer-Encoding: " + c + b"\r\n" for c in codings)
     request = b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n" + CHUNKED_HELLO
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path, drain_s=0.2) as r,
         connected(r) as conn,
     ):
@@ -688,10 +689,12 @@ async def test_a_transfer_coding_other_than_chunked_is_refused_before_the_backen
     assert record["request_id"] == request_id
 
 
-async def test_transfer_encoding_chunked_alone_still_reaches_the_backend(tmp_path: Path) -> None:
+async def test_transfer_encoding_chunked_alone_still_reaches_the_backend(
+    tmp_path: Path, watched: tuple[str, list[str]]
+) -> None:
+    url, seen = watched
     request = b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path) as r,
         connected(r) as conn,
     ):
@@ -751,11 +754,11 @@ async def test_chunked_trailer_fields_never_become_request_headers(
     ],
 )
 async def test_bytes_after_a_request_that_closes_the_connection_are_ignored(
-    tmp_path: Path, burst: bytes
+    tmp_path: Path, burst: bytes, watched: tuple[str, list[str]]
 ) -> None:
     """RFC 9112 9.6: a server that sent `close` MUST NOT process further requests."""
+    url, seen = watched
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path) as r,
         connected(r) as conn,
     ):
@@ -814,7 +817,7 @@ async def test_a_pipelined_upgrade_request_is_answered_plainly_then_the_connecti
     ],
 )
 async def test_an_upgrade_request_with_a_body_is_never_cut_short(
-    tmp_path: Path, framing: bytes
+    tmp_path: Path, framing: bytes, watched: tuple[str, list[str]]
 ) -> None:
     """router/server.py: with no protocol switch, an Upgrade request "is answered as a plain
     one and the connection closes after it" (RFC 9110 7.8 lets a server ignore Upgrade).
@@ -822,12 +825,12 @@ async def test_an_upgrade_request_with_a_body_is_never_cut_short(
     either still forward the body whole or refuse the request (400, before the backend);
     never answer 499 to a client that is still there, nor forward the request with its
     body silently dropped."""
+    url, seen = watched
     request = (
         b"POST /models/m/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
         b"Upgrade: websocket\r\n" + framing
     )
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path, drain_s=0.2) as r,
         connected(r) as conn,
     ):
@@ -914,9 +917,11 @@ async def test_exactly_1000_header_lines_are_served(tmp_path: Path) -> None:
     assert [rec["status"] for rec in r.records()] == [200]
 
 
-async def test_an_http2_request_line_is_505_unsupported_version(tmp_path: Path) -> None:
+async def test_an_http2_request_line_is_505_unsupported_version(
+    tmp_path: Path, watched: tuple[str, list[str]]
+) -> None:
+    url, seen = watched
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path) as r,
         connected(r) as conn,
     ):
@@ -945,12 +950,14 @@ async def test_a_fragment_in_the_target_is_not_forwarded(
     assert (record["path"], record["status"]) == ("/models/m/echo", 200)
 
 
-async def test_a_bad_chunk_in_a_streamed_body_reads_as_malformed_body(tmp_path: Path) -> None:
+async def test_a_bad_chunk_in_a_streamed_body_reads_as_malformed_body(
+    tmp_path: Path, watched: tuple[str, list[str]]
+) -> None:
     """The body is already on its way to the backend when its framing breaks: the client
     is told what is wrong with its body, not how the router's client failed."""
+    url, seen = watched
     head = b"POST /models/m/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path) as r,
         connected(r) as conn,
     ):
@@ -1035,10 +1042,12 @@ async def test_a_whole_answer_the_client_stops_reading_is_logged_once_as_499(
 # --- framing the parser would take, refused; lines that never end ---
 
 
-async def test_an_http10_request_with_transfer_encoding_is_400(tmp_path: Path) -> None:
+async def test_an_http10_request_with_transfer_encoding_is_400(
+    tmp_path: Path, watched: tuple[str, list[str]]
+) -> None:
     """RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing."""
+    url, seen = watched
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path) as r,
         connected(r) as conn,
     ):
@@ -1053,11 +1062,13 @@ async def test_an_http10_request_with_transfer_encoding_is_400(tmp_path: Path) -
     assert (record["status"], record["outcome"]) == (400, "rejected")
 
 
-async def test_a_header_line_that_never_ends_is_refused_not_held(tmp_path: Path) -> None:
+async def test_a_header_line_that_never_ends_is_refused_not_held(
+    tmp_path: Path, watched: tuple[str, list[str]]
+) -> None:
     """httptools holds a header line until it ends: the router counts what went into an
     unfinished head and refuses it past 64 KiB, rather than holding an endless line."""
+    url, seen = watched
     async with (
-        watched_backend() as (url, seen),
         router_running(on(url), tmp_path) as r,
         connected(r) as (reader, writer),
     ):
@@ -1077,9 +1088,11 @@ async def test_a_header_line_that_never_ends_is_refused_not_held(tmp_path: Path)
     assert (record["status"], record["outcome"]) == (400, "rejected")
 
 
-async def test_a_trailer_that_never_ends_fails_the_body(tmp_path: Path) -> None:
+async def test_a_trailer_that_never_ends_fails_the_body(
+    tmp_path: Path, watched: tuple[str, list[str]]
+) -> None:
+    url, _ = watched
     async with (
-        watched_backend() as (url, _),
         router_running(on(url), tmp_path) as r,
         connected(r) as (reader, writer),
     ):
@@ -1101,14 +1114,14 @@ async def test_a_trailer_that_never_ends_fails_the_body(tmp_path: Path) -> None:
 
 
 async def test_a_client_that_reads_nothing_is_cut_off_after_the_send_timeout(
-    backends: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backends: dict[str, str], tmp_path: Path
 ) -> None:
-    """nginx's send_timeout: a client that takes nothing of its answer for SEND_S (60 s,
+    """nginx's send_timeout: a client that takes nothing of its answer for `send_s` (60 s,
     shortened to 0.5 s here) is cut off, and the request is logged 499. The client's
     small buffers make the router's write wait on it (see the test above)."""
-    monkeypatch.setattr(server, "SEND_S", 0.5)
     loop = asyncio.get_running_loop()
-    async with router_running(one_model(backends), tmp_path) as r:
+    limits = ServerLimits(send_s=0.5)
+    async with router_running(one_model(backends), tmp_path, limits=limits) as r:
         sock = slow_reader()
         try:
             async with asyncio.timeout(WAIT):

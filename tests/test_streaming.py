@@ -23,6 +23,7 @@ import psutil  # type: ignore[import-untyped]  # types-psutil is not a dev depen
 import pytest
 
 from tests.support.running import RouterProcess, requests_in, router_process
+from tests.support.tables import one_model
 
 pytestmark = pytest.mark.slow
 
@@ -72,11 +73,6 @@ async def watched(pid: int, mib: int) -> AsyncIterator[Transfer]:
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
     transfer.peak_rss = max(transfer.peak_rss, process.memory_info().rss)
-
-
-def one_model(backends: dict[str, str]) -> dict[str, Any]:
-    """One model `m`, wholly on the v1 backend."""
-    return {"m": {"versions": {"v1": {"url": backends["v1"]}}, "split": {"v1": 100}}}
 
 
 async def stopped(proc: RouterProcess) -> list[dict[str, Any]]:

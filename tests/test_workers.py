@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.metrics import REQUESTS, scrape
 from tests.support.running import read_log, requests_in, router_process
+from tests.support.tables import model
 from tests.support.waiting import poll
 
 N = 2
 
 
-def one_model(backends: dict[str, str]) -> dict[str, Any]:
-    return {"m": {"versions": {"v1": {"url": backends["v1"]}, "v2": {"url": backends["v2"]}},
-                  "split": {"v1": 50, "v2": 50}}}  # fmt: skip
+def two_versions(backends: dict[str, str]) -> dict[str, Any]:
+    """Model `m` over the two echo backends, split 50/50."""
+    return model(backends, {"v1": 50, "v2": 50})
 
 
 async def send(client: aiohttp.ClientSession, url: str, n: int) -> None:
@@ -32,24 +33,14 @@ async def send(client: aiohttp.ClientSession, url: str, n: int) -> None:
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def requests_total(text: str) -> float:
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "model_router_requests"
-        for sample in family.samples
-        if sample.name == "model_router_requests_total"
-    )
-
-
 async def test_workers_share_the_port_and_the_log(backends: dict[str, str], tmp_path: Path) -> None:
     async with (
-        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        router_process(two_versions(backends), tmp_path, "--workers", str(N)) as proc,
         aiohttp.ClientSession() as client,
     ):
         await send(client, proc.url, 200)
-        async with client.get(f"{proc.admin_url}/metrics") as resp:
-            assert requests_total(await resp.text()) == 200  # aggregated over the workers
+        metrics = await scrape(client, proc.admin_url)
+        assert sum(s.value for s in metrics.samples(*REQUESTS)) == 200  # over the workers
         async with client.get(f"{proc.admin_url}/readyz") as resp:
             assert resp.status == 200
         proc.signal(signal.SIGTERM)
@@ -66,7 +57,7 @@ async def test_reload_and_signals_reach_every_worker(
     backends: dict[str, str], tmp_path: Path
 ) -> None:
     async with (
-        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        router_process(two_versions(backends), tmp_path, "--workers", str(N)) as proc,
         aiohttp.ClientSession() as client,
     ):
         config = tmp_path / "routes.yaml"
@@ -93,7 +84,7 @@ async def test_reload_and_signals_reach_every_worker(
 
 async def test_a_dead_worker_is_replaced(backends: dict[str, str], tmp_path: Path) -> None:
     async with (
-        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        router_process(two_versions(backends), tmp_path, "--workers", str(N)) as proc,
         aiohttp.ClientSession() as client,
     ):
 
@@ -123,7 +114,7 @@ async def test_the_admin_view_follows_a_file_change(
 ) -> None:
     """The supervisor watches the file too: /admin/config shows what the workers route by."""
     async with (
-        router_process(one_model(backends), tmp_path, "--workers", str(N)) as proc,
+        router_process(two_versions(backends), tmp_path, "--workers", str(N)) as proc,
         aiohttp.ClientSession() as client,
     ):
         async with client.get(f"{proc.admin_url}/admin/config") as resp:

@@ -18,25 +18,29 @@ from typing import IO, Any
 import orjson
 import yaml
 from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from router.app import Router
 from router.config.validate import load_table, parse_table
+from router.http.limits import ServerLimits
 
 LOOPBACK = "127.0.0.1"
 
 
-@asynccontextmanager
-async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
-    """Run `app` on a loopback port (a free one unless given); yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, port)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+# How a test backend runs: no access log; on stop, a second for handlers still running.
+BACKEND_RUNNER: dict[str, Any] = {"access_log": None, "shutdown_timeout": 1}
+
+
+async def serve(aiohttp_server: AiohttpServer, app: web.Application, port: int = 0) -> str:
+    """Run `app` on a loopback port (a free one unless given) through pytest-aiohttp's
+    `aiohttp_server` fixture, which stops it when the test ends; returns its base URL."""
+    return base_url(await aiohttp_server(app, host=LOOPBACK, port=port, **BACKEND_RUNNER))
+
+
+def base_url(server: TestServer) -> str:
+    """`http://host:port` of a started test server."""
+    return f"http://{server.host}:{server.port}"
 
 
 def dead_url() -> str:
@@ -81,15 +85,20 @@ class RunningRouter:
 
 @asynccontextmanager
 async def router_running(
-    models: dict[str, Any], tmp_path: Path, log: dict[str, Any] | None = None, **server: Any
+    models: dict[str, Any],
+    tmp_path: Path,
+    log: dict[str, Any] | None = None,
+    limits: ServerLimits | None = None,
+    **server: Any,
 ) -> AsyncIterator[RunningRouter]:
     """The real router, in this process, on a free port, logging to tmp_path.
 
     `log` adds keys to the table's `log` section (`{"user_ids": "raw"}`); `server` to its
-    `server` section.
+    `server` section; `limits` are the public port's (nginx's defaults if not given).
     """
     log_path = tmp_path / "routing.jsonl"
-    router = Router(parse_table(table_data(models, log_path, log, **server)), "test")
+    table = parse_table(table_data(models, log_path, log, **server))
+    router = Router(table, "test", limits=limits)
     await router.start()
     try:
         yield RunningRouter(router, log_path)
