@@ -125,12 +125,18 @@ class RouterProcess:
     """`model-router serve` as a real child process, on free ports."""
 
     def __init__(
-        self, config: Path, log_path: Path, *extra: str, capture_stdout: bool = False
+        self,
+        config: Path,
+        log_path: Path,
+        *extra: str,
+        capture_stdout: bool = False,
+        launcher: tuple[str, ...] = (sys.executable, "-m", "router"),
     ) -> None:
-        """`capture_stdout`: pipe the child's stdout into `.stdout` (for `--log -`)."""
+        """`capture_stdout`: pipe the child's stdout into `.stdout` (for `--log -`);
+        `launcher`: the command line before `serve`."""
         self.log_path = log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--config", str(config),
+            [*launcher, "serve", "--config", str(config),
              "--listen", f"{LOOPBACK}:0", "--admin-listen", f"{LOOPBACK}:0",
              "--log", str(log_path), *extra],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},

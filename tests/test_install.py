@@ -1,0 +1,112 @@
+"""A lean install: `serve` and `check` need only the core dependencies, `report` names its
+extra, and pyproject.toml declares exactly what router/ imports. (A fresh `pip install .`
+in a new venv is measured in the README; these tests run in the suite's venv with the
+extras' modules made unimportable.)"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.support.running import LOOPBACK, RouterProcess, table_data
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRAS_MODULES = ("duckdb", "numpy", "scipy", "sklearn", "uvloop", "pandas")
+# Python code that makes the extras unimportable, then runs the command line.
+WITHOUT_EXTRAS = (
+    "import sys\n"
+    f"for name in {EXTRAS_MODULES!r}:\n"
+    "    sys.modules[name] = None\n"
+    "from router.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+# Import names of the core distributions, where they differ.
+DISTRIBUTION = {"yaml": "PyYAML", "prometheus_client": "prometheus-client"}
+
+
+def cli_without_extras(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_works_without_the_extras() -> None:
+    done = cli_without_extras("check", "config/routes.yaml")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cancer: v1 90%, v2 10%")
+
+
+def test_report_without_its_extra_says_which_to_install(tmp_path: Path) -> None:
+    log = tmp_path / "routing.jsonl"
+    log.write_text("")
+    done = cli_without_extras("report", str(log))
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert "pip install 'model-router[report]'" in line
+
+
+async def test_serve_works_without_the_extras(backends: dict[str, str], tmp_path: Path) -> None:
+    log_path = tmp_path / "routing.jsonl"
+    config = tmp_path / "routes.yaml"
+    models = {"m": {"versions": {"v1": {"url": backends["v1"]}}, "split": {"v1": 100}}}
+    config.write_text(yaml.safe_dump(table_data(models, log_path)))
+    launcher = (sys.executable, "-c", WITHOUT_EXTRAS)
+    proc = await asyncio.to_thread(RouterProcess, config, log_path, launcher=launcher)
+    try:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{proc.url}/models/m/echo", headers={"X-User-ID": "u"}) as resp,
+        ):
+            assert resp.status == 200
+            assert resp.headers["X-Model-Version"] == "v1"
+        proc.signal()
+        assert await proc.wait() == 0
+    finally:
+        proc.stop()
+    assert LOOPBACK in proc.url
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level modules that router/ (but its report) imports, other than its own and
+    the standard library's; imports inside `try` (optional ones) left out."""
+    found: set[str] = set()
+    for path in (ROOT / "router").rglob("*.py"):
+        if "report" in path.relative_to(ROOT / "router").parts:
+            continue
+        tree = ast.parse(path.read_text())
+        optional = {
+            id(node) for t in ast.walk(tree) if isinstance(t, ast.Try) for node in ast.walk(t)
+        }
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+    return {name for name in found if name not in sys.stdlib_module_names} - {"router"}
+
+
+def test_the_core_dependencies_are_what_router_imports() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    declared = {
+        dep.split(">")[0].split("=")[0].split(";")[0].strip().lower()
+        for dep in project["dependencies"]
+    }
+    imported = {DISTRIBUTION.get(name, name).lower() for name in _third_party_imports()}
+    assert imported == declared
+    # The example backends are not installed as a package of their own.
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["router*"]
