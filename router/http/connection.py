@@ -32,6 +32,11 @@ from router.http.response import reason_phrase
 _log = logging.getLogger("model-router")
 
 
+# The phases as module names: an Enum member looked up on its class costs 60 ns on 3.11,
+# and a connection asks for one several times a request.
+_OPEN, _DRAINING, _ENDING, _LINGERING, _CLOSED = Phase
+
+
 class Server(Protocol):
     """What a connection needs of the server that accepted it (`server.Server`)."""
 
@@ -51,7 +56,7 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.limits = server.limits
-        self.phase = Phase.DRAINING if server.stopping else Phase.OPEN
+        self.phase = _DRAINING if server.stopping else _OPEN
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.reader = RequestParser(self, self.limits)
@@ -63,7 +68,7 @@ class Connection(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self.phase is Phase.CLOSED
+        return self.phase is _CLOSED
 
     def _move(self, to: Phase) -> None:
         self.phase = advance(self.phase, to)
@@ -82,7 +87,7 @@ class Connection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.phase >= Phase.ENDING:
+        if self.phase >= _ENDING:
             return  # read and dropped
         try:
             self.reader.feed(data)
@@ -99,7 +104,7 @@ class Connection(asyncio.Protocol):
             self._bad_body(str(exc))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._move(Phase.CLOSED)
+        self._move(_CLOSED)
         self.server.connections.discard(self)
         gone = ConnectionResetError("the client closed the connection")
         self.reader.end_body(gone)
@@ -121,7 +126,7 @@ class Connection(asyncio.Protocol):
     # --- what the parser hands over (`parser.Incoming`) ---
 
     def taking(self) -> bool:
-        return self.phase < Phase.DRAINING  # shutting down: a request not yet begun is not
+        return self.phase < _DRAINING  # shutting down: a request not yet begun is not
 
     def received(self, request: Request) -> None:
         if self.current is None:
@@ -162,7 +167,7 @@ class Connection(asyncio.Protocol):
         request = self.current
         if request is None or not request.keep_alive or not request.content.complete:
             return False  # the client asked, or the rest of its body was never read
-        if self.phase >= Phase.DRAINING:
+        if self.phase >= _DRAINING:
             return bool(self.waiting) or self.refusal is not None  # more answers follow
         return True
 
@@ -183,7 +188,7 @@ class Connection(asyncio.Protocol):
         elif self.refusal is not None:
             self._refuse(self.refusal)
             return
-        elif self.phase >= Phase.DRAINING:
+        elif self.phase >= _DRAINING:
             self.close()
             return
         else:
@@ -193,7 +198,7 @@ class Connection(asyncio.Protocol):
     def _close_after(self, request: Request | None) -> None:
         """Close; if the client may still be sending a body, read and drop it for a while
         first (lingering close), so that it reads its answer rather than a reset."""
-        if request is not None and request.content.complete and self.phase < Phase.ENDING:
+        if request is not None and request.content.complete and self.phase < _ENDING:
             self.close()
             return
         assert self.transport is not None
@@ -204,12 +209,12 @@ class Connection(asyncio.Protocol):
         except OSError:  # the client is already gone
             self.close()
             return
-        self._move(Phase.LINGERING)
+        self._move(_LINGERING)
         self.loop.call_later(self.limits.linger_s, self.close)
 
     def _stop_parsing(self) -> None:
         """No more requests are taken; what comes is read and dropped."""
-        self._move(Phase.ENDING)
+        self._move(_ENDING)
         if self.flow is not None:
             self.flow.release_all()
 
@@ -294,7 +299,7 @@ class Connection(asyncio.Protocol):
 
     def body_flow(self, pause: bool) -> None:
         if self.flow is not None:
-            self.flow.hold(Pause.BODY_UNREAD, pause and self.phase < Phase.ENDING)
+            self.flow.hold(Pause.BODY_UNREAD, pause and self.phase < _ENDING)
 
     def _flow(self) -> None:
         """Read from the client unless a body waits unread, the body of a request not yet
@@ -302,7 +307,7 @@ class Connection(asyncio.Protocol):
         behind a few bodiless requests is what lets a client's hang-up be seen (uvloop
         reports neither end nor reset while reading is paused)."""
         flow = self.flow
-        if flow is None or self.phase >= Phase.ENDING:
+        if flow is None or self.phase >= _ENDING:
             return  # what comes is dropped: never held back
         flow.hold(Pause.PIPELINE, len(self.waiting) >= self.limits.pipeline_depth)
         parsing = self.reader.parsing
@@ -314,7 +319,7 @@ class Connection(asyncio.Protocol):
         received but not started are logged as the router's doing (503). A client that
         does not take what is left within `send_s` is cut off."""
         if self.transport is not None and not self.closed:
-            self._move(Phase.CLOSED)
+            self._move(_CLOSED)
             self._drop_unstarted(by_router=True)
             self.transport.close()
             if self.transport.get_write_buffer_size():
@@ -324,13 +329,13 @@ class Connection(asyncio.Protocol):
         """The end of the shutdown: drop the connection at once, written or not."""
         if self.transport is not None:
             if not self.closed:
-                self._move(Phase.CLOSED)
+                self._move(_CLOSED)
                 self._drop_unstarted(by_router=True)
             self.transport.abort()
 
     def drain(self) -> None:
         """The server stops accepting: take no new request; close now if idle."""
-        self._move(Phase.DRAINING)
+        self._move(_DRAINING)
         if self.idle:
             self.close()
 

@@ -42,7 +42,7 @@ _SHUTTING_DOWN = "the router is shutting down and its drain time (server.drain_s
 
 
 class _Unreachable(Exception):
-    """The version could not be reached; the request may go to the fallback."""
+    """The version gave no answer; the request may go to the fallback."""
 
     def __init__(self, error: RouterError, outcome: Outcome) -> None:
         super().__init__(error.message)
@@ -242,20 +242,32 @@ class Proxy:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
             return Response(CLIENT_CLOSED)
         except UpstreamError as exc:
-            self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
-            if isinstance(exc, ConnectTimeout):
-                raise _Unreachable(upstream_timeout(version), "timeout") from exc
-            if isinstance(exc, ResponseTimeout):
-                ex.upstream_ms, ex.outcome = ms_since(sent), "timeout"
-                raise upstream_timeout(version) from exc
-            what = "could not be reached" if isinstance(exc, ConnectFailed) else "failed"
-            message = f"version '{version.name}' of model '{model.name}' {what}: {exc}"
-            raise _Unreachable(RouterError("upstream_unavailable", message), "unavailable") from exc
+            raise self._failure(exc, model, version, sent, ex) from exc
         self.health.success(key)
         try:
             return await relay(request, model, version, upstream, sent, ex)
         finally:
             upstream.release()
+
+    def _failure(
+        self, exc: UpstreamError, model: Model, version: Version, sent: float, ex: Exchange
+    ) -> Exception:
+        """What a failed exchange means (docs/behaviour.md has the table): it counts against
+        the version; the request may go to the fallback (`_Unreachable`) or gets its error."""
+        key = (model.name, version.name, version.url)
+        self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
+        match exc:
+            case ConnectTimeout():
+                return _Unreachable(upstream_timeout(version), "timeout")
+            case ResponseTimeout():  # it has the request and may have acted on it
+                ex.upstream_ms, ex.outcome = ms_since(sent), "timeout"
+                return upstream_timeout(version)
+            case ConnectFailed():
+                what = "could not be reached"
+            case _:  # BadResponse
+                what = "gave no answer that can be passed on"
+        message = f"version '{version.name}' of model '{model.name}' {what}: {exc}"
+        return _Unreachable(RouterError("upstream_unavailable", message), "unavailable")
 
     # --- the router's own answers ---
 

@@ -6,7 +6,7 @@ version, the common case, and aiohttp (`aio.py`) for streamed uploads, HEAD and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Iterable
 
 import aiohttp
 
@@ -42,7 +42,7 @@ class Client:
         self.pool = pool or Pool()
         self._aio = AioTransport(session)
 
-    async def send(
+    def send(
         self,
         origin: Origin,
         method: str,
@@ -50,16 +50,18 @@ class Client:
         headers: Iterable[tuple[str, str]],
         body: bytes | AsyncIterable[bytes] | None,
         timeout_s: float,
-    ) -> UpstreamResponse:
+    ) -> Awaitable[UpstreamResponse]:
         """Send a request to `origin` + `target`; returns once the answer's head is in.
 
         Raises one of the `UpstreamError`s; an error raised by a streamed `body` comes
         through as it was raised. The answer must start within `timeout_s` of the request
-        (of its last piece, for a streamed body).
+        (of its last piece, for a streamed body). Returns the chosen transport's coroutine
+        itself (no coroutine of its own on the hot path).
         """
-        if origin.scheme == "http" and method != "HEAD" and not isinstance(body, AsyncIterable):
-            return await self.pool.send(origin, method, target, headers, body, timeout_s)
-        return await self._aio.send(origin, method, target, headers, body, timeout_s)
+        lean = origin.scheme == "http" and method != "HEAD"
+        if lean and (body is None or isinstance(body, bytes)):
+            return self.pool.send(origin, method, target, headers, body, timeout_s)
+        return self._aio.send(origin, method, target, headers, body, timeout_s)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -28,7 +28,8 @@ from router.http.flow import FlowControl, Pause
 
 
 class _Unanswered(BadResponse):
-    """Closed before any byte of an answer: on a reused connection, the request goes again."""
+    """Closed before the answer's head was in; when no byte of it came (`received` False)
+    on a reused connection, the request goes again on a new one."""
 
     def __init__(self, message: str, *, received: bool) -> None:
         super().__init__(message)
