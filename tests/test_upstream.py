@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -49,7 +50,7 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 
 def origin(url: str) -> Origin:
-    return Origin("http", LOOPBACK, int(url.rsplit(":", 1)[1]), "")
+    return Origin.of(urlsplit(url))
 
 
 def table(url: str) -> dict[str, Any]:

@@ -120,7 +120,9 @@ class Version:
     health: HealthCheck | None = None
     # The url taken apart once, for the upstream client; derived from `url`, so left out
     # of comparisons.
-    origin: Origin = field(default=Origin("http", "", 80, ""), compare=False, metadata=DERIVED)
+    origin: Origin = field(
+        default=Origin("http", "", 80, "", "", ":80"), compare=False, metadata=DERIVED
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ class BadBody(Exception):
 class Body:
     """Chunks fed by a connection's protocol, read by a task at its own pace."""
 
-    __slots__ = ("_chunks", "_done", "_error", "_flow", "_loop", "_size", "_waiter")
+    __slots__ = ("_chunks", "_done", "_error", "_flow", "_held", "_loop", "_size", "_waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, flow: Callable[[bool], None]) -> None:
         self._loop = loop
@@ -31,13 +31,15 @@ class Body:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._flow = flow  # flow(True) pauses reading from the connection, flow(False) resumes
+        self._held = False  # it asked for a pause and has not yet let go
 
     # --- fed by the connection ---
 
     def feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._size += len(chunk)
-        if self._size > HIGH_WATER:
+        if self._size > HIGH_WATER and not self._held:
+            self._held = True
             self._flow(True)
         self._wake()
 
@@ -120,5 +122,6 @@ class Body:
 
     def _taken(self, size: int) -> None:
         self._size -= size
-        if self._size <= HIGH_WATER // 2:
+        if self._held and self._size <= HIGH_WATER // 2:
+            self._held = False
             self._flow(False)

@@ -60,6 +60,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.reader = RequestParser(self, self.limits)
+        self.reader.taking = self.phase < _DRAINING  # accepted just as the shutdown began
         self.remote: str | None = None
         self.current: Request | None = None  # being handled
         self.waiting: deque[Request] = deque()  # received, behind it (pipelining)
@@ -72,6 +73,7 @@ class Connection(asyncio.Protocol):
 
     def _move(self, to: Phase) -> None:
         self.phase = advance(self.phase, to)
+        self.reader.taking = self.phase < _DRAINING  # shutting down: no request is begun
 
     # --- asyncio.Protocol ---
 
@@ -125,9 +127,6 @@ class Connection(asyncio.Protocol):
 
     # --- what the parser hands over (`parser.Incoming`) ---
 
-    def taking(self) -> bool:
-        return self.phase < _DRAINING  # shutting down: a request not yet begun is not
-
     def received(self, request: Request) -> None:
         if self.current is None:
             self._start(request)
@@ -149,7 +148,7 @@ class Connection(asyncio.Protocol):
         request.started = True  # from here the handler logs the request, whatever happens
         try:
             response = await self.server.hooks.handle(request)
-            if self.current is request and not self.closed:  # left unfinished by the handler
+            if self.current is request and self.phase is not _CLOSED:  # left unfinished
                 if not response.prepared:
                     await response.prepare(request)
                 await response.write_eof()
@@ -176,13 +175,11 @@ class Connection(asyncio.Protocol):
         request, refuse what could not be parsed, wait for more, or close."""
         request = self.current
         self.current = None
-        if self.closed:
+        if self.phase is _CLOSED:
             return
         if close or request is None:
             self._close_after(request)
             return
-        assert self.flow is not None
-        self.flow.hold(Pause.BODY_UNREAD, False)  # that body's reader is gone, read or not
         if self.waiting:
             self._start(self.waiting.popleft())
         elif self.refusal is not None:
@@ -193,7 +190,7 @@ class Connection(asyncio.Protocol):
             return
         else:
             self.idle_since = self.loop.time()
-        self._flow()
+        self._flow(Pause.BODY_UNREAD)  # that body's reader is gone, read or not
 
     def _close_after(self, request: Request | None) -> None:
         """Close; if the client may still be sending a body, read and drop it for a while
@@ -275,7 +272,7 @@ class Connection(asyncio.Protocol):
     async def write(self, data: bytes) -> None:
         """Write, then wait while the client is behind in reading; a client that reads
         nothing for `send_s` is cut off (nginx's `send_timeout`)."""
-        if self.closed or self.transport is None or self.flow is None:
+        if self.phase is _CLOSED or self.transport is None or self.flow is None:
             raise ConnectionResetError("the client closed the connection")
         if self.current is not None:
             self.current.responded = True
@@ -301,7 +298,7 @@ class Connection(asyncio.Protocol):
         if self.flow is not None:
             self.flow.hold(Pause.BODY_UNREAD, pause and self.phase < _ENDING)
 
-    def _flow(self) -> None:
+    def _flow(self, release: int = 0) -> None:
         """Read from the client unless a body waits unread, the body of a request not yet
         being handled is arriving, or `pipeline_depth` requests wait their turn. Reading on
         behind a few bodiless requests is what lets a client's hang-up be seen (uvloop
@@ -309,10 +306,11 @@ class Connection(asyncio.Protocol):
         flow = self.flow
         if flow is None or self.phase >= _ENDING:
             return  # what comes is dropped: never held back
-        flow.hold(Pause.PIPELINE, len(self.waiting) >= self.limits.pipeline_depth)
+        reasons = Pause.PIPELINE if len(self.waiting) >= self.limits.pipeline_depth else 0
         parsing = self.reader.parsing
-        ahead = parsing is not None and parsing is not self.current
-        flow.hold(Pause.BODY_AHEAD, ahead)
+        if parsing is not None and parsing is not self.current:
+            reasons |= Pause.BODY_AHEAD
+        flow.update(Pause.PIPELINE | Pause.BODY_AHEAD | release, reasons)
 
     def close(self) -> None:
         """Close after what is already written; nothing more is read or written. Requests

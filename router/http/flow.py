@@ -31,7 +31,11 @@ class FlowControl:
 
     def hold(self, reason: int, on: bool) -> None:
         """Add (`on`) or drop one `Pause` reason, and pause or resume reading to match."""
-        reasons = self._reasons | reason if on else self._reasons & ~reason
+        self.update(reason, reason if on else 0)
+
+    def update(self, mask: int, reasons: int) -> None:
+        """Set the reasons under `mask` to `reasons` (several at once, one call)."""
+        reasons |= self._reasons & ~mask
         if reasons == self._reasons:
             return  # the common case on the hot path: nothing changes
         self._reasons = reasons
@@ -45,7 +49,7 @@ class FlowControl:
 
     def release_all(self) -> None:
         """Read whatever comes from now on (a connection that only drops what it reads)."""
-        self.hold(self._reasons, False)
+        self.update(self._reasons, 0)
 
     # --- writing: called by the protocol's pause_writing / resume_writing ---
 

@@ -19,10 +19,6 @@ from router.http.request import Channel, Request
 class Incoming(Channel, Protocol):
     """The connection, as the parser sees it: the channel of its requests."""
 
-    def taking(self) -> bool:
-        """False once no new request may begin (the server is shutting down)."""
-        ...
-
     def received(self, request: Request) -> None:
         """A request's head is in; its body follows."""
         ...
@@ -52,6 +48,7 @@ class RequestParser:
         self.limits = limits
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: Request | None = None  # whose body is arriving
+        self.taking = True  # False once no new request may begin (a shutdown)
         self.last_keep_alive = True  # whether the last request let the connection go on
         self._url: list[bytes] = []
         self._headers: CIMultiDict[str] = CIMultiDict()
@@ -86,7 +83,7 @@ class RequestParser:
     # --- llhttp's callbacks ---
 
     def on_message_begin(self) -> None:
-        if not self.incoming.taking():
+        if not self.taking:
             raise Stop
         self._url = []
         self._headers = CIMultiDict()

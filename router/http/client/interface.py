@@ -23,18 +23,19 @@ class Origin:
     host: str
     port: int
     base: str  # the url's path, before every forwarded one; no trailing slash
+    prefix: str  # the url as written, less a trailing slash: what a target is appended to
+    authority: str  # host:port, as the Host header gives it
 
     @classmethod
     def of(cls, parts: SplitResult) -> Origin:
+        host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, parts.hostname or "", port, parts.path.rstrip("/"))
-
-    @property
-    def authority(self) -> str:
-        return host_port(self.host, self.port)
+        base = parts.path.rstrip("/")
+        prefix = f"{parts.scheme}://{parts.netloc}{base}"
+        return cls(parts.scheme, host, port, base, prefix, host_port(host, port))
 
     def url(self, target: str) -> str:
-        return f"{self.scheme}://{self.authority}{self.base}{target}"
+        return self.prefix + target
 
 
 def connect_timeout(timeout_s: float) -> float:
