@@ -618,7 +618,7 @@ def lines_of(r: Requests, fb: Feedback, events: I64, t: Tables) -> tuple[bytes, 
 
 def config_events(specs: Sequence[ModelSpec], switch_ms: int) -> tuple[list[str], list[bytes]]:
     """The digests of the two tables, and their `config_loaded` lines (the second one with
-    the moves of the ramp and the digest it replaced, as `router.table` logs a reload)."""
+    the moves of the ramp and the digest it replaced, as `router.config.holder` logs a reload)."""
     digests = []
     for phase in (0, 1):
         settings = {m.name: {"salt": m.salt, "split": m.split(phase)} for m in specs}

@@ -97,7 +97,7 @@ class Router:
             health.active_checks(lambda: tables.current, proxy.health, session)
         )
         await stack.enter_async_context(watching(tables))
-        # The public port: the proxy's own HTTP/1.1 server (router/server.py).
+        # The public port: the router's own HTTP/1.1 server (router/http/).
         hooks = Hooks(proxy.handle, proxy.refused, proxy.dropped, error_body)
         public = self.server = Server(hooks, self.limits)
         address = server.listen

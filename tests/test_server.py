@@ -1,4 +1,4 @@
-"""The public port's HTTP/1.1 server (router/server.py), black-box over raw sockets.
+"""The public port's HTTP/1.1 server (router/http/), black-box over raw sockets.
 
 Each test talks bytes to the real router on 127.0.0.1 and reads the answers with a small,
 strict HTTP/1.1 reader of its own (RFC 9112 6.3: how a message's body length is known), so
@@ -540,7 +540,7 @@ async def test_an_early_413_is_read_whole_while_the_body_is_still_coming(
 ) -> None:
     """The 413 goes out before the body (whose Content-Length is over max_body_mb) and says
     `Connection: close`; the client that keeps sending its body for a moment still reads the
-    whole answer and then the close, not a reset: the lingering close router/server.py
+    whole answer and then the close, not a reset: the lingering close router/http/connection.py
     describes (RFC 9112 9.6)."""
     size = 4 * MIB
     head = get("/models/m/upload", f"Content-Length: {size}", method="POST")
@@ -819,7 +819,7 @@ async def test_a_pipelined_upgrade_request_is_answered_plainly_then_the_connecti
 async def test_an_upgrade_request_with_a_body_is_never_cut_short(
     tmp_path: Path, framing: bytes, watched: tuple[str, list[str]]
 ) -> None:
-    """router/server.py: with no protocol switch, an Upgrade request "is answered as a plain
+    """connection.py: with no protocol switch, an Upgrade request "is answered as a plain
     one and the connection closes after it" (RFC 9110 7.8 lets a server ignore Upgrade).
     httptools skips the body of any request it sees as an upgrade, so the router must
     either still forward the body whole or refuse the request (400, before the backend);
@@ -1003,7 +1003,7 @@ def address_of(r: RunningRouter) -> tuple[str, int]:
 async def test_a_whole_answer_the_client_stops_reading_is_logged_once_as_499(
     backends: dict[str, str], tmp_path: Path
 ) -> None:
-    """A 1 MiB answer, read whole from the backend (router/proxy.py BUFFER_BYTES), goes to
+    """A 1 MiB answer, read whole from the backend (router/proxy/body.py BUFFER_BYTES), goes to
     a client that takes its head (a few hundred bytes) and hangs up. The router's write
     must still be waiting on the client then, which is a matter of buffer sizes, not of
     timing: the client's small receive buffer and small MSS, both set before connect, hold
