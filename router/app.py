@@ -64,8 +64,9 @@ class Router:
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
         self.draining = [False]
         self.server: Server | None = None
-        # Set up in order in start(), torn down in reverse in stop(): the pooled client
-        # session, the active health checks that use it, the table file watcher.
+        # Set up in order in start(), torn down in reverse in stop(): the upstream client
+        # (one pooled aiohttp session and the lean pool), the active health checks that use
+        # it, the table file watcher.
         self._lifecycles = contextlib.AsyncExitStack()
         self.admin: web.AppRunner | None = None
         if admin:
@@ -94,7 +95,7 @@ class Router:
         stack.push_async_callback(proxy.client.close)
         tables = self.tables
         await stack.enter_async_context(
-            health.active_checks(lambda: tables.current, proxy.health, session)
+            health.active_checks(lambda: tables.current, proxy.health, proxy.client)
         )
         await stack.enter_async_context(watching(tables))
         # The public port: the router's own HTTP/1.1 server (router/http/).

@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
-
 from router.config.model import Table
+from router.http.client import Client, Origin, UpstreamError
 
 Key = tuple[str, str, str]  # model, version, url
 
@@ -77,17 +76,24 @@ class HealthBook:
 
 @asynccontextmanager
 async def active_checks(
-    tables: Callable[[], Table], book: HealthBook, session: aiohttp.ClientSession
+    tables: Callable[[], Table], book: HealthBook, client: Client
 ) -> AsyncIterator[None]:
-    """Run every configured check on time, following the table in force across reloads."""
+    """Run every configured check on time, following the table in force across reloads;
+    the checks go out through the upstream client, as requests do."""
     due: dict[Key, float] = {}
     running: set[asyncio.Task[None]] = set()
 
-    async def check(key: Key, url: str, seconds: float, threshold: int, cooloff: float) -> None:
+    async def check(
+        key: Key, origin: Origin, path: str, seconds: float, threshold: int, cooloff: float
+    ) -> None:
         try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=seconds)) as resp:
-                ok = resp.status < 500
-        except (aiohttp.ClientError, TimeoutError):
+            response = await client.send(origin, "GET", path, (), None, seconds)
+            try:
+                await response.read()
+            finally:
+                response.release()
+            ok = response.status < 500
+        except UpstreamError:
             ok = False
         if ok:
             book.success(key)
@@ -114,9 +120,9 @@ async def active_checks(
 
 def _due(
     table: Table, due: dict[Key, float], now: float
-) -> Iterator[tuple[Key, str, float, int, float]]:
-    """The checks whose time has come: key, url, timeout, failures, cool-off; each next
-    one is noted in `due`."""
+) -> Iterator[tuple[Key, Origin, str, float, int, float]]:
+    """The checks whose time has come: key, origin, path, timeout, failures, cool-off;
+    each next one is noted in `due`."""
     for model in table.models.values():
         for version in model.versions.values():
             if version.health is None:
@@ -126,5 +132,12 @@ def _due(
                 continue
             due[key] = now + version.health.interval_s
             seconds = min(version.timeout_s, version.health.interval_s)
-            url = version.url + version.health.path
-            yield key, url, seconds, model.outlier.failures, model.outlier.cooloff_s
+            path = version.health.path
+            yield (
+                key,
+                version.origin,
+                path,
+                seconds,
+                model.outlier.failures,
+                model.outlier.cooloff_s,
+            )
