@@ -5,9 +5,10 @@
 1. starts the example stack (backends v1 and v2, and the router on examples/demo.yaml, which
    logs to logs/demo.jsonl; an old log is removed first, so the report covers this run only);
 2. waits until the router accepts connections;
-3. runs examples/traffic.py: a few thousand simulated users, 90% of them on v1 and 10% on v2
-   by bucket, plus pinned and anonymous requests, each answer followed by its true label as
-   feedback; it returns only once the last feedback has been answered;
+3. runs examples/traffic.py (as `python -m examples.traffic`, from the top of the
+   checkout, where `backends` is found): a few thousand simulated users, 90% of them on v1
+   and 10% on v2 by bucket, plus pinned and anonymous requests, each answer followed by its
+   true label as feedback; it returns only once the last feedback has been answered;
 4. stops the stack with SIGTERM and waits for it: the router writes every queued log record
    before it exits, so the log is complete only then;
 5. runs ``model-router report`` on the log: the text report here, the HTML one to a file.
@@ -135,7 +136,7 @@ def demo(users: int) -> None:
         started = time.monotonic()
         # The generator returns once the last feedback has been answered.
         run_step(
-            [sys.executable, "examples/traffic.py", "--url", URL, "--users", str(users)],
+            [sys.executable, "-m", "examples.traffic", "--url", URL, "--users", str(users)],
             "the traffic generator",
         )
         timings["traffic"] = time.monotonic() - started

@@ -1,6 +1,6 @@
 """Simulated users for the example stack: live traffic through the stable URL, then ground truth.
 
-    python examples/traffic.py [--url http://127.0.0.1:8080] [--model cancer] [--users 3000]
+    python -m examples.traffic [--url http://127.0.0.1:8080] [--model cancer] [--users 3000]
         [--requests-per-user 1..3] [--concurrency 32] [--feedback-delay 0.5] [--seed 1]
 
 Each user ``user-<n>`` sends one to three ``POST /models/<model>/predict`` requests carrying
@@ -309,7 +309,7 @@ def request_range(text: str) -> tuple[int, int]:
 def parse_args(argv: Sequence[str] | None) -> Settings:
     defaults = Settings()
     parser = argparse.ArgumentParser(
-        prog="python examples/traffic.py",
+        prog="python -m examples.traffic",
         description="Send simulated users' predictions through the router, then their labels.",
     )
     add = parser.add_argument
