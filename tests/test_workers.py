@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.support.metrics import REQUESTS, scrape
 from tests.support.running import read_log, requests_in, router_process
@@ -136,3 +137,25 @@ async def test_the_admin_view_follows_a_file_change(
         assert await proc.wait() == 0
     loaded = [e for e in read_log(tmp_path / "routing.jsonl") if e["event"] == "config_loaded"]
     assert {e["pid"] for e in loaded if e["config"] == new} != set()
+
+
+async def test_a_metrics_directory_the_operator_chose_is_used_and_kept(
+    backends: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set, the workers share their metrics there, and the
+    supervisor never removes it (it removes only a directory it made itself)."""
+    chosen = tmp_path / "metrics"
+    chosen.mkdir()
+    (chosen / "operator-file.txt").write_text("kept")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(chosen))
+    async with (
+        router_process(two_versions(backends), tmp_path, "--workers", str(N)) as proc,
+        aiohttp.ClientSession() as client,
+    ):
+        await send(client, proc.url, 20)
+        metrics = await scrape(client, proc.admin_url)
+        assert sum(s.value for s in metrics.samples(*REQUESTS)) == 20
+        assert any(path.suffix == ".db" for path in chosen.iterdir())  # the workers' values
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    assert (chosen / "operator-file.txt").read_text() == "kept"
