@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test browser lint check bench soak bench-report clean
+.PHONY: run demo test browser lint check bench soak bench-report calibration clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ soak: $(STAMP)
 ## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan
 bench-report: $(STAMP)
 	$(BIN)/python bench/report_bench.py
+
+## calibration: the statistics engine's false-positive rates, power and coverage, by simulation
+calibration: $(STAMP)
+	$(BIN)/python -m tests.test_stats_calibration
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "routing": {"config", "http", "errors"},
     "observe": {"config", "http", "routing"},
     "proxy": {"config", "routing", "http", "observe", "errors"},
-    "report": set(),
+    "stats": set(),
+    "report": {"stats"},
 }
 TOP = {"admin", "app", "workers", "cli", "__main__"}
 MAX_MODULE_LINES = 400

@@ -1,0 +1,3 @@
+"""Statistics an analyst can trust on real traffic: pure functions over per-user aggregates,
+with no I/O, shared by the report and the guarded-rollout controller. Imports nothing of
+the router's; needs NumPy (the `report` extra). docs/statistics.md explains each number."""
