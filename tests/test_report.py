@@ -11,7 +11,6 @@ import pytest
 
 from router.cli import main
 from router.report import make_report
-from router.report.stats import rate_difference
 from tests.support import logs
 from tests.support.running import router_running
 
@@ -35,7 +34,7 @@ def test_json_has_the_contract_keys_and_honest_comparison(
 ) -> None:
     data = report_json(capsys, str(standard_log(tmp_path)))
     model = data["models"]["cancer"]
-    assert model["baseline"] == "v1"  # the largest share
+    assert model["baseline"] == "v1"  # the first version of the split in force
     assert set(model["srm"]) >= {"p_value", "mismatch"}
     assert model["srm"]["mismatch"] is False
     v1, v2 = model["versions"]["v1"], model["versions"]["v2"]
@@ -46,11 +45,22 @@ def test_json_has_the_contract_keys_and_honest_comparison(
     assert v1["vs_baseline"] is None
     assert v1["requests"] + v2["requests"] == 6000
     assert v1["share"] + v2["share"] == pytest.approx(1.0)
-    expected = rate_difference(v2["errors"], v2["requests"], v1["errors"], v1["requests"])
-    assert v2["vs_baseline"]["error_rate_diff"] == pytest.approx(expected.diff)
-    assert v2["vs_baseline"]["ci95"] == pytest.approx(list(expected.ci95))
-    assert v2["vs_baseline"]["p_value"] == pytest.approx(expected.p_value)
-    assert v2["vs_baseline"]["p_value"] < 0.05  # 5% against 1% on ~600 requests
+    vs = v2["vs_baseline"]
+    assert set(vs) >= {"error_rate_diff", "ci95", "p_value", "always_valid", "latency_ms",
+                       "accuracy_diff", "accuracy_ci95", "accuracy_p_value"}  # fmt: skip
+    # One period: the users' difference is the difference of the two error rates.
+    assert vs["error_rate_diff"] == pytest.approx(v2["error_rate"] - v1["error_rate"])
+    low, high = vs["ci95"]
+    av_low, av_high = vs["always_valid"]["ci95"]
+    assert av_low < low < vs["error_rate_diff"] < high < av_high
+    assert vs["p_value"] < 0.05  # 5% against 1% on ~600 requests
+    assert vs["p_value"] < vs["always_valid"]["p_value"]
+    assert model["p_value_adjustment"] is None  # one candidate: nothing to adjust
+    latency = vs["latency_ms"]
+    assert set(latency) == {"p50_diff", "p50_ci95", "p95_diff", "p95_ci95"}
+    # A difference's point estimate is the difference of the quantiles the table shows.
+    assert latency["p50_diff"] == v2["latency_ms"]["p50"] - v1["latency_ms"]["p50"]
+    assert latency["p95_ci95"][0] < latency["p95_diff"] < latency["p95_ci95"][1]
 
 
 def test_text_gives_one_verdict_line_per_candidate(

@@ -13,15 +13,12 @@ import math
 from typing import Any
 
 import duckdb
-import numpy as np
 import orjson
 
 from router.report import stats
+from router.report.compare import ERRORS, RANDOMISED, comparisons
 from router.report.read import Loaded
 
-RANDOMISED = ("split", "no_user_random")
-ERRORS = ("server_error", "timeout", "unavailable")
-BOOTSTRAP_SAMPLE = 10_000  # latencies per arm for the bootstrap, drawn reproducibly
 # The same sets as SQL conditions, written once from the tuples above.
 _IN_RANDOMISED = f"assigned_by IN {RANDOMISED}"
 _IS_ERROR = f"outcome IN {ERRORS}"
@@ -67,13 +64,13 @@ def _model(
     con: duckdb.DuckDBPyConnection, model: str, baseline: str | None, splits: dict[str, Any]
 ) -> dict[str, Any]:
     versions = _versions(con, model)
-    base = baseline if baseline in versions else _largest(versions)
+    base = baseline if baseline in versions else _default_baseline(con, model, versions)
+    vs, adjustment = comparisons(con, model, base, versions) if base else ({}, None)
     for name, version in versions.items():
-        version["vs_baseline"] = (
-            None if name == base else _compare(con, model, name, base, versions)
-        )
+        version["vs_baseline"] = vs.get(name)
     return {
         "baseline": base,
+        "p_value_adjustment": adjustment,
         "srm": _srm(con, model, splits),
         "versions": versions,
         "by_assigned_by": _by_assigned_by(con, model),
@@ -119,54 +116,23 @@ def _versions(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, dict[str,
     return versions
 
 
-def _largest(versions: dict[str, dict[str, Any]]) -> str | None:
+def _default_baseline(
+    con: duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
+) -> str | None:
+    """The first version in the split order of the table in force at the end of the log
+    (by convention the incumbent is listed first); the largest share without a table."""
+    row = con.execute(
+        "SELECT models FROM configs WHERE models IS NOT NULL ORDER BY ts DESC NULLS LAST LIMIT 1"
+    ).fetchone()
+    if row is not None:
+        entry = orjson.loads(row[0]).get(model)
+        split = entry.get("split", {}) if isinstance(entry, dict) else {}
+        listed = [name for name in split if name in versions]
+        if listed:
+            return str(listed[0])
     if not versions:
         return None
     return max(versions, key=lambda v: (versions[v]["requests"], v))
-
-
-def _compare(
-    con: duckdb.DuckDBPyConnection,
-    model: str,
-    candidate: str,
-    base: str | None,
-    versions: dict[str, dict[str, Any]],
-) -> dict[str, Any] | None:
-    if base is None:
-        return None
-    c, b = versions[candidate], versions[base]
-    rate = stats.rate_difference(c["errors"], c["requests"], b["errors"], b["requests"])
-    latency = stats.quantile_differences(
-        _latencies(con, model, candidate), _latencies(con, model, base)
-    )
-    return {
-        "error_rate_diff": rate.diff,
-        "ci95": list(rate.ci95),
-        "p_value": rate.p_value,
-        "significant": rate.significant,
-        "latency_ms": {
-            f"p{round(d.quantile * 100)}": {
-                "diff": _f(d.diff),
-                "ci95": [_f(d.ci95[0]), _f(d.ci95[1])],
-                "significant": d.significant,
-            }
-            for d in latency
-        },
-    }
-
-
-def _latencies(con: duckdb.DuckDBPyConnection, model: str, version: str) -> np.ndarray:
-    rows = con.execute(
-        f"""
-        SELECT latency_ms FROM (
-            SELECT latency_ms FROM requests
-            WHERE model = $model AND assigned_version = $version AND {_IN_RANDOMISED}
-              AND latency_ms IS NOT NULL
-        ) USING SAMPLE reservoir({BOOTSTRAP_SAMPLE} ROWS) REPEATABLE (1)
-        """,
-        {"model": model, "version": version},
-    ).fetchnumpy()
-    return np.asarray(rows["latency_ms"], dtype=float)
 
 
 def _splits(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def load(patterns: list[str]) -> Loaded:
         """
     )
     con.execute(
-        "CREATE TABLE configs AS SELECT config, models FROM raw WHERE event = 'config_loaded'"
+        "CREATE TABLE configs AS SELECT ts, config, models FROM raw WHERE event = 'config_loaded'"
     )
     bad = con.execute("SELECT count(*) FROM raw WHERE event IS NULL").fetchone()
     con.execute("DELETE FROM raw WHERE event IS DISTINCT FROM 'request'")

@@ -93,22 +93,31 @@ def _comparison(name: str, model: dict[str, Any]) -> list[str]:
 
 
 def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[str]:
-    """`v2 vs v1: error rate -0.4 pp [-0.9, +0.1], p = 0.11, no significant difference`."""
+    """`v2 vs v1: error rate -0.4 pp [-0.9, +0.1], p = 0.11; always-valid [-1.2, +0.4],
+    p = 0.62: no significant difference`. The verdict word follows the always-valid p-value,
+    which stays honest however often the report is re-run (docs/statistics.md)."""
+    if vs["error_rate_diff"] is None or vs["p_value"] is None:
+        return [f"{version} vs {base}: error rate: too few users to compare in a common period"]
     low, high = vs["ci95"]
+    always = vs["always_valid"]
     if not vs["significant"]:
         word = "no significant difference"
     else:
         word = "significantly higher" if vs["error_rate_diff"] > 0 else "significantly lower"
+    adjusted = " (Holm)" if vs.get("adjusted") else ""
     lines = [
         f"{version} vs {base}: error rate {_pp(vs['error_rate_diff'])} pp "
-        f"[{_pp(low)}, {_pp(high)}], p {_p(vs['p_value'])}, {word}"
+        f"[{_pp(low)}, {_pp(high)}], p {_p(vs['p_value'])}{adjusted}; always-valid "
+        f"[{_pp(always['ci95'][0])}, {_pp(always['ci95'][1])}], p {_p(always['p_value'])}: {word}"
     ]
     parts = []
-    for q, d in vs["latency_ms"].items():
-        if d["diff"] is None:
+    latency = vs["latency_ms"]
+    for q in ("p50", "p95"):
+        diff, ci = latency[f"{q}_diff"], latency[f"{q}_ci95"]
+        if diff is None or ci[0] is None:
             continue
-        flag = "" if d["significant"] else " (n.s.)"
-        parts.append(f"{q} {d['diff']:+.1f} ms [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]{flag}")
+        flag = " (n.s.)" if ci[0] <= 0 <= ci[1] else ""
+        parts.append(f"{q} {diff:+.1f} ms [{ci[0]:+.1f}, {ci[1]:+.1f}]{flag}")
     if parts:
         lines.append(f"{version} vs {base}: latency " + ", ".join(parts))
     return lines

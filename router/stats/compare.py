@@ -50,9 +50,12 @@ def compare(
 ) -> Comparison:
     """Candidate against baseline over the periods in `parts` (see `difference`)."""
     diff, variance, units = difference(parts)
-    nan2 = (float("nan"), float("nan"))
-    if units == 0 or not variance > 0:
+    if units == 0 or not variance >= 0:
+        nan2 = (float("nan"), float("nan"))
         return Comparison(diff, nan2, float("nan"), nan2, float("nan"), units)
+    if variance == 0:  # every user alike in each arm: the difference is exact
+        p = 1.0 if diff == 0 else 0.0
+        return Comparison(diff, (diff, diff), p, (diff, diff), p, units)
     se = math.sqrt(variance)
     p_value = math.erfc(abs(diff) / se / math.sqrt(2))
     rho2 = sequential.rho2_for(t_opt, alpha)

@@ -6,6 +6,10 @@ is q. That share is a ratio metric over users (requests at or below xi / request
 variance s_F^2 comes from the delta method, clustered by user. The interval for the share,
 q +- z s_F, maps through the empirical quantile function to an interval for xi, and its
 width gives xi's standard error: se = (Q(q + z s_F) - Q(q - z s_F)) / 2z.
+
+`quantile_from` takes what a database computes well (per-user counts, and quantiles at any
+probability), so the report never loads every request into memory; `quantile` does it all
+from arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +24,22 @@ from router.stats.ratio import Estimate, ratio
 Z95 = 1.959963984540054
 
 
+def probabilities(q: float, below: ArrayLike, counts: ArrayLike) -> tuple[float, float] | None:
+    """q -+ z s_F: where the quantile's interval ends, as probabilities; None with too few
+    users to tell. `below[i]` of user i's `counts[i]` requests are at or below the quantile."""
+    share = ratio(below, counts)
+    if not math.isfinite(share.variance):
+        return None
+    s_f = math.sqrt(share.variance)
+    return max(0.0, q - Z95 * s_f), min(1.0, q + Z95 * s_f)
+
+
+def quantile_from(value: float, low: float, high: float, units: int) -> Estimate:
+    """The quantile `value` with the standard error its mapped interval [low, high] gives."""
+    se = (high - low) / (2 * Z95)
+    return Estimate(value, se * se, units)
+
+
 def quantile(values: ArrayLike, users: ArrayLike, q: float) -> Estimate:
     """The q-quantile of `values` (one per request) and its variance, the requests of a
     user (`users[i]`, codes 0..U-1) counted as one unit."""
@@ -28,15 +48,16 @@ def quantile(values: ArrayLike, users: ArrayLike, q: float) -> Estimate:
     if x.size == 0:
         return Estimate(float("nan"), float("nan"), 0)
     ordered = np.sort(x)
-    xi = float(np.quantile(ordered, q))
-    below = np.bincount(u, weights=(x <= xi).astype(np.float64))
+
+    def at(p: float) -> float:
+        return float(np.quantile(ordered, p))
+
+    xi = at(q)
     counts = np.bincount(u).astype(np.float64)
+    below = np.bincount(u, weights=(x <= xi).astype(np.float64))
     seen = counts > 0
-    share = ratio(below[seen], counts[seen])
-    if not math.isfinite(share.variance):  # too few users
-        return Estimate(xi, float("nan"), share.units)
-    s_f = share.variance**0.5
-    low = float(np.quantile(ordered, max(0.0, q - Z95 * s_f)))
-    high = float(np.quantile(ordered, min(1.0, q + Z95 * s_f)))
-    se = (high - low) / (2 * Z95)
-    return Estimate(xi, se * se, share.units)
+    units = int(seen.sum())
+    ends = probabilities(q, below[seen], counts[seen])
+    if ends is None:
+        return Estimate(xi, float("nan"), units)
+    return quantile_from(xi, at(ends[0]), at(ends[1]), units)
