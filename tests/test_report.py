@@ -237,3 +237,73 @@ def test_sample_ratio_is_not_checked_when_it_cannot_be(
     path = logs.write(tmp_path / "omit.jsonl", [logs.config_loaded("cfg1", SPLIT), *records])
     assert main(["report", str(path)]) == 0
     assert "sample ratio: not checked: the log has no user pseudonyms" in capsys.readouterr().out
+
+
+def test_a_file_that_cannot_be_read_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = logs.write(
+        tmp_path / "whole.jsonl.gz",
+        logs.split_traffic(3000, SPLIT, error_rates={"v1": 0.0, "v2": 0.0}),
+    )
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for path, says in ((truncated, "GZIP"), (tmp_path, "is a directory")):
+        assert main(["report", str(path)]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("model-router report: ")
+        assert says in line
+
+
+def test_a_user_is_counted_once_by_the_sample_ratio_check_across_reloads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reload (a new digest, the same split) between two halves of the same users' traffic:
+    each user still counts once, under the table of their first request."""
+    first = logs.split_traffic(3000, SPLIT, error_rates={"v1": 0.0, "v2": 0.0}, users=500)
+    second = logs.split_traffic(3000, SPLIT, error_rates={"v1": 0.0, "v2": 0.0}, users=500, seed=2)
+    for record in second:
+        record["config"] = "cfg2"
+        record["request_id"] += "-again"
+        record["ts"] = record["ts"].replace("2026-11-25", "2026-11-26")
+    records = [
+        logs.config_loaded("cfg1", SPLIT),
+        logs.config_loaded("cfg2", SPLIT),
+        *first,
+        *second,
+    ]
+    data = report_json(capsys, str(logs.write(tmp_path / "reload.jsonl", records)))
+    srm = data["models"]["cancer"]["srm"]
+    users = {r["user"] for r in first + second}
+    assert sum(srm["observed"].values()) == len(users)
+    assert srm["mismatch"] is False
+
+
+def test_the_same_log_gives_byte_identical_json(tmp_path: Path) -> None:
+    path = str(standard_log(tmp_path))
+    outputs = []
+    for run in range(2):
+        out = tmp_path / f"run-{run}.json"
+        assert main(["report", path, "--format", "json", "-o", str(out)]) == 0
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_labels_compare_as_json_values_and_feedback_is_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1 equals 1.0; true is not 1; "1" is not 1. Feedback that matches no request and a
+    request id logged twice are counted, never dropped silently."""
+    requests = [logs.request(i, version="v1", user=f"user-{i}", prediction=1) for i in range(4)]
+    duplicated = logs.request(9, version="v1", user="user-9", prediction=0)
+    labels = [1.0, True, "1", 1]
+    records: list[Any] = [logs.config_loaded("cfg1", {"v1": 100.0}), *requests]
+    records += [duplicated, dict(duplicated)]
+    records += [logs.feedback(f"req-{i}", label) for i, label in enumerate(labels)]
+    records += [logs.feedback("req-nobody-sent", 1)]
+    data = report_json(capsys, str(logs.write(tmp_path / "labels.jsonl", records)))
+    model = data["models"]["cancer"]
+    v1 = model["versions"]["v1"]
+    assert v1["labelled"] == 4
+    assert v1["accuracy"] == pytest.approx(2 / 4)  # 1.0 and 1 match; true and "1" do not
+    assert model["feedback"] == {"joined": 4, "unmatched": 1, "duplicate_request_ids": 1}

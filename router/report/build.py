@@ -16,7 +16,7 @@ import duckdb
 import orjson
 
 from router.report import stats
-from router.report.compare import ERRORS, RANDOMISED, comparisons
+from router.report.compare import ERRORS, RANDOMISED, SAME_LABEL, comparisons
 from router.report.read import Loaded
 
 # The same sets as SQL conditions, written once from the tuples above.
@@ -72,6 +72,7 @@ def _model(
         "baseline": base,
         "p_value_adjustment": adjustment,
         "srm": _srm(con, model, splits),
+        "feedback": _feedback(con, model),
         "versions": versions,
         "by_assigned_by": _by_assigned_by(con, model),
         "timeline": _timeline(con, model),
@@ -89,7 +90,7 @@ def _versions(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, dict[str,
                count(DISTINCT user_h) AS users,
                quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS q,
                count(f.label) AS labelled,
-               count(f.label) FILTER (WHERE f.label = r.prediction) AS correct
+               count(f.label) FILTER (WHERE {SAME_LABEL}) AS correct
         FROM requests r LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL
         WHERE r.model = $model AND r.{_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
         GROUP BY r.assigned_version ORDER BY r.assigned_version
@@ -153,21 +154,30 @@ def _splits(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> dict[str, Any]:
     """Observed split users per version against the split in force for their records.
 
-    The unit is the user (the unit of randomisation), counted once per config digest and
-    version; records of a digest whose `config_loaded` event is not in the log are left out.
+    The unit is the user (the unit of randomisation), counted once, under the table in
+    force at their first request in the log (a reload does not count them again); users
+    whose table's `config_loaded` event is not in the log are left out.
     Without user pseudonyms (`log.user_ids: omit`) or without any `config_loaded` event to
     match, the check cannot be made and says so (`checked: false`, `p_value: null`):
     counting requests instead would be wrong, as one user's requests are not independent.
     """
     rows = con.execute(
         """
-        SELECT config, assigned_version, count(DISTINCT user_h)
-        FROM requests
-        WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
-        GROUP BY config, assigned_version
+        SELECT config, version, count(*) FROM (
+            SELECT arg_min(config, (ts, rid)) AS config,
+                   arg_min(assigned_version, (ts, rid)) AS version
+            FROM requests
+            WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
+              AND user_h IS NOT NULL
+            GROUP BY user_h
+        ) GROUP BY config, version
         """,
         {"model": model},
     ).fetchall()
+    split_requests = con.execute(
+        "SELECT count(*) FROM requests WHERE model = $model AND assigned_by = 'split'",
+        {"model": model},
+    ).fetchone()
     observed: dict[str, float] = {}
     expected: dict[str, float] = {}
     per_config: dict[str, dict[str, int]] = {}
@@ -186,7 +196,7 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
         for version, percent in split.items():
             expected[version] = expected.get(version, 0.0) + total * float(percent) / 100
     reason = None
-    if rows and not any(count for _, _, count in rows):
+    if not rows and split_requests is not None and split_requests[0]:
         reason = "the log has no user pseudonyms (log.user_ids: omit)"
     elif rows and not observed:
         reason = "no config_loaded event in the log for the routing tables of these records"
@@ -201,6 +211,34 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
         "observed": observed,
         "expected": {v: round(e, 2) for v, e in expected.items()},
         "unmatched": unmatched,
+    }
+
+
+def _feedback(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
+    """Feedback that found its request, feedback that found none (counted, never dropped
+    silently), and request ids logged more than once (their feedback is ambiguous)."""
+    row = con.execute(
+        """
+        SELECT count(*) FILTER (WHERE r.rid IS NOT NULL), count(*) FILTER (WHERE r.rid IS NULL)
+        FROM feedback f LEFT JOIN (SELECT DISTINCT rid FROM requests WHERE model = $model) r
+          ON r.rid = f.rid
+        WHERE f.model = $model
+        """,
+        {"model": model},
+    ).fetchone()
+    duplicates = con.execute(
+        """
+        SELECT count(*) FROM (
+            SELECT rid FROM requests WHERE model = $model GROUP BY rid HAVING count(*) > 1
+        )
+        """,
+        {"model": model},
+    ).fetchone()
+    joined, unmatched = row if row is not None else (0, 0)
+    return {
+        "joined": int(joined),
+        "unmatched": int(unmatched),
+        "duplicate_request_ids": int(duplicates[0]) if duplicates else 0,
     }
 
 

@@ -20,6 +20,13 @@ ERRORS = ("server_error", "timeout", "unavailable")
 _IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
 _IS_ERROR = f"r.outcome IN {ERRORS}"
 _UNIT = "coalesce(r.user_h, r.rid)"  # a request without a user id is a user of its own
+_NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+# A label and a prediction compare as JSON values: numbers by value (1 equals 1.0; true is
+# not 1, a boolean being no number), anything else by its JSON text.
+SAME_LABEL = (
+    f"CASE WHEN json_type(f.label) IN {_NUMBER} AND json_type(r.prediction) IN {_NUMBER} "
+    "THEN f.label::DOUBLE = r.prediction::DOUBLE ELSE f.label = r.prediction END"
+)
 _VERDICT_ALPHA = 0.05
 
 Periods = dict[str, Estimate]  # config digest -> one version's estimate in that period
@@ -79,7 +86,7 @@ def _per_period(
         SELECT r.assigned_version AS version, coalesce(r.config, '') AS config,
                count(*) AS n, count(*) FILTER (WHERE {_IS_ERROR}) AS errors,
                count(f.label) AS labelled,
-               count(*) FILTER (WHERE f.label = r.prediction) AS correct
+               count(*) FILTER (WHERE {SAME_LABEL}) AS correct
         FROM requests r LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL
         WHERE r.model = $model AND {_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
         GROUP BY r.assigned_version, coalesce(r.config, ''), {_UNIT}

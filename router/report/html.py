@@ -12,7 +12,7 @@ from typing import Any
 
 from router.report import charts
 from router.report.charts import Estimate, percent
-from router.report.text import verdicts
+from router.report.text import feedback_line, verdicts
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -128,6 +128,8 @@ def _model(name: str, model: dict[str, Any]) -> str:
         "traffic (split, no_user_random) by assigned version</p>",
         _srm_line(model["srm"]),
     ]
+    if feedback := feedback_line(model.get("feedback")):
+        parts.append(f'<p class="meta">{escape(feedback[0].upper() + feedback[1:])}</p>')
     if versions:
         parts += ["<h3>Versions</h3>", _versions_table(versions, base, palette)]
         parts.append(_verdicts(versions, base))
@@ -202,7 +204,12 @@ def _verdicts(versions: dict[str, Any], base: str | None) -> str:
         items.extend(f"<li>{escape(line)}</li>" for line in lines[1:])
     if not items:
         return ""
-    return '<ul class="verdicts">' + "".join(items) + "</ul>"
+    how = (
+        '<p class="meta">Users are the units; the verdict follows the always-valid p-value, '
+        "which holds however often the report is re-run (docs/statistics.md in the "
+        "model-router checkout explains each number).</p>"
+    )
+    return '<ul class="verdicts">' + "".join(items) + "</ul>" + how
 
 
 def _charts(model: dict[str, Any], palette: dict[str, str]) -> str:

@@ -57,6 +57,8 @@ def expand(patterns: list[str]) -> list[str]:
     files: list[str] = []
     for pattern in patterns:
         matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if len(matched) == 1 and os.path.isdir(matched[0]):
+            raise LogError(f"{pattern}: is a directory, not a log file")
         matched = [f for f in matched if os.path.isfile(f)]
         if not matched:
             raise LogError(f"{pattern}: no such log file")
@@ -70,29 +72,34 @@ def load(patterns: list[str]) -> Loaded:
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET temp_directory = '{_temp_dir()}'")
-    con.execute(
-        """
-        CREATE TABLE raw AS
-        SELECT event,
-               try_cast(ts AS TIMESTAMP) AS ts,
-               hash(request_id) AS rid,
-               model, version, assigned_version, assigned_by, bucket,
-               CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
-               status, outcome, latency_ms, config,
-               json_extract(response, '$.prediction')::VARCHAR AS prediction,
-               label::VARCHAR AS label,
-               models::VARCHAR AS models
-        FROM read_json($files, format = 'newline_delimited', columns = $columns,
-                       ignore_errors = true, maximum_object_size = 16777216)
-        """,
-        {"files": files, "columns": COLUMNS},
-    )
+    try:
+        con.execute(
+            """
+            CREATE TABLE raw AS
+            SELECT event,
+                   try_cast(ts AS TIMESTAMP) AS ts,
+                   hash(request_id) AS rid,
+                   model, version, assigned_version, assigned_by, bucket,
+                   CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
+                   status, outcome, latency_ms, config,
+                   json_extract(response, '$.prediction')::VARCHAR AS prediction,
+                   label::VARCHAR AS label,
+                   models::VARCHAR AS models
+            FROM read_json($files, format = 'newline_delimited', columns = $columns,
+                           ignore_errors = true, maximum_object_size = 16777216)
+            """,
+            {"files": files, "columns": COLUMNS},
+        )
+    except duckdb.Error as exc:  # a truncated .gz, a file that went away
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LogError(f"cannot read the logs: {first}") from None
     # The small tables first; then the big one becomes `requests` in place, never copied,
     # so the peak memory is one parsed log, not two.
     con.execute(
         """
         CREATE TABLE feedback AS
-        SELECT rid, arg_max(label, ts) AS label FROM raw WHERE event = 'feedback' GROUP BY rid
+        SELECT rid, arg_max(label, ts) AS label, arg_max(model, ts) AS model
+        FROM raw WHERE event = 'feedback' GROUP BY rid
         """
     )
     con.execute(

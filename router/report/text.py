@@ -89,7 +89,19 @@ def _comparison(name: str, model: dict[str, Any]) -> list[str]:
             f"{_shares(srm['expected'])}; p {_p(srm['p_value'])}"
             + (" (MISMATCH)" if srm["mismatch"] else "")
         )
+    if line := feedback_line(model.get("feedback")):
+        lines.append("  " + line)
     return lines
+
+
+def feedback_line(counts: dict[str, int] | None) -> str:
+    """`feedback: 4 joined, 1 matched no request, 1 request id logged twice`, or nothing."""
+    if not counts or not any(counts.values()):
+        return ""
+    return (
+        f"feedback: {counts['joined']:,} joined, {counts['unmatched']:,} matched no request, "
+        f"{counts['duplicate_request_ids']:,} request ids logged more than once"
+    )
 
 
 def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[str]:
