@@ -163,14 +163,13 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
     """
     rows = con.execute(
         """
-        SELECT config, version, count(*) FROM (
-            SELECT arg_min(config, (ts, rid)) AS config,
-                   arg_min(assigned_version, (ts, rid)) AS version
+        SELECT first.config, first.version, count(*) FROM (
+            SELECT arg_min({'config': config, 'version': assigned_version}, (ts, rid)) AS first
             FROM requests
             WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
               AND user_h IS NOT NULL
             GROUP BY user_h
-        ) GROUP BY config, version
+        ) GROUP BY ALL
         """,
         {"model": model},
     ).fetchall()
@@ -219,26 +218,20 @@ def _feedback(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
     silently), and request ids logged more than once (their feedback is ambiguous)."""
     row = con.execute(
         """
-        SELECT count(*) FILTER (WHERE r.rid IS NOT NULL), count(*) FILTER (WHERE r.rid IS NULL)
-        FROM feedback f LEFT JOIN (SELECT DISTINCT rid FROM requests WHERE model = $model) r
-          ON r.rid = f.rid
-        WHERE f.model = $model
+        WITH ids AS (SELECT rid, count(*) AS c FROM requests WHERE model = $model GROUP BY rid)
+        SELECT count(*) FILTER (WHERE f.rid IS NOT NULL AND i.rid IS NOT NULL),
+               count(*) FILTER (WHERE i.rid IS NULL),
+               count(*) FILTER (WHERE i.c > 1)
+        FROM ids i FULL OUTER JOIN (SELECT rid FROM feedback WHERE model = $model) f
+          ON f.rid = i.rid
         """,
         {"model": model},
     ).fetchone()
-    duplicates = con.execute(
-        """
-        SELECT count(*) FROM (
-            SELECT rid FROM requests WHERE model = $model GROUP BY rid HAVING count(*) > 1
-        )
-        """,
-        {"model": model},
-    ).fetchone()
-    joined, unmatched = row if row is not None else (0, 0)
+    joined, unmatched, duplicates = row if row is not None else (0, 0, 0)
     return {
         "joined": int(joined),
         "unmatched": int(unmatched),
-        "duplicate_request_ids": int(duplicates[0]) if duplicates else 0,
+        "duplicate_request_ids": int(duplicates),
     }
 
 

@@ -6,6 +6,7 @@ what each number means."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -36,8 +37,9 @@ def comparisons(
     con: duckdb.DuckDBPyConnection, model: str, base: str, versions: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """`vs_baseline` for each candidate, and the adjustment made to its p-values."""
-    errors, accuracy = _per_period(con, model)
-    quantiles = {name: _quantiles(con, model, name, versions[name]) for name in versions}
+    users = _users(con, model, versions)
+    errors, accuracy = _per_period(users)
+    quantiles = _quantiles(con, model, users, versions)
     found: dict[str, tuple[Comparison, Comparison | None, dict[str, Any]]] = {}
     for name in versions:
         if name == base:
@@ -77,95 +79,138 @@ def _paired(base: Periods, candidate: Periods) -> list[tuple[Estimate, Estimate]
     return [(base[c], candidate[c]) for c in sorted(base.keys() & candidate.keys())]
 
 
-def _per_period(
-    con: duckdb.DuckDBPyConnection, model: str
-) -> tuple[dict[str, Periods], dict[str, Periods]]:
-    """Per version and period: the error rate and the accuracy of its users (delta method)."""
+@dataclass(frozen=True)
+class _Users:
+    """One pass over a model's randomised requests, one row per version, period and user."""
+
+    version: np.ndarray
+    config: np.ndarray
+    unit: np.ndarray
+    columns: dict[str, np.ndarray]  # n, errors, labelled, correct, timed, p50, p95
+
+    def spans(self) -> list[tuple[str, str, int, int]]:
+        """(version, config, start, end) of each run of rows."""
+        if self.version.size == 0:
+            return []
+        changed = (self.version[1:] != self.version[:-1]) | (self.config[1:] != self.config[:-1])
+        starts = np.flatnonzero(np.r_[True, changed])
+        ends = np.r_[starts[1:], self.version.size]
+        return [
+            (str(self.version[s]), str(self.config[s]), int(s), int(e))
+            for s, e in zip(starts, ends, strict=True)
+        ]
+
+
+def _users(
+    con: duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
+) -> _Users:
+    """Per version, period and user: requests, errors, labelled and correct ones, and how
+    many were at or below the version's p50 and p95 (for the quantiles' intervals). The
+    thresholds come in as a small table, so no name from the log is ever spliced into SQL."""
+    con.execute("CREATE OR REPLACE TEMP TABLE thresholds (version VARCHAR, p50 DOUBLE, p95 DOUBLE)")
+    rows = [(name, v["latency_ms"]["p50"], v["latency_ms"]["p95"]) for name, v in versions.items()]
+    if rows:
+        con.executemany("INSERT INTO thresholds VALUES (?, ?, ?)", rows)
     data = con.execute(
         f"""
-        SELECT r.assigned_version AS version, coalesce(r.config, '') AS config,
+        SELECT r.assigned_version AS version, coalesce(r.config, '') AS config, {_UNIT} AS unit,
                count(*) AS n, count(*) FILTER (WHERE {_IS_ERROR}) AS errors,
-               count(f.label) AS labelled,
-               count(*) FILTER (WHERE {SAME_LABEL}) AS correct
-        FROM requests r LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL
+               count(f.label) AS labelled, count(*) FILTER (WHERE {SAME_LABEL}) AS correct,
+               count(r.latency_ms) AS timed,
+               count(*) FILTER (WHERE r.latency_ms <= t.p50) AS p50,
+               count(*) FILTER (WHERE r.latency_ms <= t.p95) AS p95
+        FROM requests r
+        LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL
+        LEFT JOIN thresholds t ON t.version = r.assigned_version
         WHERE r.model = $model AND {_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
-        GROUP BY r.assigned_version, coalesce(r.config, ''), {_UNIT}
-        ORDER BY 1, 2, {_UNIT}
+        GROUP BY ALL ORDER BY 1, 2, 3
         """,
         {"model": model},
     ).fetchnumpy()
+    names = ("n", "errors", "labelled", "correct", "timed", "p50", "p95")
+    return _Users(
+        np.asarray(data["version"], dtype=object),
+        np.asarray(data["config"], dtype=object),
+        np.asarray(data["unit"]),
+        {name: np.asarray(data[name], dtype=np.float64) for name in names},
+    )
+
+
+def _per_period(users: _Users) -> tuple[dict[str, Periods], dict[str, Periods]]:
+    """Per version and period: the error rate and the accuracy of its users (delta method)."""
     errors: dict[str, Periods] = {}
     accuracy: dict[str, Periods] = {}
-    versions = np.asarray(data["version"], dtype=object)
-    configs = np.asarray(data["config"], dtype=object)
-    if versions.size == 0:
-        return errors, accuracy
-    changed = (versions[1:] != versions[:-1]) | (configs[1:] != configs[:-1])
-    starts = np.flatnonzero(np.r_[True, changed])
-    ends = np.r_[starts[1:], versions.size]
-    n = np.asarray(data["n"], dtype=np.float64)
-    e = np.asarray(data["errors"], dtype=np.float64)
-    lab = np.asarray(data["labelled"], dtype=np.float64)
-    cor = np.asarray(data["correct"], dtype=np.float64)
-    for start, end in zip(starts, ends, strict=True):
-        version, config = str(versions[start]), str(configs[start])
-        errors.setdefault(version, {})[config] = ratio(e[start:end], n[start:end])
-        labelled = lab[start:end] > 0
+    c = users.columns
+    for version, config, start, end in users.spans():
+        errors.setdefault(version, {})[config] = ratio(c["errors"][start:end], c["n"][start:end])
+        labelled = c["labelled"][start:end] > 0
         if labelled.any():
             accuracy.setdefault(version, {})[config] = ratio(
-                cor[start:end][labelled], lab[start:end][labelled]
+                c["correct"][start:end][labelled], c["labelled"][start:end][labelled]
             )
     return errors, accuracy
 
 
 def _quantiles(
-    con: duckdb.DuckDBPyConnection, model: str, version: str, shown: dict[str, Any]
-) -> dict[str, Estimate]:
-    """p50 and p95 of one version over all its randomised requests, users as units: the
-    values the table shows (so a difference is the difference of the table's), their
-    intervals from per-user counts that DuckDB makes in one pass."""
-    where = f"r.model = $model AND r.assigned_version = $version AND {_IN_RANDOMISED}"
-    params: dict[str, Any] = {"model": model, "version": version}
-    p50, p95 = shown["latency_ms"]["p50"], shown["latency_ms"]["p95"]
-    if p50 is None or p95 is None:
-        return {name: Estimate(float("nan"), float("nan"), 0) for name in ("p50", "p95")}
-    data = con.execute(
-        f"""
-        SELECT count(*) AS n,
-               count(*) FILTER (WHERE r.latency_ms <= $p50) AS p50,
-               count(*) FILTER (WHERE r.latency_ms <= $p95) AS p95
-        FROM requests r WHERE {where} AND r.latency_ms IS NOT NULL GROUP BY {_UNIT}
-        ORDER BY {_UNIT}
-        """,
-        {**params, "p50": p50, "p95": p95},
-    ).fetchnumpy()
-    counts = np.asarray(data["n"], dtype=np.float64)
-    ends = {
-        name: probabilities(q, np.asarray(data[name], dtype=np.float64), counts)
-        for name, q in (("p50", 0.5), ("p95", 0.95))
-    }
-    wanted = [p for pair in ends.values() if pair is not None for p in pair]
-    at = dict(zip(wanted, _quantiles_at(con, where, params, wanted), strict=True))
-    out = {}
-    for name, value in (("p50", p50), ("p95", p95)):
-        pair = ends[name]
-        if pair is None:
-            out[name] = Estimate(value, float("nan"), counts.size)
-        else:
-            out[name] = quantile_from(value, at[pair[0]], at[pair[1]], counts.size)
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    users: _Users,
+    versions: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Estimate]]:
+    """Per version, p50 and p95 over all its randomised requests with users as units: the
+    values the table shows (so a difference is the difference of the table's), intervals
+    from the per-user counts of `_users`, summed over periods."""
+    c = users.columns
+    ends: dict[str, dict[str, tuple[float, float] | None]] = {}
+    units: dict[str, int] = {}
+    for version in versions:
+        rows = users.version == version
+        _, per_user = np.unique(users.unit[rows], return_inverse=True)
+        timed = np.bincount(per_user, weights=c["timed"][rows])
+        seen = timed > 0
+        units[version] = int(seen.sum())
+        ends[version] = {
+            name: probabilities(q, np.bincount(per_user, weights=c[name][rows])[seen], timed[seen])
+            for name, q in (("p50", 0.5), ("p95", 0.95))
+        }
+    at = _quantiles_at(con, model, ends)
+    out: dict[str, dict[str, Estimate]] = {}
+    for version, shown in versions.items():
+        out[version] = {}
+        for name in ("p50", "p95"):
+            value = shown["latency_ms"][name]
+            pair = ends[version][name]
+            if value is None or pair is None:
+                nan = float("nan")
+                out[version][name] = Estimate(nan if value is None else value, nan, units[version])
+            else:
+                low, high = at[version][pair[0]], at[version][pair[1]]
+                out[version][name] = quantile_from(value, low, high, units[version])
     return out
 
 
 def _quantiles_at(
-    con: duckdb.DuckDBPyConnection, where: str, params: dict[str, Any], probabilities: list[float]
-) -> list[float]:
-    if not probabilities:
-        return []
-    row = con.execute(
-        f"SELECT quantile_cont(r.latency_ms, $ps) FROM requests r WHERE {where}",
-        {**params, "ps": probabilities},
-    ).fetchone()
-    return [float(v) for v in row[0]] if row is not None and row[0] is not None else []
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    ends: dict[str, dict[str, tuple[float, float] | None]],
+) -> dict[str, dict[float, float]]:
+    """The latency at each probability the intervals need, per version, in one query."""
+    wanted = sorted({p for per in ends.values() for pair in per.values() if pair for p in pair})
+    if not wanted:
+        return {}
+    rows = con.execute(
+        f"""
+        SELECT r.assigned_version, quantile_cont(r.latency_ms, $ps) FROM requests r
+        WHERE r.model = $model AND {_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
+        GROUP BY 1
+        """,
+        {"model": model, "ps": wanted},
+    ).fetchall()
+    return {
+        version: dict(zip(wanted, (float(v) for v in values), strict=True))
+        for version, values in rows
+        if values is not None
+    }
 
 
 def _latency(base: dict[str, Estimate], candidate: dict[str, Estimate]) -> dict[str, Any]:
