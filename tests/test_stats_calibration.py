@@ -16,7 +16,7 @@ import pytest
 
 from router.stats.compare import compare
 from router.stats.quantile import quantile
-from router.stats.ratio import Estimate, ratio
+from router.stats.ratio import Estimate, proportion
 
 EXPERIMENTS = 200
 # Users per arm. 1% of them are heavy: 50 users carry 60% of the requests. With 20 heavy
@@ -69,7 +69,7 @@ def heavy_users_aa() -> dict[str, float]:
     found: dict[str, list[float]] = {"error": [], "naive": [], "p50": [], "p95": []}
     for _ in range(EXPERIMENTS):
         a, b = heavy_arm(rng, USERS), heavy_arm(rng, USERS)
-        err = compare([(ratio(a.errors, a.requests), ratio(b.errors, b.requests))])
+        err = compare([(proportion(a.errors, a.requests), proportion(b.errors, b.requests))])
         found["error"].append(err.p_value)
         found["naive"].append(naive_p(a, b))
         for q, name in ((0.5, "p50"), (0.95, "p95")):
@@ -83,7 +83,9 @@ def period(
 ) -> tuple[Estimate, Estimate]:
     in_b = rng.random(users) < share_b
     errors = (rng.random(users) < rate).astype(float)
-    return ratio(errors[~in_b], np.ones((~in_b).sum())), ratio(errors[in_b], np.ones(in_b.sum()))
+    return proportion(errors[~in_b], np.ones((~in_b).sum())), proportion(
+        errors[in_b], np.ones(in_b.sum())
+    )
 
 
 @cache
@@ -123,7 +125,7 @@ def peeking_aa(looks: int = 20, users_per_look: int = 500) -> dict[str, float]:
         fixed, always = False, False
         for look in range(1, looks + 1):
             n = look * users_per_look
-            result = compare([(ratio(a[:n], np.ones(n)), ratio(b[:n], np.ones(n)))])
+            result = compare([(proportion(a[:n], np.ones(n)), proportion(b[:n], np.ones(n)))])
             fixed = fixed or result.p_value < 0.05
             always = always or result.always_valid_p < 0.05
         fixed_any.append(fixed)
@@ -140,7 +142,7 @@ def power() -> dict[str, float]:
     for _ in range(EXPERIMENTS):
         a = (rng.random(n) < 0.05).astype(float)
         b = (rng.random(n) < 0.06).astype(float)
-        result = compare([(ratio(a, np.ones(n)), ratio(b, np.ones(n)))])
+        result = compare([(proportion(a, np.ones(n)), proportion(b, np.ones(n)))])
         fixed.append(result.p_value)
         always.append(result.always_valid_p)
     return {"fixed": share_below(fixed), "always_valid": share_below(always)}
@@ -155,7 +157,7 @@ def coverage() -> dict[str, float]:
     fixed, always = 0, 0
     for _ in range(EXPERIMENTS):
         a, b = heavy_arm(rng, USERS, 0.05), heavy_arm(rng, USERS, 0.06)
-        result = compare([(ratio(a.errors, a.requests), ratio(b.errors, b.requests))])
+        result = compare([(proportion(a.errors, a.requests), proportion(b.errors, b.requests))])
         fixed += result.ci95[0] <= 0.01 <= result.ci95[1]
         always += result.always_valid_ci95[0] <= 0.01 <= result.always_valid_ci95[1]
     return {"fixed": fixed / EXPERIMENTS, "always_valid": always / EXPERIMENTS}

@@ -10,7 +10,7 @@ import pytest
 from router.stats import sequential
 from router.stats.compare import compare, difference, holm
 from router.stats.quantile import quantile
-from router.stats.ratio import Estimate, mean, ratio
+from router.stats.ratio import Estimate, mean, proportion, ratio
 
 
 def test_a_ratio_of_one_request_per_user_is_a_mean_with_its_textbook_variance() -> None:
@@ -84,3 +84,19 @@ def test_compare_reports_both_kinds_of_interval() -> None:
     av_low, av_high = result.always_valid_ci95
     assert av_low < low < 0.01 < high < av_high
     assert result.p_value < result.always_valid_p < 0.05
+
+
+def test_a_rate_of_zero_still_has_an_interval() -> None:
+    """No error in either arm: the difference is 0, but not known to be exactly 0."""
+    none = proportion(np.zeros(500), np.ones(500))
+    assert none.value == 0.0
+    assert none.variance > 0
+    result = compare([(none, proportion(np.zeros(400), np.ones(400)))])
+    assert result.ci95[0] < 0 < result.ci95[1]
+    assert result.p_value == pytest.approx(1.0)
+    # With hundreds of users the pseudo-users change the variance by about 1%.
+    rng = np.random.default_rng(3)
+    errors = (rng.random(1000) < 0.1).astype(float)
+    assert proportion(errors, np.ones(1000)).variance == pytest.approx(
+        ratio(errors, np.ones(1000)).variance, rel=0.02
+    )

@@ -169,7 +169,7 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
             WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
               AND user_h IS NOT NULL
             GROUP BY user_h
-        ) GROUP BY ALL
+        ) GROUP BY ALL ORDER BY 1, 2
         """,
         {"model": model},
     ).fetchall()

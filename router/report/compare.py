@@ -14,7 +14,7 @@ import numpy as np
 
 from router.stats.compare import Comparison, compare, holm
 from router.stats.quantile import probabilities, quantile_from
-from router.stats.ratio import Estimate, ratio
+from router.stats.ratio import Estimate, proportion
 
 RANDOMISED = ("split", "no_user_random")
 ERRORS = ("server_error", "timeout", "unavailable")
@@ -142,10 +142,12 @@ def _per_period(users: _Users) -> tuple[dict[str, Periods], dict[str, Periods]]:
     accuracy: dict[str, Periods] = {}
     c = users.columns
     for version, config, start, end in users.spans():
-        errors.setdefault(version, {})[config] = ratio(c["errors"][start:end], c["n"][start:end])
+        errors.setdefault(version, {})[config] = proportion(
+            c["errors"][start:end], c["n"][start:end]
+        )
         labelled = c["labelled"][start:end] > 0
         if labelled.any():
-            accuracy.setdefault(version, {})[config] = ratio(
+            accuracy.setdefault(version, {})[config] = proportion(
                 c["correct"][start:end][labelled], c["labelled"][start:end][labelled]
             )
     return errors, accuracy

@@ -56,3 +56,19 @@ def mean(values: ArrayLike) -> Estimate:
     """The mean over users of one number per user (a ratio whose denominators are all 1)."""
     x = np.asarray(values, dtype=np.float64)
     return ratio(x, np.ones_like(x))
+
+
+def proportion(numerators: ArrayLike, denominators: ArrayLike) -> Estimate:
+    """A ratio of counts that lies in [0, 1] (errors / requests, correct / labelled): its
+    value from the data, its variance from the data plus two pseudo-users, one with a
+    success and one with a failure (Agresti and Caffo, "Simple and effective confidence
+    intervals for proportions and differences of proportions", The American Statistician,
+    2000). At a rate of 0 or 1 the delta method alone has no spread to work with and would
+    claim an exact answer; the two pseudo-users cost nothing once users number hundreds."""
+    y = np.asarray(numerators, dtype=np.float64)
+    n = np.asarray(denominators, dtype=np.float64)
+    raw = ratio(y, n)
+    if raw.units == 0:
+        return raw
+    padded = ratio(np.r_[y, 1.0, 0.0], np.r_[n, 1.0, 1.0])
+    return Estimate(raw.value, padded.variance, raw.units)
