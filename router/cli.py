@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--model", metavar="NAME", help="only this model")
     report.add_argument(
-        "--baseline", metavar="VERSION", help="compare against it (default: the largest share)"
+        "--baseline",
+        metavar="VERSION",
+        help="compare against it (default: the first version of the last split in the log)",
     )
     report.add_argument("--format", choices=REPORT_FORMATS, default="text")
     report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")

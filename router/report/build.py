@@ -161,22 +161,7 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
     match, the check cannot be made and says so (`checked: false`, `p_value: null`):
     counting requests instead would be wrong, as one user's requests are not independent.
     """
-    rows = con.execute(
-        """
-        SELECT first.config, first.version, count(*) FROM (
-            SELECT arg_min({'config': config, 'version': assigned_version}, (ts, rid)) AS first
-            FROM requests
-            WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
-              AND user_h IS NOT NULL
-            GROUP BY user_h
-        ) GROUP BY ALL ORDER BY 1, 2
-        """,
-        {"model": model},
-    ).fetchall()
-    split_requests = con.execute(
-        "SELECT count(*) FROM requests WHERE model = $model AND assigned_by = 'split'",
-        {"model": model},
-    ).fetchone()
+    rows, split_requests = _first_tables(con, model)
     observed: dict[str, float] = {}
     expected: dict[str, float] = {}
     per_config: dict[str, dict[str, int]] = {}
@@ -195,7 +180,7 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
         for version, percent in split.items():
             expected[version] = expected.get(version, 0.0) + total * float(percent) / 100
     reason = None
-    if not rows and split_requests is not None and split_requests[0]:
+    if not rows and split_requests:
         reason = "the log has no user pseudonyms (log.user_ids: omit)"
     elif rows and not observed:
         reason = "no config_loaded event in the log for the routing tables of these records"
@@ -233,6 +218,30 @@ def _feedback(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
         "unmatched": int(unmatched),
         "duplicate_request_ids": int(duplicates),
     }
+
+
+def _first_tables(
+    con: duckdb.DuckDBPyConnection, model: str
+) -> tuple[list[tuple[str, str, int]], int]:
+    """(config, version, users) with each split user under the table of their first
+    request, in a fixed order; and how many split requests there are at all."""
+    rows = con.execute(
+        """
+        SELECT first.config, first.version, count(*) FROM (
+            SELECT arg_min({'config': config, 'version': assigned_version}, (ts, rid)) AS first
+            FROM requests
+            WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
+              AND user_h IS NOT NULL
+            GROUP BY user_h
+        ) GROUP BY ALL ORDER BY 1, 2
+        """,
+        {"model": model},
+    ).fetchall()
+    total = con.execute(
+        "SELECT count(*) FROM requests WHERE model = $model AND assigned_by = 'split'",
+        {"model": model},
+    ).fetchone()
+    return rows, int(total[0]) if total else 0
 
 
 def _by_assigned_by(con: duckdb.DuckDBPyConnection, model: str) -> list[dict[str, Any]]:
