@@ -56,10 +56,10 @@ def comparisons(
     out = {}
     for i, name in enumerate(names):
         error, labelled, latency = found[name]
-        p = _f(fixed[i] if fixed else error.p_value)
-        av = _f(always[i] if always else error.always_valid_p)
+        p = _finite(fixed[i] if fixed else error.p_value)
+        av = _finite(always[i] if always else error.always_valid_p)
         out[name] = {
-            "error_rate_diff": _f(error.diff),
+            "error_rate_diff": _finite(error.diff),
             "ci95": _pair(error.ci95),
             "p_value": p,
             "always_valid": {"ci95": _pair(error.always_valid_ci95), "p_value": av},
@@ -67,9 +67,9 @@ def comparisons(
             "adjusted": adjust,
             "users": error.units,
             "latency_ms": latency,
-            "accuracy_diff": _f(labelled.diff) if labelled else None,
+            "accuracy_diff": _finite(labelled.diff) if labelled else None,
             "accuracy_ci95": _pair(labelled.ci95) if labelled else None,
-            "accuracy_p_value": _f(labelled.p_value) if labelled else None,
+            "accuracy_p_value": _finite(labelled.p_value) if labelled else None,
         }
     return out, ("holm" if adjust else None)
 
@@ -219,14 +219,15 @@ def _latency(base: dict[str, Estimate], candidate: dict[str, Estimate]) -> dict[
     out: dict[str, Any] = {}
     for name in ("p50", "p95"):
         result = compare([(base[name], candidate[name])])
-        out[f"{name}_diff"] = _f(result.diff)
+        out[f"{name}_diff"] = _finite(result.diff)
         out[f"{name}_ci95"] = _pair(result.ci95)
     return out
 
 
-def _f(value: float) -> float | None:
+def _finite(value: float) -> float | None:
+    """A float for JSON: None for nan and inf (not rounded: the engine's values as they are)."""
     return None if not math.isfinite(value) else float(value)
 
 
 def _pair(pair: tuple[float, float]) -> list[float | None]:
-    return [_f(pair[0]), _f(pair[1])]
+    return [_finite(pair[0]), _finite(pair[1])]

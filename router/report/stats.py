@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
-Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+from router.stats import Z95
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -8,10 +8,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.stats import sequential
+from router.stats import Z95, sequential
 from router.stats.ratio import Estimate
-
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True, slots=True)

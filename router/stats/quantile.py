@@ -19,9 +19,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
+from router.stats import Z95
 from router.stats.ratio import Estimate, ratio
-
-Z95 = 1.959963984540054
 
 
 def probabilities(q: float, below: ArrayLike, counts: ArrayLike) -> tuple[float, float] | None:

@@ -52,12 +52,6 @@ def ratio(numerators: ArrayLike, denominators: ArrayLike) -> Estimate:
     return Estimate(value, max(float(variance), 0.0), units)
 
 
-def mean(values: ArrayLike) -> Estimate:
-    """The mean over users of one number per user (a ratio whose denominators are all 1)."""
-    x = np.asarray(values, dtype=np.float64)
-    return ratio(x, np.ones_like(x))
-
-
 def proportion(numerators: ArrayLike, denominators: ArrayLike) -> Estimate:
     """A ratio of counts that lies in [0, 1] (errors / requests, correct / labelled): its
     value from the data, its variance from the data plus two pseudo-users, one with a
