@@ -33,7 +33,7 @@ class RequestBody:
     limit: int = 0
     timeout: float = 0.0  # body_timeout_s: the longest wait for each piece from the client
     consumed: bool = False  # a byte was read from the client: it can't be sent again
-    client_gone: bool = False
+    client_gone: bool = False  # a whole body the client hung up in the middle of
 
     @property
     def resendable(self) -> bool:
@@ -52,7 +52,6 @@ class RequestBody:
                 async with asyncio.timeout(self.timeout):
                     chunk = await self.stream.readany()
             except ConnectionError:
-                self.client_gone = True
                 raise ClientGone from None
             except BadBody as exc:
                 raise RouterError("bad_body", malformed(exc)) from None
