@@ -39,8 +39,10 @@ def test_json_has_the_contract_keys_and_honest_comparison(
     assert model["srm"]["mismatch"] is False
     v1, v2 = model["versions"]["v1"], model["versions"]["v2"]
     for v in (v1, v2):
-        assert set(v) >= {"requests", "share", "error_rate", "latency_ms", "accuracy",
-                          "labelled", "vs_baseline"}  # fmt: skip
+        assert set(v) >= {"requests", "users", "share", "error_rate", "latency_ms", "accuracy",
+                          "mae", "rmse", "labelled", "vs_baseline"}  # fmt: skip
+        low, high = v["error_rate_ci95"]  # the user as the unit here too
+        assert 0 <= low <= v["error_rate"] <= high <= 1
         assert set(v["latency_ms"]) == {"p50", "p95", "p99"}
     assert v1["vs_baseline"] is None
     assert v1["requests"] + v2["requests"] == 6000
@@ -307,3 +309,52 @@ def test_labels_compare_as_json_values_and_feedback_is_counted(
     assert v1["labelled"] == 4
     assert v1["accuracy"] == pytest.approx(2 / 4)  # 1.0 and 1 match; true and "1" do not
     assert model["feedback"] == {"joined": 4, "unmatched": 1, "duplicate_request_ids": 1}
+
+
+def test_real_valued_labels_give_mae_and_rmse_with_a_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A regression model: one fractional label makes the labels real-valued; accuracy
+    gives way to mean absolute error and RMSE, each against the baseline."""
+    records: list[Any] = [logs.config_loaded("cfg1", SPLIT)]
+    errors = {"v1": [0.5, -0.5, 1.5, -1.5] * 10, "v2": [2.0, -2.0, 3.0, -3.0] * 10}
+    i = 0
+    for version, misses in errors.items():
+        for miss in misses:
+            records.append(logs.request(i, version=version, user=f"u{i}", prediction=10 + miss))
+            records.append(logs.feedback(f"req-{i}", 10))
+            i += 1
+    records.append(logs.feedback("req-0", 10.25))  # the later line wins: v1's first miss 0.25
+    model = report_json(capsys, str(logs.write(tmp_path / "reg.jsonl", records)))["models"]
+    cancer = model["cancer"]
+    assert cancer["labels"] == "real"
+    v1, v2 = cancer["versions"]["v1"], cancer["versions"]["v2"]
+    assert v1["accuracy"] is None
+    assert v1["labelled"] == 40
+    assert v1["mae"] == pytest.approx((40 * 1.0 - 0.5 + 0.25) / 40, abs=1e-3)
+    assert v2["mae"] == pytest.approx(2.5)
+    assert v2["rmse"] == pytest.approx((6.5) ** 0.5, abs=1e-3)
+    low, high = v2["mae_ci95"]
+    assert low < 2.5 < high
+    vs = v2["vs_baseline"]
+    assert vs["accuracy_diff"] is None
+    assert vs["mae_diff"] == pytest.approx(v2["mae"] - v1["mae"], abs=1e-3)
+    assert vs["mae_ci95"][0] > 0
+    assert vs["mae_p_value"] < 0.001
+    assert main(["report", str(tmp_path / "reg.jsonl")]) == 0
+    text = capsys.readouterr().out
+    assert "MAE [95% CI], RMSE" in text
+    assert "v2 vs v1: mean absolute error +1.506" in text
+
+
+def test_the_later_line_wins_a_tie_in_feedback_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two labels for one request with the same `ts`: the later line wins, every time
+    (not whichever a parallel scan happens to see last)."""
+    records: list[Any] = [logs.config_loaded("cfg1", {"v1": 100.0})]
+    records += [logs.request(i, version="v1", user=f"u{i}", prediction=1) for i in range(300)]
+    records += [logs.feedback(f"req-{i}", 0) for i in range(300)]
+    records += [logs.feedback(f"req-{i}", 1) for i in range(300)]  # same ts, later lines
+    data = report_json(capsys, str(logs.write(tmp_path / "tie.jsonl", records)))
+    assert data["models"]["cancer"]["versions"]["v1"]["accuracy"] == 1.0

@@ -174,9 +174,20 @@ def test_sample_ratio_mismatch_opens_the_page(page: str) -> None:
     assert page.count('class="banner"') == 1  # cancer's 90/10 split holds
 
 
+def test_each_verdict_links_to_what_its_numbers_mean(page: str) -> None:
+    verdicts = re.findall(r"<li[^>]*>([^<]*) vs [^<]*<a class=\"how\" href=\"#([\w-]+)\"", page)
+    assert verdicts, "no verdict with a link"
+    anchors = {anchor for _, anchor in verdicts}
+    assert "how-error" in anchors
+    assert "how-latency" in anchors
+    for anchor in anchors:
+        assert page.count(f'id="{anchor}"') == 1
+    assert "docs/statistics.md" in page
+
+
 def test_nothing_is_fetched_from_the_network(page: str) -> None:
     parsed = parse(page)
-    assert parsed.urls == []
+    assert all(url.startswith("a href=#") for url in parsed.urls)  # links within the page
     assert not {"script", "link", "img", "iframe", "object", "embed"} & parsed.tags
     assert not re.search(r"https?://|@import|url\(", page)
     assert "default-src 'none'" in page  # and the page forbids loading anything anyway
@@ -188,6 +199,23 @@ def test_names_and_values_from_the_log_are_escaped(page: str) -> None:
     assert "&lt;b&gt;beta&lt;/b&gt;" in page
     assert HOSTILE in " ".join(parse(page).text)
     assert "<code>v1.0-rc_2</code>" in page
+
+
+def test_a_regression_model_shows_mae_and_rmse(tmp_path: Path) -> None:
+    records: list[Any] = [logs.config_loaded("cfg1", {"v1": 50.0, "v2": 50.0})]
+    for i in range(40):
+        version = "v1" if i % 2 else "v2"
+        records.append(logs.request(i, version=version, user=f"u{i}", prediction=1.5 + i % 3))
+        records.append(logs.feedback(f"req-{i}", 2.25))
+    html = render(make_report([str(logs.write(tmp_path / "reg.jsonl", records))]), "html")
+    parsed = parse(html)
+    assert parsed.problems == []
+    assert "MAE [95% CI]" in html
+    assert "RMSE" in html
+    assert "accuracy [95% CI]" not in html
+    rows = re.findall(r"<tr>(.*?)</tr>", html.split("<h3>Versions</h3>")[1].split("</table>")[0])
+    assert len({row.count("<t") for row in rows}) == 1  # every row as wide as the header
+    assert 'href="#how-quality"' in html
 
 
 def test_a_report_without_models_renders() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from router.stats.compare import compare
 from router.stats.quantile import quantile
-from router.stats.ratio import Estimate, proportion
+from router.stats.ratio import Estimate, proportion, ratio
 
 EXPERIMENTS = 200
 # Users per arm. 1% of them are heavy: 50 users carry 60% of the requests. With 20 heavy
@@ -63,10 +63,31 @@ def share_below(p_values: list[float]) -> float:
     return sum(p < 0.05 for p in p_values) / len(p_values)
 
 
+def quality(rng: np.random.Generator, requests: np.ndarray) -> tuple[Estimate, Estimate]:
+    """Feedback on an arm's traffic: 30% of requests labelled; each user with an accuracy
+    of their own (mean 90%) and a scale of their own for a regression model's absolute
+    errors. -> (accuracy, mean absolute error), the labelled users as units."""
+    users = requests.size
+    labelled = rng.binomial(requests, 0.3)
+    correct = rng.binomial(labelled, rng.beta(9.0, 1.0, users))
+    scale = rng.lognormal(0.0, 0.5, users)
+    owner = np.repeat(np.arange(users), labelled)
+    misses = np.abs(rng.normal(0.0, 1.0, owner.size)) * scale[owner]
+    abs_error = np.bincount(owner, weights=misses, minlength=users)
+    seen = labelled > 0
+    return (
+        proportion(correct[seen], labelled[seen]),
+        ratio(abs_error[seen], labelled[seen]),
+    )
+
+
 @cache
 def heavy_users_aa() -> dict[str, float]:
     rng = np.random.default_rng(20261129)
-    found: dict[str, list[float]] = {"error": [], "naive": [], "p50": [], "p95": []}
+    labels = np.random.default_rng(20261204)  # apart, so the other draws stay as they were
+    found: dict[str, list[float]] = {
+        "error": [], "naive": [], "p50": [], "p95": [], "accuracy": [], "mae": []
+    }  # fmt: skip
     for _ in range(EXPERIMENTS):
         a, b = heavy_arm(rng, USERS), heavy_arm(rng, USERS)
         err = compare([(proportion(a.errors, a.requests), proportion(b.errors, b.requests))])
@@ -75,6 +96,9 @@ def heavy_users_aa() -> dict[str, float]:
         for q, name in ((0.5, "p50"), (0.95, "p95")):
             qa, qb = quantile(a.latency, a.user_of, q), quantile(b.latency, b.user_of, q)
             found[name].append(compare([(qa, qb)]).p_value)
+        (acc_a, mae_a), (acc_b, mae_b) = quality(labels, a.requests), quality(labels, b.requests)
+        found["accuracy"].append(compare([(acc_a, acc_b)]).p_value)
+        found["mae"].append(compare([(mae_a, mae_b)]).p_value)
     return {name: share_below(ps) for name, ps in found.items()}
 
 
@@ -166,7 +190,7 @@ def coverage() -> dict[str, float]:
 # --- the claims ---
 
 
-@pytest.mark.parametrize("metric", ["error", "p50", "p95"])
+@pytest.mark.parametrize("metric", ["error", "p50", "p95", "accuracy", "mae"])
 def test_an_aa_test_with_heavy_users_is_calibrated(metric: str) -> None:
     assert 0.02 <= heavy_users_aa()[metric] <= 0.08
 
@@ -209,6 +233,8 @@ def table() -> str:
         ("A/A, heavy users: error rate, request as unit", aa["naive"]),
         ("A/A, heavy users: p50 latency", aa["p50"]),
         ("A/A, heavy users: p95 latency", aa["p95"]),
+        ("A/A, heavy users: accuracy (30% labelled)", aa["accuracy"]),
+        ("A/A, heavy users: mean absolute error (30% labelled)", aa["mae"]),
         ("A/A, ramp 90/10 -> 80/20 with drift: within periods", ramp["stratified"]),
         ("A/A, ramp 90/10 -> 80/20 with drift: pooled", ramp["pooled"]),
         ("A/A, 20 looks: fixed-horizon p < 0.05 at some look", peek["fixed"]),

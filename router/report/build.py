@@ -16,12 +16,18 @@ import duckdb
 import orjson
 
 from router.report import stats
-from router.report.compare import ERRORS, RANDOMISED, SAME_LABEL, comparisons
+from router.report.compare import analyse
 from router.report.read import Loaded
-
-# The same sets as SQL conditions, written once from the tuples above.
-_IN_RANDOMISED = f"assigned_by IN {RANDOMISED}"
-_IS_ERROR = f"outcome IN {ERRORS}"
+from router.report.users import (
+    ABS_ERROR,
+    IN_RANDOMISED,
+    IS_ERROR,
+    IS_REAL,
+    LABELS,
+    RANDOMISED,
+    SAME_LABEL,
+    per_user,
+)
 
 
 class ReportError(Exception):
@@ -63,14 +69,21 @@ def build(loaded: Loaded, model: str | None = None, baseline: str | None = None)
 def _model(
     con: duckdb.DuckDBPyConnection, model: str, baseline: str | None, splits: dict[str, Any]
 ) -> dict[str, Any]:
-    versions = _versions(con, model)
+    versions, labels = _versions(con, model)
     base = baseline if baseline in versions else _default_baseline(con, model, versions)
-    vs, adjustment = comparisons(con, model, base, versions) if base else ({}, None)
+    quality = {"categorical": "accuracy", "real": "mae", None: None}[labels]
+    found = analyse(con, model, per_user(con, model, versions), base, versions, quality)
     for name, version in versions.items():
-        version["vs_baseline"] = vs.get(name)
+        version.update(found.intervals[name])
+        if labels != "categorical":
+            version["accuracy"] = version["accuracy_ci95"] = None
+        if labels != "real":
+            version["mae"] = version["rmse"] = version["mae_ci95"] = version["rmse_ci95"] = None
+        version["vs_baseline"] = found.vs_baseline.get(name)
     return {
         "baseline": base,
-        "p_value_adjustment": adjustment,
+        "labels": labels,
+        "p_value_adjustment": found.adjustment,
         "srm": _srm(con, model, splits),
         "feedback": _feedback(con, model),
         "versions": versions,
@@ -80,26 +93,34 @@ def _model(
     }
 
 
-def _versions(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, dict[str, Any]]:
+def _versions(
+    con: duckdb.DuckDBPyConnection, model: str
+) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The versions table's values (their intervals come from compare.py), and the kind of
+    labels the model's feedback has: "real" when any label is a number with a fractional
+    part, "categorical" when there are others, None without any."""
     rows = con.execute(
         f"""
         SELECT r.assigned_version,
                count(*) AS n,
-               count(*) FILTER (WHERE {_IS_ERROR}) AS errors,
-               count(*) FILTER (WHERE outcome = 'timeout') AS timeouts,
-               count(DISTINCT user_h) AS users,
-               quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS q,
+               count(*) FILTER (WHERE {IS_ERROR}) AS errors,
+               count(*) FILTER (WHERE r.outcome = 'timeout') AS timeouts,
+               count(DISTINCT r.user_h) AS users,
+               quantile_cont(r.latency_ms, [0.5, 0.95, 0.99]) AS q,
                count(f.label) AS labelled,
-               count(f.label) FILTER (WHERE {SAME_LABEL}) AS correct
-        FROM requests r LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL
-        WHERE r.model = $model AND r.{_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
+               count(f.label) FILTER (WHERE {SAME_LABEL}) AS correct,
+               avg({ABS_ERROR}) AS mae,
+               sqrt(avg({ABS_ERROR} * {ABS_ERROR})) AS rmse,
+               coalesce(bool_or({IS_REAL}), false) AS real
+        FROM requests r {LABELS}
+        WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
         GROUP BY r.assigned_version ORDER BY r.assigned_version
         """,
         {"model": model},
     ).fetchall()
     total = sum(row[1] for row in rows)
     versions: dict[str, dict[str, Any]] = {}
-    for name, n, errors, timeouts, users, q, labelled, correct in rows:
+    for name, n, errors, timeouts, users, q, labelled, correct, mae, rmse, _ in rows:
         p50, p95, p99 = q if q is not None else (None, None, None)
         versions[name] = {
             "requests": n,
@@ -107,14 +128,19 @@ def _versions(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, dict[str,
             "users": users,
             "errors": errors,
             "error_rate": errors / n,
-            "error_rate_ci95": list(stats.wilson(errors, n)),
             "timeout_rate": timeouts / n,
             "latency_ms": {"p50": _f(p50), "p95": _f(p95), "p99": _f(p99)},
             "accuracy": correct / labelled if labelled else None,
-            "accuracy_ci95": list(stats.wilson(correct, labelled)) if labelled else None,
+            "mae": _f(mae),
+            "rmse": _f(rmse),
             "labelled": labelled,
         }
-    return versions
+    labels = None
+    if any(row[10] for row in rows):
+        labels = "real"
+    elif any(row[6] for row in rows):
+        labels = "categorical"
+    return versions, labels
 
 
 def _default_baseline(
@@ -248,10 +274,10 @@ def _by_assigned_by(con: duckdb.DuckDBPyConnection, model: str) -> list[dict[str
     rows = con.execute(
         f"""
         SELECT assigned_by, coalesce(assigned_version, version) AS v, count(*),
-               count(*) FILTER (WHERE {_IS_ERROR}),
+               count(*) FILTER (WHERE {IS_ERROR}),
                quantile_cont(latency_ms, [0.5, 0.95, 0.99]),
                count(DISTINCT user_h), count(*) FILTER (WHERE outcome = 'timeout')
-        FROM requests WHERE model = $model
+        FROM requests r WHERE model = $model
         GROUP BY assigned_by, v ORDER BY assigned_by NULLS LAST, v NULLS LAST
         """,
         {"model": model},
@@ -274,8 +300,8 @@ _STEPS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400)
 def _timeline(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
     """Requests and errors per version over time, in at most about 60 steps."""
     span = con.execute(
-        f"SELECT epoch(max(ts)) - epoch(min(ts)), epoch(min(ts)) FROM requests "
-        f"WHERE model = $model AND {_IN_RANDOMISED}",
+        f"SELECT epoch(max(ts)) - epoch(min(ts)), epoch(min(ts)) FROM requests r "
+        f"WHERE model = $model AND {IN_RANDOMISED}",
         {"model": model},
     ).fetchone()
     if span is None or span[0] is None:
@@ -285,8 +311,8 @@ def _timeline(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
     rows = con.execute(
         f"""
         SELECT floor((epoch(ts) - $start) / $step)::BIGINT AS k, assigned_version,
-               count(*), count(*) FILTER (WHERE {_IS_ERROR})
-        FROM requests WHERE model = $model AND {_IN_RANDOMISED} AND ts IS NOT NULL
+               count(*), count(*) FILTER (WHERE {IS_ERROR})
+        FROM requests r WHERE model = $model AND {IN_RANDOMISED} AND ts IS NOT NULL
         GROUP BY k, assigned_version ORDER BY k, assigned_version
         """,
         {"model": model, "start": start, "step": step},
@@ -304,7 +330,7 @@ def _histogram(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
         f"""
         SELECT assigned_version,
                floor(log10(greatest(latency_ms, 0.1)) * 10)::INT AS b, count(*)
-        FROM requests WHERE model = $model AND {_IN_RANDOMISED} AND latency_ms IS NOT NULL
+        FROM requests r WHERE model = $model AND {IN_RANDOMISED} AND latency_ms IS NOT NULL
         GROUP BY ALL ORDER BY 1, 2
         """,
         {"model": model},

@@ -6,58 +6,81 @@ what each number means."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import numpy as np
 
+from router.report.users import IN_RANDOMISED, Users
+from router.stats import Z95
 from router.stats.compare import Comparison, compare, holm
 from router.stats.quantile import probabilities, quantile_from
-from router.stats.ratio import Estimate, proportion
+from router.stats.ratio import Estimate, proportion, ratio
 
-RANDOMISED = ("split", "no_user_random")
-ERRORS = ("server_error", "timeout", "unavailable")
-_IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
-_IS_ERROR = f"r.outcome IN {ERRORS}"
-_UNIT = "coalesce(r.user_h, r.rid)"  # a request without a user id is a user of its own
-_NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
-# A label and a prediction compare as JSON values: numbers by value (1 equals 1.0; true is
-# not 1, a boolean being no number), anything else by its JSON text.
-SAME_LABEL = (
-    f"CASE WHEN json_type(f.label) IN {_NUMBER} AND json_type(r.prediction) IN {_NUMBER} "
-    "THEN f.label::DOUBLE = r.prediction::DOUBLE ELSE f.label = r.prediction END"
-)
 _VERDICT_ALPHA = 0.05
 
 Periods = dict[str, Estimate]  # config digest -> one version's estimate in that period
+Pooled = dict[str, np.ndarray]  # column -> per-user sums of one version (Users.pooled)
+Estimator = Callable[[np.ndarray, np.ndarray], Estimate]
+
+# Quality from feedback: categorical labels give accuracy, real-valued ones mean absolute
+# error: (numerator, denominator, estimator) over the per-user columns of users.py.
+QUALITY: dict[str, tuple[str, str, Estimator]] = {
+    "accuracy": ("correct", "labelled", proportion),
+    "mae": ("abs_error", "scored", ratio),
+}
 
 
-def comparisons(
-    con: duckdb.DuckDBPyConnection, model: str, base: str, versions: dict[str, dict[str, Any]]
+@dataclass(frozen=True)
+class Analysis:
+    intervals: dict[str, dict[str, list[float | None] | None]]  # version -> "*_ci95" keys
+    vs_baseline: dict[str, dict[str, Any]]  # candidate -> its `vs_baseline`
+    adjustment: str | None  # "holm" with 2+ candidates
+
+
+def analyse(
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    users: Users,
+    base: str | None,
+    versions: dict[str, dict[str, Any]],
+    quality: str | None,
+) -> Analysis:
+    """Every interval of the versions table, and each candidate against `base`."""
+    pooled = {name: users.pooled(name) for name in versions}
+    intervals = {name: _intervals(p) for name, p in pooled.items()}
+    if base is None:
+        return Analysis(intervals, {}, None)
+    quantiles = _quantiles(con, model, pooled, versions)
+    vs, adjustment = _comparisons(users, quantiles, base, quality)
+    return Analysis(intervals, vs, adjustment)
+
+
+def _comparisons(
+    users: Users, quantiles: dict[str, dict[str, Estimate]], base: str, quality: str | None
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """`vs_baseline` for each candidate, and the adjustment made to its p-values."""
-    users = _users(con, model, versions)
-    errors, accuracy = _per_period(users)
-    quantiles = _quantiles(con, model, users, versions)
+    errors = _per_period(users, "errors", "n", proportion)
+    scores = _per_period(users, *QUALITY[quality]) if quality else {}
     found: dict[str, tuple[Comparison, Comparison | None, dict[str, Any]]] = {}
-    for name in versions:
+    for name in quantiles:
         if name == base:
             continue
         error = compare(_paired(errors.get(base, {}), errors.get(name, {})))
-        correct = _paired(accuracy.get(base, {}), accuracy.get(name, {}))
-        labelled = compare(correct) if correct else None
+        both = _paired(scores.get(base, {}), scores.get(name, {}))
         latency = _latency(quantiles[base], quantiles[name])
-        found[name] = (error, labelled, latency)
+        found[name] = (error, compare(both) if both else None, latency)
     adjust = len(found) >= 2
     names = list(found)
-    fixed = holm([found[n][0].p_value for n in names]) if adjust else None
-    always = holm([found[n][0].always_valid_p for n in names]) if adjust else None
+    fixed = _holm([found[n][0].p_value for n in names], adjust)
+    always = _holm([found[n][0].always_valid_p for n in names], adjust)
+    quality_p = _holm([s.p_value if (s := found[n][1]) else math.nan for n in names], adjust)
     out = {}
     for i, name in enumerate(names):
-        error, labelled, latency = found[name]
-        p = _finite(fixed[i] if fixed else error.p_value)
-        av = _finite(always[i] if always else error.always_valid_p)
+        error, scored, latency = found[name]
+        p, av = _finite(fixed[i]), _finite(always[i])
         out[name] = {
             "error_rate_diff": _finite(error.diff),
             "ci95": _pair(error.ci95),
@@ -67,11 +90,24 @@ def comparisons(
             "adjusted": adjust,
             "users": error.units,
             "latency_ms": latency,
-            "accuracy_diff": _finite(labelled.diff) if labelled else None,
-            "accuracy_ci95": _pair(labelled.ci95) if labelled else None,
-            "accuracy_p_value": _finite(labelled.p_value) if labelled else None,
         }
+        for metric in QUALITY:
+            mine = scored if metric == quality else None
+            out[name][f"{metric}_diff"] = _finite(mine.diff) if mine else None
+            out[name][f"{metric}_ci95"] = _pair(mine.ci95) if mine else None
+            out[name][f"{metric}_p_value"] = _finite(quality_p[i]) if mine else None
     return out, ("holm" if adjust else None)
+
+
+def _holm(p_values: list[float], adjust: bool) -> list[float]:
+    """Holm-adjusted when asked, over the comparisons that have a p-value."""
+    present = [i for i, p in enumerate(p_values) if math.isfinite(p)]
+    if not adjust or not present:
+        return p_values
+    adjusted = list(p_values)
+    for i, p in zip(present, holm([p_values[i] for i in present]), strict=True):
+        adjusted[i] = p
+    return adjusted
 
 
 def _paired(base: Periods, candidate: Periods) -> list[tuple[Estimate, Estimate]]:
@@ -79,100 +115,77 @@ def _paired(base: Periods, candidate: Periods) -> list[tuple[Estimate, Estimate]
     return [(base[c], candidate[c]) for c in sorted(base.keys() & candidate.keys())]
 
 
-@dataclass(frozen=True)
-class _Users:
-    """One pass over a model's randomised requests, one row per version, period and user."""
-
-    version: np.ndarray
-    config: np.ndarray
-    unit: np.ndarray
-    columns: dict[str, np.ndarray]  # n, errors, labelled, correct, timed, p50, p95
-
-    def spans(self) -> list[tuple[str, str, int, int]]:
-        """(version, config, start, end) of each run of rows."""
-        if self.version.size == 0:
-            return []
-        changed = (self.version[1:] != self.version[:-1]) | (self.config[1:] != self.config[:-1])
-        starts = np.flatnonzero(np.r_[True, changed])
-        ends = np.r_[starts[1:], self.version.size]
-        return [
-            (str(self.version[s]), str(self.config[s]), int(s), int(e))
-            for s, e in zip(starts, ends, strict=True)
-        ]
-
-
-def _users(
-    con: duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
-) -> _Users:
-    """Per version, period and user: requests, errors, labelled and correct ones, and how
-    many were at or below the version's p50 and p95 (for the quantiles' intervals). The
-    thresholds come in as a small table, so no name from the log is ever spliced into SQL."""
-    con.execute("CREATE OR REPLACE TEMP TABLE thresholds (version VARCHAR, p50 DOUBLE, p95 DOUBLE)")
-    rows = [(name, v["latency_ms"]["p50"], v["latency_ms"]["p95"]) for name, v in versions.items()]
-    if rows:
-        con.executemany("INSERT INTO thresholds VALUES (?, ?, ?)", rows)
-    data = con.execute(
-        f"""
-        SELECT r.assigned_version AS version, coalesce(r.config, '') AS config, {_UNIT} AS unit,
-               count(*) AS n, count(*) FILTER (WHERE {_IS_ERROR}) AS errors,
-               count(f.label) AS labelled, count(*) FILTER (WHERE {SAME_LABEL}) AS correct,
-               count(r.latency_ms) AS timed,
-               count(*) FILTER (WHERE r.latency_ms <= t.p50) AS p50,
-               count(*) FILTER (WHERE r.latency_ms <= t.p95) AS p95
-        FROM requests r
-        LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL
-        LEFT JOIN thresholds t ON t.version = r.assigned_version
-        WHERE r.model = $model AND {_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
-        GROUP BY ALL ORDER BY 1, 2, 3
-        """,
-        {"model": model},
-    ).fetchnumpy()
-    names = ("n", "errors", "labelled", "correct", "timed", "p50", "p95")
-    return _Users(
-        np.asarray(data["version"], dtype=object),
-        np.asarray(data["config"], dtype=object),
-        np.asarray(data["unit"]),
-        {name: np.asarray(data[name], dtype=np.float64) for name in names},
-    )
-
-
-def _per_period(users: _Users) -> tuple[dict[str, Periods], dict[str, Periods]]:
-    """Per version and period: the error rate and the accuracy of its users (delta method)."""
-    errors: dict[str, Periods] = {}
-    accuracy: dict[str, Periods] = {}
+def _per_period(
+    users: Users, numerator: str, denominator: str, estimator: Estimator
+) -> dict[str, Periods]:
+    """Per version and period: the metric over the users it concerns (those with a
+    non-zero denominator: every user for the error rate, the labelled ones for quality)."""
+    out: dict[str, Periods] = {}
     c = users.columns
     for version, config, start, end in users.spans():
-        errors.setdefault(version, {})[config] = proportion(
-            c["errors"][start:end], c["n"][start:end]
-        )
-        labelled = c["labelled"][start:end] > 0
-        if labelled.any():
-            accuracy.setdefault(version, {})[config] = proportion(
-                c["correct"][start:end][labelled], c["labelled"][start:end][labelled]
-            )
-    return errors, accuracy
+        den = c[denominator][start:end]
+        keep = den > 0
+        if keep.any():
+            value = estimator(c[numerator][start:end][keep], den[keep])
+            out.setdefault(version, {})[config] = value
+    return out
+
+
+def _intervals(pooled: Pooled) -> dict[str, list[float | None] | None]:
+    """The versions table's 95% intervals, users as units, all periods together."""
+    mse = _estimate(pooled, "sq_error", "scored", ratio)
+    rmse: list[float | None] | None = None
+    if mse is not None and math.isfinite(mse.variance):
+        low, high = _interval(mse, low=0.0)
+        rmse = [math.sqrt(low), math.sqrt(high)]  # sqrt is monotone: the MSE's ends map
+    return {
+        "error_rate_ci95": _maybe(_estimate(pooled, "errors", "n", proportion), high=1.0),
+        "accuracy_ci95": _maybe(_estimate(pooled, "correct", "labelled", proportion), high=1.0),
+        "mae_ci95": _maybe(_estimate(pooled, "abs_error", "scored", ratio)),
+        "rmse_ci95": rmse,
+    }
+
+
+def _estimate(pooled: Pooled, numerator: str, denominator: str, f: Estimator) -> Estimate | None:
+    keep = pooled[denominator] > 0
+    if not keep.any():
+        return None
+    return f(pooled[numerator][keep], pooled[denominator][keep])
+
+
+def _interval(e: Estimate, low: float = 0.0, high: float = math.inf) -> tuple[float, float]:
+    """value -+ z se, kept within what the metric can be; a single user gives no spread
+    to estimate from, so nothing narrower than the whole range."""
+    if not math.isfinite(e.variance):
+        return (low, high)
+    half = Z95 * math.sqrt(e.variance)
+    return (max(low, e.value - half), min(high, e.value + half))
+
+
+def _maybe(e: Estimate | None, high: float = math.inf) -> list[float | None] | None:
+    """The interval, or None where there is no metric or no bounded interval to give."""
+    if e is None or (high == math.inf and not math.isfinite(e.variance)):
+        return None
+    return _pair(_interval(e, 0.0, high))
 
 
 def _quantiles(
     con: duckdb.DuckDBPyConnection,
     model: str,
-    users: _Users,
+    pooled: dict[str, Pooled],
     versions: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, Estimate]]:
     """Per version, p50 and p95 over all its randomised requests with users as units: the
     values the table shows (so a difference is the difference of the table's), intervals
-    from the per-user counts of `_users`, summed over periods."""
-    c = users.columns
+    from the per-user counts at or below them."""
     ends: dict[str, dict[str, tuple[float, float] | None]] = {}
     units: dict[str, int] = {}
     for version in versions:
-        rows = users.version == version
-        _, per_user = np.unique(users.unit[rows], return_inverse=True)
-        timed = np.bincount(per_user, weights=c["timed"][rows])
+        timed = pooled[version]["timed"]
         seen = timed > 0
         units[version] = int(seen.sum())
         ends[version] = {
-            name: probabilities(q, np.bincount(per_user, weights=c[name][rows])[seen], timed[seen])
+            name: probabilities(q, pooled[version][name][seen], timed[seen])
             for name, q in (("p50", 0.5), ("p95", 0.95))
         }
     at = _quantiles_at(con, model, ends)
@@ -203,7 +216,7 @@ def _quantiles_at(
     rows = con.execute(
         f"""
         SELECT r.assigned_version, quantile_cont(r.latency_ms, $ps) FROM requests r
-        WHERE r.model = $model AND {_IN_RANDOMISED} AND r.assigned_version IS NOT NULL
+        WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
         GROUP BY 1
         """,
         {"model": model, "ps": wanted},

@@ -59,6 +59,9 @@ svg.chart { display: block; max-width: 100%; height: auto;
   font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
 .empty { color: #57606a; font-style: italic; }
 footer { color: #57606a; font-size: 12px; margin-top: 24px; }
+a.how { font-size: 12px; color: #0969da; margin-left: 6px; }
+section.how dt { font-weight: 600; margin-top: 8px; }
+section.how dd { margin: 2px 0 0; color: #3d444d; max-width: 80ch; }
 """
 
 
@@ -70,7 +73,7 @@ def render(report: dict[str, Any]) -> str:
     if not sections:
         sections = ['<p class="empty">No requests for any model in the log.</p>']
     body = [*banners, "<main>", f"<h1>{escape(title)}</h1>", _summary(report), *sections,
-            _footer(), "</main>"]  # fmt: skip
+            _how_to_read(), _footer(), "</main>"]  # fmt: skip
     return _page(title, "\n".join(body))
 
 
@@ -111,8 +114,7 @@ def _footer() -> str:
     return (
         "<footer>Only randomised traffic (split, no_user_random) enters the comparison, "
         "grouped by assigned version. Error rate counts server_error, timeout and unavailable. "
-        "Intervals are 95%: Wilson for rates, Newcombe for differences, bootstrap for "
-        "latency.</footer>"
+        "Intervals are 95%, with the user as the unit (delta method).</footer>"
     )
 
 
@@ -131,7 +133,8 @@ def _model(name: str, model: dict[str, Any]) -> str:
     if feedback := feedback_line(model.get("feedback")):
         parts.append(f'<p class="meta">{escape(feedback[0].upper() + feedback[1:])}</p>')
     if versions:
-        parts += ["<h3>Versions</h3>", _versions_table(versions, base, palette)]
+        table = _versions_table(versions, base, palette, model.get("labels"))
+        parts += ["<h3>Versions</h3>", table]
         parts.append(_verdicts(versions, base))
         parts.append(_charts(model, palette))
     else:
@@ -167,49 +170,107 @@ def _srm_line(srm: dict[str, Any]) -> str:
     return f'<p class="meta">{escape(text)}{flag}</p>'
 
 
-def _versions_table(versions: dict[str, Any], base: str | None, palette: dict[str, str]) -> str:
+def _versions_table(
+    versions: dict[str, Any], base: str | None, palette: dict[str, str], labels: str | None
+) -> str:
+    quality = ("MAE [95% CI]", "RMSE") if labels == "real" else ("accuracy [95% CI]",)
     head = ("version", "requests", "share", "users", "error rate [95% CI]", "timeouts",
-            "p50 ms", "p95 ms", "p99 ms", "accuracy [95% CI]", "labelled")  # fmt: skip
-    rows = [_version_row(v, s, v == base, palette.get(v, "#888")) for v, s in versions.items()]
+            "p50 ms", "p95 ms", "p99 ms", *quality, "labelled")  # fmt: skip
+    rows = [_version_row(v, s, v == base, palette.get(v, "#888"), len(quality))
+            for v, s in versions.items()]  # fmt: skip
     return _table(head, rows)
 
 
-def _version_row(version: str, s: dict[str, Any], is_base: bool, colour: str) -> str:
+def _version_row(
+    version: str, s: dict[str, Any], is_base: bool, colour: str, quality_cells: int
+) -> str:
     lat = s["latency_ms"]
     badge = '<span class="badge">baseline</span>' if is_base else ""
-    accuracy = "<td>-</td>"
+    quality = ["<td>-</td>"] * quality_cells
     if s.get("accuracy") is not None:
-        accuracy = _with_ci(s["accuracy"], s["accuracy_ci95"], 1)
+        quality = [_with_ci(s["accuracy"], s["accuracy_ci95"], 1)]
+    elif s.get("mae") is not None:
+        quality = [_number_with_ci(s["mae"], s.get("mae_ci95")), _td(f"{s['rmse']:.4g}")]
     cells = [
         f'<td><span class="swatch" style="background:{colour}"></span>'
         f"<code>{escape(version)}</code>{badge}</td>",
         _td(f"{s['requests']:,}"), _td(percent(s["share"])), _td(f"{s['users']:,}"),
         _with_ci(s["error_rate"], s["error_rate_ci95"], 2), _td(percent(s["timeout_rate"], 2)),
         _td(_ms(lat["p50"])), _td(_ms(lat["p95"])), _td(_ms(lat["p99"])),
-        accuracy, _td(f"{s['labelled']:,}"),
+        *quality, _td(f"{s['labelled']:,}"),
     ]  # fmt: skip
     return "<tr>" + "".join(cells) + "</tr>"
 
 
 def _verdicts(versions: dict[str, Any], base: str | None) -> str:
+    """Each verdict line, with a link to what its numbers mean (the page's last section)."""
     items = []
     for version, s in versions.items():
         vs = s["vs_baseline"]
         if vs is None or base is None:
             continue
-        lines = verdicts(version, base, vs)
         tone = "" if not vs["significant"] else (
             "worse" if vs["error_rate_diff"] > 0 else "better")  # fmt: skip
-        items.append(f'<li class="{tone}">{escape(lines[0])}</li>')
-        items.extend(f"<li>{escape(line)}</li>" for line in lines[1:])
+        for metric, line in verdicts(version, base, vs):
+            cls = f' class="{tone}"' if metric == "error" and tone else ""
+            link = f' <a class="how" href="#how-{metric}">how to read this</a>'
+            items.append(f"<li{cls}>{escape(line)}{link}</li>")
     if not items:
         return ""
-    how = (
-        '<p class="meta">Users are the units; the verdict follows the always-valid p-value, '
-        "which holds however often the report is re-run (docs/statistics.md in the "
-        "model-router checkout explains each number).</p>"
+    return '<ul class="verdicts">' + "".join(items) + "</ul>"
+
+
+# What a verdict's numbers mean, in plain words; docs/statistics.md has the formulas and
+# the measured calibration. Each verdict links here by its metric.
+HOW_TO_READ = (
+    (
+        "error",
+        "Error rate",
+        (
+            "The difference is the candidate's error rate minus the baseline's, in percentage "
+            "points, with the user as the unit: one user's requests count together, so a few heavy "
+            "users cannot make a difference look certain. Periods of constant split are compared "
+            "apart and combined, so a ramp or a drift over the day shared by all versions does not "
+            "show up as a difference. The first interval and p-value hold for one look at a log "
+            "whose size you fixed in advance. The always-valid ones (a confidence sequence) hold "
+            "however often the report is re-run as the log grows; they are wider, and the verdict "
+            "follows them. With three versions or more, p-values are Holm-adjusted."
+        ),
+    ),
+    (
+        "latency",
+        "Latency",
+        (
+            "The p50 and p95 differences are the differences of the quantiles in the table, over "
+            "all requests; their intervals come from the users' shares of requests below each "
+            "quantile (delta method), so they too take the user as the unit. (n.s.) means the "
+            "interval contains zero."
+        ),
+    ),
+    (
+        "quality",
+        "Accuracy and mean absolute error",
+        (
+            "From feedback labels joined by request id. Categorical labels give accuracy (the "
+            "share of labelled requests whose prediction equals the label, numbers by value); "
+            "real-valued labels give mean absolute error and RMSE. The difference, interval and "
+            "p-value are fixed-horizon, with the user as the unit. Labels arrive late: a version "
+            "that has just started has few."
+        ),
+    ),
+)
+
+
+def _how_to_read() -> str:
+    items = "".join(
+        f'<dt id="how-{anchor}">{escape(title)}</dt><dd>{escape(text)}</dd>'
+        for anchor, title, text in HOW_TO_READ
     )
-    return '<ul class="verdicts">' + "".join(items) + "</ul>" + how
+    return (
+        '<section class="how"><h3>How to read the verdicts</h3><dl>' + items + "</dl>"
+        '<p class="meta">The formulas, their sources and the false-positive rates measured by '
+        "simulation are in docs/statistics.md of model-router.</p></section>"
+    )
 
 
 def _charts(model: dict[str, Any], palette: dict[str, str]) -> str:
@@ -290,6 +351,13 @@ def _with_ci(value: float, ci95: list[float], digits: int) -> str:
     """`0.94% [0.85%, 1.03%]`, the interval smaller and grey."""
     low, high = percent(ci95[0], digits), percent(ci95[1], digits)
     return f'<td>{percent(value, digits)} <span class="ci">[{low}, {high}]</span></td>'
+
+
+def _number_with_ci(value: float, ci95: list[float] | None) -> str:
+    """`0.412 [0.398, 0.427]`; the interval left out when there is none."""
+    if not ci95:
+        return _td(f"{value:.4g}")
+    return f'<td>{value:.4g} <span class="ci">[{ci95[0]:.4g}, {ci95[1]:.4g}]</span></td>'
 
 
 def _per(step: float | None) -> str:

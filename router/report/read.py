@@ -36,6 +36,11 @@ COLUMNS = {
     "models": "JSON",
 }
 
+_FEEDBACK = ("event", "ts", "request_id", "model", "label")
+# JSON numbers; a label or a prediction that is one is also kept as a DOUBLE, so the report
+# compares numbers by value (1 equals 1.0) without parsing JSON again in every query.
+_NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+
 # DuckDB's own limit; past it, it spills to the temp directory. With Python, NumPy and
 # the bootstrap on top, the process stays under 1 GiB on a 5-million-record log.
 MEMORY_LIMIT = "512MB"
@@ -74,7 +79,7 @@ def load(patterns: list[str]) -> Loaded:
     con.execute(f"SET temp_directory = '{_temp_dir()}'")
     try:
         con.execute(
-            """
+            f"""
             CREATE TABLE raw AS
             SELECT event,
                    try_cast(ts AS TIMESTAMP) AS ts,
@@ -83,6 +88,9 @@ def load(patterns: list[str]) -> Loaded:
                    CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
                    status, outcome, latency_ms, config,
                    json_extract(response, '$.prediction')::VARCHAR AS prediction,
+                   CASE WHEN json_type(response, '$.prediction') IN {_NUMBER}
+                        THEN json_extract(response, '$.prediction')::DOUBLE END
+                        AS prediction_number,
                    label::VARCHAR AS label,
                    models::VARCHAR AS models
             FROM read_json($files, format = 'newline_delimited', columns = $columns,
@@ -95,13 +103,7 @@ def load(patterns: list[str]) -> Loaded:
         raise LogError(f"cannot read the logs: {first}") from None
     # The small tables first; then the big one becomes `requests` in place, never copied,
     # so the peak memory is one parsed log, not two.
-    con.execute(
-        """
-        CREATE TABLE feedback AS
-        SELECT rid, arg_max(label, ts) AS label, arg_max(model, ts) AS model
-        FROM raw WHERE event = 'feedback' GROUP BY rid
-        """
-    )
+    _feedback(con, files)
     con.execute(
         "CREATE TABLE configs AS SELECT ts, config, models FROM raw WHERE event = 'config_loaded'"
     )
@@ -111,6 +113,57 @@ def load(patterns: list[str]) -> Loaded:
     con.execute("ALTER TABLE raw DROP COLUMN models")
     con.execute("ALTER TABLE raw RENAME TO requests")
     return Loaded(con, tuple(files), int(bad[0]) if bad else 0)
+
+
+def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """The `feedback` table: per request id, the latest label by `ts`; on a tie, the later
+    line. The main scan runs in parallel and keeps no line order, so ties (two labels for
+    one request in the same millisecond, which are rare) are settled by a second, narrower
+    scan that numbers the lines (WITH ORDINALITY counts them in file order, across the
+    files in the order given). Numbering every line in the main scan would double its time.
+    """
+    con.execute(
+        f"""
+        CREATE TABLE feedback AS
+        SELECT *, CASE WHEN json_type(label) IN {_NUMBER} THEN label::DOUBLE END AS number
+        FROM (SELECT rid, max(latest) AS latest, count(*) AS labels,
+                     arg_max(label, latest) AS label, arg_max(model, latest) AS model
+              FROM (SELECT rid, label, model, coalesce(ts, '-infinity'::TIMESTAMP) AS latest
+                    FROM raw WHERE event = 'feedback')
+              GROUP BY rid)
+        """
+    )
+    con.execute(
+        """
+        CREATE TEMP TABLE tied AS
+        SELECT f.rid, f.latest FROM (SELECT * FROM feedback WHERE labels > 1) f
+        JOIN raw r ON r.event = 'feedback' AND r.rid = f.rid
+             AND coalesce(r.ts, '-infinity'::TIMESTAMP) = f.latest
+        GROUP BY f.rid, f.latest HAVING count(*) > 1
+        """
+    )
+    count = con.execute("SELECT count(*) FROM tied").fetchone()
+    if count and count[0]:
+        con.execute(
+            f"""
+            UPDATE feedback SET label = last.label, model = last.model,
+                number = CASE WHEN json_type(last.label) IN {_NUMBER}
+                              THEN last.label::DOUBLE END
+            FROM (
+                SELECT t.rid, arg_max(l.label::VARCHAR, l.ordinality) AS label,
+                       arg_max(l.model, l.ordinality) AS model
+                FROM read_json($files, format = 'newline_delimited', columns = $columns,
+                               ignore_errors = true, maximum_object_size = 16777216)
+                     WITH ORDINALITY AS l
+                JOIN tied t ON t.rid = hash(l.request_id)
+                     AND t.latest = coalesce(try_cast(l.ts AS TIMESTAMP), '-infinity'::TIMESTAMP)
+                WHERE l.event = 'feedback'
+                GROUP BY t.rid
+            ) last WHERE feedback.rid = last.rid
+            """,
+            {"files": files, "columns": {k: COLUMNS[k] for k in _FEEDBACK}},
+        )
+    con.execute("DROP TABLE tied")
 
 
 def _temp_dir() -> str:

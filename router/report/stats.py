@@ -1,34 +1,14 @@
-"""The statistics of the report: intervals and tests that stay honest at small counts.
-
-- A proportion's interval is Wilson's score interval, which keeps its coverage near 0 and 1
-  (where error rates live) unlike the textbook Wald interval.
-- Differences between versions are the statistics engine's (router/stats, the user as the
-  unit; report/compare.py applies it).
-- The sample-ratio check is Pearson's chi-square test of observed against expected counts.
+"""The sample-ratio check: Pearson's chi-square test of the users each version got against
+the users the split in force expected. Every other interval and test of the report is the
+statistics engine's (router/stats, the user as the unit), applied in report/compare.py.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as scipy_stats
-
-from router.stats import Z95
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson's score interval for successes/n; (0, 1) when n is 0."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    low = 0.0 if successes == 0 else max(0.0, center - half)  # exact at the edges
-    high = 1.0 if successes == n else min(1.0, center + half)
-    return (low, high)
 
 
 @dataclass(frozen=True, slots=True)

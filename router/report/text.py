@@ -66,20 +66,22 @@ def _comparison(name: str, model: dict[str, Any]) -> list[str]:
     base = model["baseline"]
     lines = [f"{name}: randomised traffic (split, no_user_random) by assigned version; "
              f"baseline {base}"]  # fmt: skip
+    quality = ("MAE [95% CI], RMSE (labelled)" if model.get("labels") == "real"
+               else "accuracy [95% CI] (labelled)")  # fmt: skip
     header = ("version", "requests", "share", "users", "errors", "timeouts", "p50 ms",
-              "p95 ms", "p99 ms", "accuracy [95% CI] (labelled)")  # fmt: skip
+              "p95 ms", "p99 ms", quality)  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
     for v, s in versions.items():
         lat = s["latency_ms"]
         rows.append((
             v, f"{s['requests']:,}", f"{s['share']:.1%}", f"{s['users']:,}",
             f"{s['error_rate']:.2%}", f"{s['timeout_rate']:.2%}",
-            _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), _accuracy(s),
+            _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), quality_cell(s),
         ))  # fmt: skip
     lines.extend("  " + line for line in _table(rows))
     for v, s in versions.items():
         if s["vs_baseline"] is not None:
-            lines.extend("  " + line for line in verdicts(v, base, s["vs_baseline"]))
+            lines.extend("  " + line for _, line in verdicts(v, base, s["vs_baseline"]))
     srm = model["srm"]
     if not srm.get("checked", True):
         lines.append(f"  sample ratio: not checked: {srm['reason']}")
@@ -104,12 +106,14 @@ def feedback_line(counts: dict[str, int] | None) -> str:
     )
 
 
-def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[str]:
-    """`v2 vs v1: error rate -0.4 pp [-0.9, +0.1], p = 0.11; always-valid [-1.2, +0.4],
-    p = 0.62: no significant difference`. The verdict word follows the always-valid p-value,
-    which stays honest however often the report is re-run (docs/statistics.md)."""
+def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, line) pairs: `v2 vs v1: error rate -0.4 pp [-0.9, +0.1], p = 0.11;
+    always-valid [-1.2, +0.4], p = 0.62: no significant difference`, then latency and
+    quality. The verdict word follows the always-valid p-value, which stays honest however
+    often the report is re-run (docs/statistics.md)."""
     if vs["error_rate_diff"] is None or vs["p_value"] is None:
-        return [f"{version} vs {base}: error rate: too few users to compare in a common period"]
+        return [("error", f"{version} vs {base}: error rate: too few users to compare in a "
+                 "common period")]  # fmt: skip
     low, high = vs["ci95"]
     always = vs["always_valid"]
     if not vs["significant"]:
@@ -117,11 +121,11 @@ def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[str]:
     else:
         word = "significantly higher" if vs["error_rate_diff"] > 0 else "significantly lower"
     adjusted = " (Holm)" if vs.get("adjusted") else ""
-    lines = [
+    lines = [("error", (
         f"{version} vs {base}: error rate {_pp(vs['error_rate_diff'])} pp "
         f"[{_pp(low)}, {_pp(high)}], p {_p(vs['p_value'])}{adjusted}; always-valid "
         f"[{_pp(always['ci95'][0])}, {_pp(always['ci95'][1])}], p {_p(always['p_value'])}: {word}"
-    ]
+    ))]  # fmt: skip
     parts = []
     latency = vs["latency_ms"]
     for q in ("p50", "p95"):
@@ -131,15 +135,33 @@ def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[str]:
         flag = " (n.s.)" if ci[0] <= 0 <= ci[1] else ""
         parts.append(f"{q} {diff:+.1f} ms [{ci[0]:+.1f}, {ci[1]:+.1f}]{flag}")
     if parts:
-        lines.append(f"{version} vs {base}: latency " + ", ".join(parts))
+        lines.append(("latency", f"{version} vs {base}: latency " + ", ".join(parts)))
+    if vs.get("accuracy_diff") is not None:
+        low, high = vs["accuracy_ci95"]
+        lines.append(("quality", (
+            f"{version} vs {base}: accuracy {_pp(vs['accuracy_diff'])} pp "
+            f"[{_pp(low)}, {_pp(high)}], p {_p(vs['accuracy_p_value'])}{adjusted}"
+        )))  # fmt: skip
+    if vs.get("mae_diff") is not None:
+        low, high = vs["mae_ci95"]
+        lines.append(("quality", (
+            f"{version} vs {base}: mean absolute error {vs['mae_diff']:+.4g} "
+            f"[{low:+.4g}, {high:+.4g}], p {_p(vs['mae_p_value'])}{adjusted}"
+        )))  # fmt: skip
     return lines
 
 
-def _accuracy(s: dict[str, Any]) -> str:
-    if s["accuracy"] is None:
-        return "-"
-    low, high = s["accuracy_ci95"]
-    return f"{s['accuracy']:.1%} [{low:.1%}, {high:.1%}] ({s['labelled']:,})"
+def quality_cell(s: dict[str, Any]) -> str:
+    """`91.2% [89.0%, 93.1%] (1,204)`, or `0.412 [0.398, 0.427], 0.530 (1,204)` for MAE
+    and RMSE, or `-` without labels."""
+    if s.get("accuracy") is not None:
+        low, high = s["accuracy_ci95"]
+        return f"{s['accuracy']:.1%} [{low:.1%}, {high:.1%}] ({s['labelled']:,})"
+    if s.get("mae") is not None:
+        ci = s.get("mae_ci95")
+        interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+        return f"{s['mae']:.4g}{interval}, {s['rmse']:.4g} ({s['labelled']:,})"
+    return "-"
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:

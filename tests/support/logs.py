@@ -29,7 +29,7 @@ def request(
     model: str = "cancer",
     config: str = "cfg1",
     answered_by: str | None = None,
-    prediction: int | None = None,
+    prediction: Any = None,
 ) -> dict[str, Any]:
     status = {"ok": 200, "client_error": 404, "server_error": 500, "timeout": 504,
               "unavailable": 502, "rejected": 400, "client_closed": 499}[outcome]  # fmt: skip

@@ -1,0 +1,105 @@
+"""The report's one pass over a model's randomised requests: one row per version, period
+(`config` digest) and user, with the counts every metric needs. The statistics engine
+(router/stats) works on these per-user sums, never on single requests, so the user is the
+unit everywhere; a request without a user id is a user of its own.
+
+The SQL conditions every query of the report shares are written here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+
+RANDOMISED = ("split", "no_user_random")
+ERRORS = ("server_error", "timeout", "unavailable")
+IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
+IS_ERROR = f"r.outcome IN {ERRORS}"
+UNIT = "coalesce(r.user_h, r.rid)"
+# A label and a prediction compare as JSON values: numbers by value (1 equals 1.0; true is
+# not 1, a boolean being no number), anything else by its JSON text. read.py keeps each
+# number as a DOUBLE too (`number`, `prediction_number`), null for anything else.
+SAME_LABEL = (
+    "CASE WHEN f.number IS NOT NULL AND r.prediction_number IS NOT NULL "
+    "THEN f.number = r.prediction_number ELSE f.label = r.prediction END"
+)
+ABS_ERROR = "abs(f.number - r.prediction_number)"
+# Labels are real-valued when any of them is a number with a fractional part.
+IS_REAL = "(f.number <> floor(f.number))"
+LABELS = "LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL"
+
+COLUMNS = ("n", "errors", "labelled", "correct", "scored", "abs_error", "sq_error",
+           "timed", "p50", "p95")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Users:
+    """Rows sorted by version, period and user; `columns` holds, per row: requests, errors,
+    labelled and correct requests, scored ones (label and prediction both numbers) with the
+    sum of their absolute and squared errors, timed requests, and those at or below the
+    version's p50 and p95 (for the quantiles' intervals)."""
+
+    version: np.ndarray
+    config: np.ndarray
+    unit: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def spans(self) -> list[tuple[str, str, int, int]]:
+        """(version, config, start, end) of each run of rows."""
+        if self.version.size == 0:
+            return []
+        changed = (self.version[1:] != self.version[:-1]) | (self.config[1:] != self.config[:-1])
+        starts = np.flatnonzero(np.r_[True, changed])
+        ends = np.r_[starts[1:], self.version.size]
+        return [
+            (str(self.version[s]), str(self.config[s]), int(s), int(e))
+            for s, e in zip(starts, ends, strict=True)
+        ]
+
+    def pooled(self, version: str) -> dict[str, np.ndarray]:
+        """One version's columns summed per user over all periods (a user who stayed
+        through a reload is still one unit)."""
+        rows = self.version == version
+        _, per_user = np.unique(self.unit[rows], return_inverse=True)
+        return {
+            name: np.bincount(per_user, weights=values[rows])
+            for name, values in self.columns.items()
+        }
+
+
+def per_user(
+    con: duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
+) -> Users:
+    """One grouped pass; the p50/p95 thresholds come in as a small table, so no name from
+    the log is ever spliced into SQL."""
+    con.execute("CREATE OR REPLACE TEMP TABLE thresholds (version VARCHAR, p50 DOUBLE, p95 DOUBLE)")
+    rows = [(name, v["latency_ms"]["p50"], v["latency_ms"]["p95"]) for name, v in versions.items()]
+    if rows:
+        con.executemany("INSERT INTO thresholds VALUES (?, ?, ?)", rows)
+    data = con.execute(
+        f"""
+        SELECT r.assigned_version AS version, coalesce(r.config, '') AS config, {UNIT} AS unit,
+               count(*) AS n, count(*) FILTER (WHERE {IS_ERROR}) AS errors,
+               count(f.label) AS labelled, count(*) FILTER (WHERE {SAME_LABEL}) AS correct,
+               count({ABS_ERROR}) AS scored, coalesce(sum({ABS_ERROR}), 0) AS abs_error,
+               coalesce(sum({ABS_ERROR} * {ABS_ERROR}), 0) AS sq_error,
+               count(r.latency_ms) AS timed,
+               count(*) FILTER (WHERE r.latency_ms <= t.p50) AS p50,
+               count(*) FILTER (WHERE r.latency_ms <= t.p95) AS p95
+        FROM requests r
+        {LABELS}
+        LEFT JOIN thresholds t ON t.version = r.assigned_version
+        WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
+        GROUP BY ALL ORDER BY 1, 2, 3
+        """,
+        {"model": model},
+    ).fetchnumpy()
+    return Users(
+        np.asarray(data["version"], dtype=object),
+        np.asarray(data["config"], dtype=object),
+        np.asarray(data["unit"]),
+        {name: np.asarray(data[name], dtype=np.float64) for name in COLUMNS},
+    )
