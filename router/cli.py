@@ -12,6 +12,7 @@ from typing import Any
 from router.config import churn
 from router.config.model import DEFAULT_CONFIG, ConfigError, Overrides, Table, parse_address
 from router.config.validate import load_table
+from router.stats.sequential import DEFAULT_T_OPT
 
 REPORT_FORMATS = ("text", "json", "html")
 EXIT_OK = 0
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         "--baseline",
         metavar="VERSION",
         help="compare against it (default: the first version of the last split in the log)",
+    )
+    report.add_argument(
+        "--always-valid-users",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_T_OPT,
+        help="the number of users at which the always-valid interval is tightest, its one "
+        f"tuning constant (default {DEFAULT_T_OPT:,}; docs/statistics.md)",
     )
     report.add_argument("--format", choices=REPORT_FORMATS, default="text")
     report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
@@ -93,6 +102,16 @@ def _address(text: str) -> Any:
         return parse_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of users, at least 1")
+    return value
 
 
 def _load(path: str) -> Table | None:
@@ -177,7 +196,9 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     try:
-        data = report.make_report(args.logs, args.model, args.baseline)
+        data = report.make_report(
+            args.logs, args.model, args.baseline, t_opt=args.always_valid_users
+        )
     except (report.LogError, report.ReportError) as exc:
         print(f"model-router report: {exc}", file=sys.stderr)
         return EXIT_USAGE

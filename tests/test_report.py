@@ -358,3 +358,22 @@ def test_the_later_line_wins_a_tie_in_feedback_time(
     records += [logs.feedback(f"req-{i}", 1) for i in range(300)]  # same ts, later lines
     data = report_json(capsys, str(logs.write(tmp_path / "tie.jsonl", records)))
     assert data["models"]["cancer"]["versions"]["v1"]["accuracy"] == 1.0
+
+
+def test_the_always_valid_tuning_constant_is_an_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--always-valid-users N` moves where the confidence sequence is tightest: the
+    always-valid interval changes, the fixed-horizon one does not."""
+    path = str(standard_log(tmp_path))
+    default = report_json(capsys, path)
+    tuned = report_json(capsys, path, "--always-valid-users", "300")
+    assert default["always_valid"]["t_opt"] == 5000
+    assert tuned["always_valid"]["t_opt"] == 300
+    vs_default = default["models"]["cancer"]["versions"]["v2"]["vs_baseline"]
+    vs_tuned = tuned["models"]["cancer"]["versions"]["v2"]["vs_baseline"]
+    assert vs_tuned["ci95"] == vs_default["ci95"]
+    assert vs_tuned["always_valid"]["ci95"] != vs_default["always_valid"]["ci95"]
+    with pytest.raises(SystemExit):
+        main(["report", path, "--always-valid-users", "0"])
+    assert "at least 1" in capsys.readouterr().err

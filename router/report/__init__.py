@@ -13,6 +13,7 @@ import orjson
 from router.report import text
 from router.report.build import ReportError, build
 from router.report.read import LogError, load
+from router.stats.sequential import DEFAULT_T_OPT
 
 __all__ = ["LogError", "ReportError", "make_report", "render"]
 
@@ -29,11 +30,16 @@ def render(report: dict[str, Any], fmt: str) -> str:
 
 
 def make_report(
-    paths: list[str], model: str | None = None, baseline: str | None = None
+    paths: list[str],
+    model: str | None = None,
+    baseline: str | None = None,
+    *,
+    t_opt: float = DEFAULT_T_OPT,
 ) -> dict[str, Any]:
-    """Read the logs and compute the report; raises LogError or ReportError."""
+    """Read the logs and compute the report; raises LogError or ReportError. `t_opt` is the
+    always-valid interval's tuning constant (router/stats/sequential.py)."""
     loaded = load(paths)
     try:
-        return build(loaded, model, baseline)
+        return build(loaded, model, baseline, t_opt=t_opt)
     finally:
         loaded.con.close()

@@ -28,13 +28,20 @@ from router.report.users import (
     SAME_LABEL,
     per_user,
 )
+from router.stats.sequential import DEFAULT_T_OPT
 
 
 class ReportError(Exception):
     """The report cannot answer what was asked (an unknown model or baseline)."""
 
 
-def build(loaded: Loaded, model: str | None = None, baseline: str | None = None) -> dict[str, Any]:
+def build(
+    loaded: Loaded,
+    model: str | None = None,
+    baseline: str | None = None,
+    *,
+    t_opt: float = DEFAULT_T_OPT,
+) -> dict[str, Any]:
     con = loaded.con
     models = [row[0] for row in con.execute(
         "SELECT model FROM requests WHERE model IS NOT NULL GROUP BY model ORDER BY model"
@@ -57,7 +64,8 @@ def build(loaded: Loaded, model: str | None = None, baseline: str | None = None)
         "bad_lines": loaded.bad_lines,
         "first": _iso(totals[1]),
         "last": _iso(totals[2]),
-        "models": {name: _model(con, name, baseline, splits) for name in models},
+        "always_valid": {"method": "asymptotic confidence sequence", "t_opt": t_opt},
+        "models": {name: _model(con, name, baseline, splits, t_opt) for name in models},
     }
     if baseline is not None and not any(
         m["baseline"] == baseline for m in report["models"].values()
@@ -67,12 +75,17 @@ def build(loaded: Loaded, model: str | None = None, baseline: str | None = None)
 
 
 def _model(
-    con: duckdb.DuckDBPyConnection, model: str, baseline: str | None, splits: dict[str, Any]
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    baseline: str | None,
+    splits: dict[str, Any],
+    t_opt: float,
 ) -> dict[str, Any]:
     versions, labels = _versions(con, model)
     base = baseline if baseline in versions else _default_baseline(con, model, versions)
     quality = {"categorical": "accuracy", "real": "mae", None: None}[labels]
-    found = analyse(con, model, per_user(con, model, versions), base, versions, quality)
+    users = per_user(con, model, versions)
+    found = analyse(con, model, users, base, versions, quality, t_opt)
     for name, version in versions.items():
         version.update(found.intervals[name])
         if labels != "categorical":

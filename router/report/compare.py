@@ -47,6 +47,7 @@ def analyse(
     base: str | None,
     versions: dict[str, dict[str, Any]],
     quality: str | None,
+    t_opt: float,
 ) -> Analysis:
     """Every interval of the versions table, and each candidate against `base`."""
     pooled = {name: users.pooled(name) for name in versions}
@@ -54,12 +55,16 @@ def analyse(
     if base is None:
         return Analysis(intervals, {}, None)
     quantiles = _quantiles(con, model, pooled, versions)
-    vs, adjustment = _comparisons(users, quantiles, base, quality)
+    vs, adjustment = _comparisons(users, quantiles, base, quality, t_opt)
     return Analysis(intervals, vs, adjustment)
 
 
 def _comparisons(
-    users: Users, quantiles: dict[str, dict[str, Estimate]], base: str, quality: str | None
+    users: Users,
+    quantiles: dict[str, dict[str, Estimate]],
+    base: str,
+    quality: str | None,
+    t_opt: float,
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """`vs_baseline` for each candidate, and the adjustment made to its p-values."""
     errors = _per_period(users, "errors", "n", proportion)
@@ -68,7 +73,7 @@ def _comparisons(
     for name in quantiles:
         if name == base:
             continue
-        error = compare(_paired(errors.get(base, {}), errors.get(name, {})))
+        error = compare(_paired(errors.get(base, {}), errors.get(name, {})), t_opt=t_opt)
         both = _paired(scores.get(base, {}), scores.get(name, {}))
         latency = _latency(quantiles[base], quantiles[name])
         found[name] = (error, compare(both) if both else None, latency)
