@@ -291,6 +291,21 @@ def test_the_same_log_gives_byte_identical_json(tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
 
 
+def test_object_labels_compare_as_values_whatever_the_key_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    predictions = [{"a": 1, "b": [1, 2.0]}, {"b": [1, 2], "a": 1.0}, {"a": True}, [1, {"x": 1}]]
+    labels = [{"b": [1.0, 2], "a": 1}, {"a": 1, "b": [1, 2]}, {"a": 1}, [1.0, {"x": 1.0}]]
+    records: list[Any] = [logs.config_loaded("cfg1", {"v1": 100.0})]
+    records += [logs.request(i, version="v1", user=f"u{i}", prediction=p)
+                for i, p in enumerate(predictions)]  # fmt: skip
+    records += [logs.feedback(f"req-{i}", label) for i, label in enumerate(labels)]
+    data = report_json(capsys, str(logs.write(tmp_path / "objects.jsonl", records)))
+    v1 = data["models"]["cancer"]["versions"]["v1"]
+    assert v1["labelled"] == 4
+    assert v1["accuracy"] == pytest.approx(3 / 4)  # all but {"a": true} against {"a": 1}
+
+
 def test_labels_compare_as_json_values_and_feedback_is_counted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import orjson
+from duckdb.sqltypes import VARCHAR
 
 # The fields of contract section 5 the report reads, and their types. A line that is not a
 # JSON object comes out with every field null, which is how bad lines are counted.
@@ -74,6 +76,7 @@ def expand(patterns: list[str]) -> list[str]:
 def load(patterns: list[str]) -> Loaded:
     files = expand(patterns)
     con = duckdb.connect()
+    con.create_function("json_canonical", canonical_json, [VARCHAR], VARCHAR)
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET temp_directory = '{_temp_dir()}'")
@@ -125,7 +128,8 @@ def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
     con.execute(
         f"""
         CREATE TABLE feedback AS
-        SELECT *, CASE WHEN json_type(label) IN {_NUMBER} THEN label::DOUBLE END AS number
+        SELECT *, CASE WHEN json_type(label) IN {_NUMBER} THEN label::DOUBLE END AS number,
+               coalesce(json_type(label) IN ('OBJECT', 'ARRAY'), false) AS structured
         FROM (SELECT rid, max(latest) AS latest, count(*) AS labels,
                      arg_max(label, latest) AS label, arg_max(model, latest) AS model
               FROM (SELECT rid, label, model, coalesce(ts, '-infinity'::TIMESTAMP) AS latest
@@ -148,7 +152,8 @@ def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
             f"""
             UPDATE feedback SET label = last.label, model = last.model,
                 number = CASE WHEN json_type(last.label) IN {_NUMBER}
-                              THEN last.label::DOUBLE END
+                              THEN last.label::DOUBLE END,
+                structured = coalesce(json_type(last.label) IN ('OBJECT', 'ARRAY'), false)
             FROM (
                 SELECT t.rid, arg_max(l.label::VARCHAR, l.ordinality) AS label,
                        arg_max(l.model, l.ordinality) AS model
@@ -164,6 +169,27 @@ def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
             {"files": files, "columns": {k: COLUMNS[k] for k in _FEEDBACK}},
         )
     con.execute("DROP TABLE tied")
+
+
+def canonical_json(text: str) -> str:
+    """One text per JSON value, so that objects and arrays compare as values: keys sorted,
+    and numbers by value at any depth (1.0 is written 1; true stays true, not 1). The
+    report calls it (as `json_canonical`) only for labels that are objects or arrays."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:  # an integer past 64 bits: its text is all there is
+        return text
+    return orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
 
 
 def _temp_dir() -> str:

@@ -20,11 +20,15 @@ IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
 IS_ERROR = f"r.outcome IN {ERRORS}"
 UNIT = "coalesce(r.user_h, r.rid)"
 # A label and a prediction compare as JSON values: numbers by value (1 equals 1.0; true is
-# not 1, a boolean being no number), anything else by its JSON text. read.py keeps each
-# number as a DOUBLE too (`number`, `prediction_number`), null for anything else.
+# not 1, a boolean being no number); objects and arrays by value too (key order aside,
+# through read.py's `json_canonical`, called for those labels only); anything else by its
+# JSON text. read.py keeps each number as a DOUBLE too (`number`, `prediction_number`),
+# null for anything else, and marks labels that are objects or arrays (`structured`).
 SAME_LABEL = (
     "CASE WHEN f.number IS NOT NULL AND r.prediction_number IS NOT NULL "
-    "THEN f.number = r.prediction_number ELSE f.label = r.prediction END"
+    "THEN f.number = r.prediction_number "
+    "WHEN f.structured THEN json_canonical(f.label) = json_canonical(r.prediction) "
+    "ELSE f.label = r.prediction END"
 )
 ABS_ERROR = "abs(f.number - r.prediction_number)"
 # Labels are real-valued when any of them is a number with a fractional part.
