@@ -129,7 +129,9 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for name, model in table.models.items():
         shares = ", ".join(f"{v} {p.normalize():f}%" for v, p in model.split.shares())
-        print(f"{name}: {shares}")
+        shadow = model.shadow
+        copies = f"; shadow {shadow.version} gets {shadow.percent:g}% as copies" if shadow else ""
+        print(f"{name}: {shares}{copies}")
     if args.against is not None:
         old = _load(args.against)
         if old is None:

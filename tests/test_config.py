@@ -901,3 +901,78 @@ def test_bare_numbers_in_text_fields_keep_the_text_as_written() -> None:
     assert model.salt == "017"
     assert list(model.versions) == ["01", "v2"]
     assert model.rules[0].headers == (("X-Flag", "0x1F"),)
+
+
+# --- the shadow block (contract section 8) ---
+
+SHADOW_TABLE = """\
+models:
+  cancer:
+    versions:
+      v1: {url: "http://127.0.0.1:9001"}
+      v2: {url: "http://127.0.0.1:9002"}
+      v3: {url: "http://127.0.0.1:9003"%s}
+    split: {v1: 90, v2: 10}
+    shadow:
+%s
+"""
+
+
+def _shadow_table(block: str, v3: str = "") -> str:
+    return SHADOW_TABLE % (v3, "\n".join("      " + line for line in block.splitlines()))
+
+
+def test_a_shadow_block_parses_with_its_defaults() -> None:
+    model = parse_text(_shadow_table("version: v3"), SOURCE).models["cancer"]
+    assert model.shadow is not None
+    assert (model.shadow.version, model.shadow.percent, model.shadow.max_in_flight) == (
+        "v3",
+        100.0,
+        64,
+    )
+    model = parse_text(_shadow_table("version: v3\npercent: 12.5\nmax_in_flight: 8"))
+    shadow = model.models["cancer"].shadow
+    assert shadow is not None
+    assert (shadow.percent, shadow.max_in_flight) == (12.5, 8)
+    without = _shadow_table("version: v3").split("    shadow:")[0]
+    assert parse_text(without).models["cancer"].shadow is None
+
+
+@pytest.mark.parametrize(
+    ("block", "v3", "message"),
+    [
+        ("version: v2", "", "routes.yaml:9: models.cancer.shadow.version: version 'v2' has a "
+         "share of the split; a shadow answers no client, so give it 0 or leave it out of "
+         "the split"),
+        ("version: v9", "", "routes.yaml:9: models.cancer.shadow.version: no version 'v9'; "
+         "versions: v1, v2, v3"),
+        ("version: v3", ", state: deprecated", "routes.yaml:9: models.cancer.shadow.version: "
+         "version 'v3' is deprecated; a shadow must be active"),
+        ("percent: 50", "", "routes.yaml:9: models.cancer.shadow.version: is missing; name a "
+         "version"),
+        ("version: v3\npercent: 0", "", "routes.yaml:10: models.cancer.shadow.percent: must be "
+         "a number above 0 and at most 100, not 0"),
+        ("version: v3\nmax_in_flight: 1.5", "", "routes.yaml:10: "
+         "models.cancer.shadow.max_in_flight: must be a whole number, 1 or more, not 1.5"),
+        ("version: v3\nprecent: 5", "", "routes.yaml:10: models.cancer.shadow.precent: "
+         "unknown key (did you mean 'percent'?)"),
+    ],
+    ids=["in-split", "unknown", "deprecated", "no-version", "percent-0", "limit", "typo"],
+)  # fmt: skip
+def test_a_bad_shadow_block_is_refused_naming_the_key(block: str, v3: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_text(_shadow_table(block, v3), SOURCE)
+    assert caught.value.messages() == [message]
+
+
+@settings(deadline=None)
+@given(percent=st.one_of(st.floats(-1000, 1000, allow_nan=False), st.integers(-1000, 1000)))
+def test_shadow_percent_is_accepted_iff_in_zero_to_hundred(percent: float) -> None:
+    text = _shadow_table(f"version: v3\npercent: {percent!r}")
+    if 0 < percent <= 100:
+        shadow = parse_text(text).models["cancer"].shadow
+        assert shadow is not None
+        assert shadow.percent == pytest.approx(float(percent))
+    else:
+        with pytest.raises(ConfigError):
+            parse_text(text)

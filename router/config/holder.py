@@ -43,6 +43,11 @@ def models_summary(
     summary: dict[str, Any] = {}
     for name, model in table.models.items():
         summary[name] = {"split": model.split.as_dict()}
+        if model.shadow is not None:
+            summary[name]["shadow"] = {
+                "version": model.shadow.version,
+                "percent": model.shadow.percent,
+            }
         if moves is not None and name in moves:
             summary[name].update(moves[name].as_dict())
     return summary

@@ -163,6 +163,16 @@ class Split:
         return list(zip(self.versions, self.percents, strict=True))
 
 
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """A version that gets copies of the model's requests and never answers a client
+    (contract section 8): `percent` of them, at most `max_in_flight` at once per model."""
+
+    version: str
+    percent: float = 100.0
+    max_in_flight: int = 64
+
+
 RULE_KEYS: Final = ("match", "version")
 MATCH_KEYS: Final = ("header", "user_id")
 
@@ -197,6 +207,7 @@ class Model:
     fallback: str | None = None
     log_response: tuple[str, ...] = ()
     outlier: Outlier = Outlier()
+    shadow: Shadow | None = None
     # Each version's timeout_s unless it has its own.
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, compare=False)
 

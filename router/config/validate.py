@@ -38,7 +38,7 @@ from router.config.model import (
     yaml_keys,
 )
 from router.config.reader import fmt, join, kind, percent, show
-from router.config.versions import VersionsReader
+from router.config.shadow import ShadowReader
 
 
 def load_table(path: str | Path) -> Table:
@@ -112,7 +112,7 @@ _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
 
-class _TableReader(VersionsReader):
+class _TableReader(ShadowReader):
     """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
@@ -194,6 +194,7 @@ class _TableReader(VersionsReader):
             self.version_ref(section, "fallback", path, versions, what="a fallback")
         log_response = self.string_list(section, "log_response", path)
         outlier = self.outlier(section, path)
+        shadow = self.shadow(section, path, versions, split)
         if len(self.problems) > before or split is None:
             return None
         return Model(
@@ -207,6 +208,7 @@ class _TableReader(VersionsReader):
             fallback=fallback,
             log_response=log_response,
             outlier=outlier,
+            shadow=shadow,
             timeout_s=timeout_s,
         )
 
