@@ -121,16 +121,20 @@ class Router:
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
         self.draining[0] = True
+        drain_s = self.tables.current.server.drain_s
+        deadline = asyncio.get_running_loop().time() + drain_s
         try:
             if self.server is not None:
                 # New connections are refused from here; idle keep-alive ones close.
                 self.server.stop_accepting()
-                if not await self.server.drained(self.tables.current.server.drain_s):
+                if not await self.server.drained(drain_s):
                     self.proxy.cut_off()  # what comes up from here is answered 503
                     self.server.cut_off()  # what runs is cancelled, and logged as cut off
                     await self.server.drained(1.0)
                 self.server.close()
                 await asyncio.sleep(0)  # the connections' ends run, and log what they held
+            # Shadow copies get what is left of drain_s, then are cancelled (and logged).
+            await self.proxy.shadows.drain(deadline - asyncio.get_running_loop().time())
             await self._lifecycles.aclose()
             if self.admin is not None:
                 await self.admin.cleanup()

@@ -930,8 +930,8 @@ def test_a_shadow_block_parses_with_its_defaults() -> None:
         100.0,
         64,
     )
-    model = parse_text(_shadow_table("version: v3\npercent: 12.5\nmax_in_flight: 8"))
-    shadow = model.models["cancer"].shadow
+    table = parse_text(_shadow_table("version: v3\npercent: 12.5\nmax_in_flight: 8"))
+    shadow = table.models["cancer"].shadow
     assert shadow is not None
     assert (shadow.percent, shadow.max_in_flight) == (12.5, 8)
     without = _shadow_table("version: v3").split("    shadow:")[0]

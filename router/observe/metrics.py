@@ -64,6 +64,18 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build.labels(package_version("model-router"), platform.python_version()).set(1)
+        self.shadow_requests = Counter(
+            "model_router_shadow_requests",
+            "Shadow copies by model, shadow version and outcome (dropped included).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "model_router_shadow_agreement",
+            "Shadow answers that agree with the primary's (true, false, or null: not judged).",
+            ["model", "version", "agree"],
+            registry=r,
+        )
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
@@ -82,6 +94,12 @@ class Metrics:
         if histogram is None:
             histogram = self._histograms[model, version] = self.latency.labels(model, version)
         histogram.observe(seconds)
+
+    def shadow(self, model: str, version: str, outcome: str, agree: bool | None) -> None:
+        self.shadow_requests.labels(model, version, outcome).inc()
+        if outcome != "dropped":
+            word = "null" if agree is None else "true" if agree else "false"
+            self.shadow_agreement.labels(model, version, word).inc()
 
     def track(self, table: Table, is_down: Callable[[tuple[str, str, str]], bool]) -> None:
         """Show every version of a table in force as up, unless its health says down."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -36,6 +37,9 @@ class Exchange:
     upstream_ms: float | None = None
     response: dict[str, Any] | None = None
     feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
+    # Resolved once the record is written (the request is over): a shadow copy waits on it
+    # to compare its answer with this one. None unless a copy asked for it.
+    finished: asyncio.Future[None] | None = None
 
     def record(self) -> dict[str, Any]:
         fields: dict[str, Any] = {

@@ -35,6 +35,7 @@ from router.proxy.body import ClientGone, RequestBody, read_body
 from router.proxy.feedback import feedback
 from router.proxy.headers import request_id, upstream_headers
 from router.proxy.relay import relay, upstream_timeout
+from router.proxy.shadow import Shadows
 from router.routing.choose import choose
 from router.routing.paths import PathError, find_model, origin_form, route
 
@@ -70,6 +71,7 @@ class Proxy:
         self._no_user = pseudonymize.fields(None)  # `user: null`, or nothing with `omit`
         self.log = log
         self.pseudonymize = pseudonymize
+        self.shadows = Shadows(log, metrics)
 
     def cut_off(self) -> None:
         """drain_s is over: the server cancels what is still running (each logs its record
@@ -156,6 +158,8 @@ class Proxy:
     def _record(self, ex: Exchange) -> None:
         record = ex.record()
         self.log.info("request", **record)
+        if ex.finished is not None:  # a shadow copy waits to compare
+            ex.finished.set_result(None)
         # A timeout or a failure counts against the version that was tried.
         version = ex.version or ex.assigned_version
         self.metrics.observe(ex.model, version, ex.outcome, record["latency_ms"] / 1000)
@@ -181,6 +185,8 @@ class Proxy:
         )
         ex.user = self.pseudonymize.fields(choice.user_id)
         body = await read_body(request, table.server)
+        if model.shadow is not None:  # the copy leaves with the primary, and runs apart
+            self.shadows.start(self.client, request, model, where.target, body, ex)
         return await self._forward(request, model, choice.version, where.target, body, ex)
 
     async def _forward(

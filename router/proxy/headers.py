@@ -33,7 +33,8 @@ REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 
 # What never crosses in each direction, unless `Connection` names more (one set look-up
 # per header on the hot path).
-_DROP_UPSTREAM: Final = HOP_BY_HOP | _SET_UPSTREAM | {"x-forwarded-for"}
+# X-Shadow marks the router's copies (section 8): a client cannot send it to a backend.
+_DROP_UPSTREAM: Final = HOP_BY_HOP | _SET_UPSTREAM | {"x-forwarded-for", "x-shadow"}
 _DROP_DOWNSTREAM: Final = HOP_BY_HOP | _SET_DOWNSTREAM
 
 

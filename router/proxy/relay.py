@@ -54,7 +54,7 @@ async def relay(
         raise RouterError("upstream_unavailable", message) from exc
     ex.upstream_ms = ms_since(sent)
     if model.log_response:
-        ex.response = _pick(data, model.log_response)
+        ex.response = pick(data, model.log_response)
     return Response(status, reason=upstream.reason, headers=headers, body=data)
 
 
@@ -92,7 +92,7 @@ async def _stream(
         request.close_connection()
         return response
     if captured is not None:
-        ex.response = _pick(b"".join(captured), model.log_response)
+        ex.response = pick(b"".join(captured), model.log_response)
     return response
 
 
@@ -103,7 +103,7 @@ def upstream_timeout(version: Version) -> RouterError:
     )
 
 
-def _pick(data: bytes, names: tuple[str, ...]) -> dict[str, Any] | None:
+def pick(data: bytes, names: tuple[str, ...]) -> dict[str, Any] | None:
     if len(data) > LOG_RESPONSE_BYTES:
         return None
     try:

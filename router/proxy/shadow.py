@@ -1,0 +1,268 @@
+"""Shadow traffic (contract section 8): a copy of a request goes to the model's shadow
+version when the primary request leaves, runs on its own, and is logged next to the
+primary's answer with whether the two agree.
+
+Isolation is the design: a copy is a task of its own that the client's answer never
+awaits; its failures touch neither the health book nor the fallback; at most
+`max_in_flight` copies per model wait on the shadow (beyond that a copy is dropped and
+counted, never queued); the shadow's answer is read only up to the size `log_response`
+looks at. A copy that has its answer waits for the primary's record (`Exchange.finished`)
+to judge agreement, so the shadow record always carries both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from router.config.model import Model, Version
+from router.http.client import (
+    Client,
+    ConnectTimeout,
+    ResponseTimeout,
+    UpstreamError,
+    UpstreamResponse,
+)
+from router.http.clock import now_rfc3339
+from router.http.request import Request
+from router.observe.metrics import Metrics
+from router.observe.record import Exchange, ms_since
+from router.proxy.body import RequestBody
+from router.proxy.headers import upstream_headers
+from router.proxy.relay import LOG_RESPONSE_BYTES, pick
+
+SHADOW_HEADER = ("X-Shadow", "true")
+
+
+@dataclass(slots=True)
+class ShadowRecord:
+    """One copy's `shadow` record, filled in as it goes."""
+
+    ts: str
+    started: float
+    request_id: str
+    model: str
+    version: str
+    primary_version: str | None
+    config: str
+    user: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None
+    outcome: str = "dropped"
+    drop_reason: str | None = None
+    upstream_ms: float | None = None
+    primary_upstream_ms: float | None = None
+    response: dict[str, Any] | None = None
+    agree: bool | None = None
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ts": self.ts,
+            "request_id": self.request_id,
+            "model": self.model,
+            "version": self.version,
+            "primary_version": self.primary_version,
+            **self.user,
+            "status": self.status,
+            "outcome": self.outcome,
+            "latency_ms": ms_since(self.started),
+            "upstream_ms": self.upstream_ms,
+            "primary_upstream_ms": self.primary_upstream_ms,
+            "agree": self.agree,
+            "config": self.config,
+        }
+        if self.drop_reason is not None:
+            out["drop_reason"] = self.drop_reason
+        if self.response is not None:
+            out["response"] = self.response
+        return out
+
+
+class Shadows:
+    """The copies of one process: started by the proxy, drained at shutdown."""
+
+    def __init__(self, log: FilteringBoundLogger, metrics: Metrics) -> None:
+        self.log = log
+        self.metrics = metrics
+        self._in_flight: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(
+        self,
+        client: Client,
+        request: Request,
+        model: Model,
+        target: str,
+        body: RequestBody,
+        ex: Exchange,
+    ) -> None:
+        """Copy this request to the model's shadow if it has one and the draw says so;
+        the copy runs on its own. Requests headed to the shadow version itself are not
+        copied."""
+        shadow = model.shadow
+        if shadow is None or ex.assigned_version == shadow.version or body.client_gone:
+            return
+        if shadow.percent < 100 and random.random() * 100 >= shadow.percent:
+            return
+        record = ShadowRecord(
+            now_rfc3339(),
+            time.perf_counter(),
+            ex.request_id,
+            model.name,
+            shadow.version,
+            ex.assigned_version,
+            ex.config,
+            ex.user,
+        )
+        if body.stream is not None:  # larger than 1 MiB, or chunked: never held whole
+            self._drop(record, "body_too_large")
+            return
+        if self._in_flight.get(model.name, 0) >= shadow.max_in_flight:
+            self._drop(record, "overloaded")
+            return
+        headers = upstream_headers(
+            request.headers,
+            request.headers.items(),
+            remote=request.remote,
+            scheme=request.scheme,
+            version=shadow.version,
+            request_id=ex.request_id,
+        )
+        headers.append(SHADOW_HEADER)
+        if ex.finished is None:
+            ex.finished = asyncio.get_running_loop().create_future()
+        version = model.versions[shadow.version]
+        send = _Send(client, version, request.method, target, headers, body.data)
+        self._in_flight[model.name] = self._in_flight.get(model.name, 0) + 1
+        task = asyncio.create_task(self._run(send, model, record, ex))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, seconds: float) -> None:
+        """Let copies in flight finish for up to `seconds`; cancel the rest, each of which
+        logs its record as dropped (`shutting_down`)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=max(seconds, 0.0))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _run(self, send: _Send, model: Model, record: ShadowRecord, ex: Exchange) -> None:
+        answer: dict[str, Any] | None = None
+        try:
+            try:
+                answer = await send.exchange(record, model.log_response)
+            finally:
+                self._in_flight[model.name] -= 1
+            assert ex.finished is not None
+            await asyncio.shield(ex.finished)  # the primary's record is written
+        except asyncio.CancelledError:
+            record.outcome, record.drop_reason = "dropped", "shutting_down"
+            record.status = record.upstream_ms = None
+            self._write(record)
+            raise
+        record.primary_version = ex.version
+        record.primary_upstream_ms = ex.upstream_ms
+        if model.log_response:
+            record.response = answer
+            if ex.outcome == "ok" and record.outcome == "ok":
+                record.agree = agreement(ex.response, answer)
+        self._write(record)
+
+    def _drop(self, record: ShadowRecord, reason: str) -> None:
+        record.outcome, record.drop_reason = "dropped", reason
+        self._write(record)
+
+    def _write(self, record: ShadowRecord) -> None:
+        self.log.info("shadow", **record.fields())
+        self.metrics.shadow(record.model, record.version, record.outcome, record.agree)
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    """What a copy sends to the shadow: the primary's request, re-addressed."""
+
+    client: Client
+    version: Version
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes | None
+
+    async def exchange(
+        self, record: ShadowRecord, log_response: tuple[str, ...]
+    ) -> dict[str, Any] | None:
+        """Send the copy and read its answer (up to what `log_response` looks at); fills
+        in the record's status, outcome and upstream_ms; returns the picked fields of an
+        ok JSON answer, or None."""
+        v = self.version
+        sent = time.perf_counter()
+        try:
+            upstream = await self.client.send(
+                v.origin, self.method, self.target, self.headers, self.body, v.timeout_s
+            )
+        except UpstreamError as exc:
+            record.upstream_ms = ms_since(sent)
+            timed_out = isinstance(exc, ConnectTimeout | ResponseTimeout)
+            record.outcome = "timeout" if timed_out else "unavailable"
+            return None
+        status = record.status = upstream.status
+        record.outcome = _outcome(status)
+        try:
+            data = await _read_capped(upstream)
+        except UpstreamError as exc:
+            record.outcome = "timeout" if isinstance(exc, ResponseTimeout) else "unavailable"
+            data = None
+        finally:
+            upstream.release()  # an answer not read whole closes its connection
+            record.upstream_ms = ms_since(sent)
+        if data is None or record.outcome != "ok":
+            return None
+        return pick(data, log_response)
+
+
+def _outcome(status: int) -> str:
+    return "ok" if status < 400 else "client_error" if status < 500 else "server_error"
+
+
+async def _read_capped(upstream: UpstreamResponse) -> bytes | None:
+    """The answer, if it is no larger than `log_response` ever looks at; else None."""
+    length = upstream.content_length
+    if length is not None:
+        return None if length > LOG_RESPONSE_BYTES else await upstream.read()
+    pieces: list[bytes] = []
+    size = 0
+    async for chunk in upstream.chunks():
+        size += len(chunk)
+        if size > LOG_RESPONSE_BYTES:
+            return None
+        pieces.append(chunk)
+    return b"".join(pieces)
+
+
+def agreement(primary: dict[str, Any] | None, shadow: dict[str, Any] | None) -> bool | None:
+    """Whether two answers' `log_response` fields are equal by value; None when either is
+    not a JSON object or neither has any of the fields."""
+    if primary is None or shadow is None or (not primary and not shadow):
+        return None
+    return same_value(primary, shadow)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """JSON equality: numbers by value (1 equals 1.0), a boolean never equals a number,
+    objects whatever their key order."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)
