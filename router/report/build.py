@@ -18,6 +18,7 @@ import orjson
 from router.report import stats
 from router.report.compare import analyse
 from router.report.read import Loaded
+from router.report.shadow import shadow_section
 from router.report.users import (
     ABS_ERROR,
     IN_RANDOMISED,
@@ -44,7 +45,8 @@ def build(
 ) -> dict[str, Any]:
     con = loaded.con
     models = [row[0] for row in con.execute(
-        "SELECT model FROM requests WHERE model IS NOT NULL GROUP BY model ORDER BY model"
+        "SELECT model FROM requests WHERE model IS NOT NULL UNION "
+        "SELECT model FROM shadows WHERE model IS NOT NULL ORDER BY model"
     ).fetchall()]  # fmt: skip
     if model is not None:
         if model not in models:
@@ -100,6 +102,7 @@ def _model(
         "srm": _srm(con, model, splits),
         "feedback": _feedback(con, model),
         "versions": versions,
+        "shadow": shadow_section(con, model, labels),
         "by_assigned_by": _by_assigned_by(con, model),
         "timeline": _timeline(con, model),
         "latency_histogram": _histogram(con, model),

@@ -141,7 +141,7 @@ def _intervals(pooled: Pooled) -> dict[str, list[float | None] | None]:
     mse = _estimate(pooled, "sq_error", "scored", ratio)
     rmse: list[float | None] | None = None
     if mse is not None and math.isfinite(mse.variance):
-        low, high = _interval(mse, low=0.0)
+        low, high = interval(mse, low=0.0)
         rmse = [math.sqrt(low), math.sqrt(high)]  # sqrt is monotone: the MSE's ends map
     return {
         "error_rate_ci95": _maybe(_estimate(pooled, "errors", "n", proportion), high=1.0),
@@ -158,7 +158,7 @@ def _estimate(pooled: Pooled, numerator: str, denominator: str, f: Estimator) ->
     return f(pooled[numerator][keep], pooled[denominator][keep])
 
 
-def _interval(e: Estimate, low: float = 0.0, high: float = math.inf) -> tuple[float, float]:
+def interval(e: Estimate, low: float = 0.0, high: float = math.inf) -> tuple[float, float]:
     """value -+ z se, kept within what the metric can be; a single user gives no spread
     to estimate from, so nothing narrower than the whole range."""
     if not math.isfinite(e.variance):
@@ -171,7 +171,7 @@ def _maybe(e: Estimate | None, high: float = math.inf) -> list[float | None] | N
     """The interval, or None where there is no metric or no bounded interval to give."""
     if e is None or (high == math.inf and not math.isfinite(e.variance)):
         return None
-    return _pair(_interval(e, 0.0, high))
+    return _pair(interval(e, 0.0, high))
 
 
 def _quantiles(

@@ -12,7 +12,7 @@ from typing import Any
 
 from router.report import charts
 from router.report.charts import Estimate, percent
-from router.report.text import feedback_line, verdicts
+from router.report.text import feedback_line, shadow_lines, verdicts
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -139,6 +139,7 @@ def _model(name: str, model: dict[str, Any]) -> str:
         parts.append(_charts(model, palette))
     else:
         parts.append('<p class="empty">No randomised traffic.</p>')
+    parts.append(_shadows(model.get("shadow") or {}))
     parts.append(_others(model["by_assigned_by"]))
     parts.append("</section>")
     return "\n".join(p for p in parts if p)
@@ -302,6 +303,42 @@ def _figure(chart: str | None, title: str, note: str, wide: bool) -> str:
     cls = ' class="wide"' if wide else ""
     caption = f"{escape(title)} <span>{escape(note)}</span>" if note else escape(title)
     return f"<figure{cls}><figcaption>{caption}</figcaption>{chart}</figure>"
+
+
+def _shadows(shadows: dict[str, Any]) -> str:
+    """The shadow versions: copies, agreement with the primary, paired latency, quality."""
+    if not shadows:
+        return ""
+    head = ("shadow", "copies", "dropped", "error rate", "agreement [95% CI]", "judged",
+            "by primary", "latency vs primary (p50 of differences)")  # fmt: skip
+    rows = []
+    for version, s in shadows.items():
+        agreement = "<td>-</td>"
+        if s["agreement"] is not None:
+            agreement = _with_ci(s["agreement"], s["agreement_ci95"] or [0.0, 1.0], 1)
+        latency = s["latency_diff_ms"]
+        delay = "-"
+        if latency is not None:
+            ci = latency["ci95"]
+            delay = f"{latency['p50']:+.1f} ms" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
+        each = ", ".join(f"{p} {percent(b['agreement'], 1)}" for p, b in s["by_primary"].items()
+                         if b["agreement"] is not None)  # fmt: skip
+        errors = "-" if s["error_rate"] is None else percent(s["error_rate"], 2)
+        cells = [
+            f"<td><code>{escape(version)}</code></td>", _td(f"{s['copies']:,}"),
+            _td(f"{s['dropped']:,}"), _td(errors), agreement, _td(f"{s['judged']:,}"),
+            _td(each or "-"), _td(delay),
+        ]  # fmt: skip
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    quality = [line for v, s in shadows.items() for line in shadow_lines({v: s})
+               if "labelled requests" in line]  # fmt: skip
+    note = (
+        '<p class="meta">A shadow gets copies of live requests and never answers a client. '
+        "Agreement counts copies where both answers were ok JSON and every log_response field "
+        "was equal by value; users are the units of every interval.</p>"
+    )
+    extra = "".join(f'<p class="meta">{escape(line)}</p>' for line in quality)
+    return "<h3>Shadow traffic</h3>\n" + _table(head, rows) + note + extra
 
 
 def _others(rows: list[dict[str, Any]]) -> str:

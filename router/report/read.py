@@ -110,12 +110,48 @@ def load(patterns: list[str]) -> Loaded:
     con.execute(
         "CREATE TABLE configs AS SELECT ts, config, models FROM raw WHERE event = 'config_loaded'"
     )
+    _shadows(con, files)
     bad = con.execute("SELECT count(*) FROM raw WHERE event IS NULL").fetchone()
     con.execute("DELETE FROM raw WHERE event IS DISTINCT FROM 'request'")
     con.execute("ALTER TABLE raw DROP COLUMN label")
     con.execute("ALTER TABLE raw DROP COLUMN models")
     con.execute("ALTER TABLE raw RENAME TO requests")
     return Loaded(con, tuple(files), int(bad[0]) if bad else 0)
+
+
+# The fields of a `shadow` record (contract section 8) the report reads besides those of
+# COLUMNS.
+_SHADOW = {"primary_version": "VARCHAR", "drop_reason": "VARCHAR", "upstream_ms": "DOUBLE",
+           "primary_upstream_ms": "DOUBLE", "agree": "BOOLEAN"}  # fmt: skip
+
+
+def _shadows(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """The `shadows` table, one row per `shadow` record. Its fields are read by a second,
+    narrow scan, and only when the main scan saw shadow records: parsing them in the main
+    scan would add five columns to every request's row, and a log without shadows would
+    pay for them in memory."""
+    names = ("event", "ts", "request_id", "model", "version", "user", "status", "outcome",
+             "config", "response")  # fmt: skip
+    columns = {name: COLUMNS[name] for name in names} | _SHADOW
+    count = con.execute("SELECT count(*) FROM raw WHERE event = 'shadow'").fetchone()
+    where = "event = 'shadow'" if count and count[0] else "false"
+    con.execute(
+        f"""
+        CREATE TABLE shadows AS
+        SELECT try_cast(ts AS TIMESTAMP) AS ts, hash(request_id) AS rid, model, version,
+               primary_version,
+               CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
+               status, outcome, drop_reason, upstream_ms, primary_upstream_ms, agree, config,
+               json_extract(response, '$.prediction')::VARCHAR AS prediction,
+               CASE WHEN json_type(response, '$.prediction') IN {_NUMBER}
+                    THEN json_extract(response, '$.prediction')::DOUBLE END
+                    AS prediction_number
+        FROM read_json($files, format = 'newline_delimited', columns = $columns,
+                       ignore_errors = true, maximum_object_size = 16777216)
+        WHERE {where}
+        """,
+        {"files": files, "columns": columns},
+    )
 
 
 def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,7 +94,60 @@ def _comparison(name: str, model: dict[str, Any]) -> list[str]:
         )
     if line := feedback_line(model.get("feedback")):
         lines.append("  " + line)
+    lines.extend("  " + line for line in shadow_lines(model.get("shadow") or {}))
     return lines
+
+
+def shadow_lines(shadows: dict[str, Any]) -> list[str]:
+    """Per shadow version: `shadow v3: 1,204 copies (12 dropped: overloaded 12), error rate
+    0.4%`, then its agreement with the primary, the paired latency and its quality."""
+    lines = []
+    for version, s in shadows.items():
+        dropped = ", ".join(f"{k} {n:,}" for k, n in s["drop_reasons"].items())
+        errors = "-" if s["error_rate"] is None else f"{s['error_rate']:.2%}"
+        lines.append(
+            f"shadow {version}: {s['copies']:,} copies"
+            + (f" ({s['dropped']:,} dropped: {dropped})" if s["dropped"] else "")
+            + f", error rate {errors} (never seen by a client)"
+        )
+        if s["agreement"] is not None:
+            low, high = s["agreement_ci95"] or (None, None)
+            ci = f" [{low:.1%}, {high:.1%}]" if low is not None else ""
+            each = ", ".join(
+                f"{p} {b['agreement']:.1%}" for p, b in s["by_primary"].items()
+                if b["agreement"] is not None
+            )  # fmt: skip
+            lines.append(
+                f"shadow {version}: agrees with the primary on {s['agreement']:.1%}{ci} of "
+                f"{s['judged']:,} answers" + (f" (with {each})" if each else "")
+            )
+        if (latency := s["latency_diff_ms"]) is not None:
+            ci = latency["ci95"]
+            interval = f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""
+            lines.append(
+                f"shadow {version}: upstream latency {latency['p50']:+.1f} ms{interval} "
+                "against the primary on the same requests (median of the differences)"
+            )
+        lines.extend(_shadow_quality(version, s))
+    return lines
+
+
+def _shadow_quality(version: str, s: dict[str, Any]) -> list[str]:
+    if not s["labelled"]:
+        return []
+    if s.get("accuracy") is not None:
+        low, high = s["accuracy_diff_ci95"] or (math.nan, math.nan)
+        return [
+            f"shadow {version}: accuracy {s['accuracy']:.1%} against the primary's "
+            f"{s['primary_accuracy']:.1%} on the same {s['labelled']:,} labelled requests: "
+            f"{_pp(s['accuracy_diff'])} pp [{_pp(low)}, {_pp(high)}]"
+        ]
+    low, high = s["mae_diff_ci95"] or (math.nan, math.nan)
+    return [
+        f"shadow {version}: mean absolute error {s['mae']:.4g} against the primary's "
+        f"{s['primary_mae']:.4g} on the same {s['labelled']:,} labelled requests: "
+        f"{s['mae_diff']:+.4g} [{low:+.4g}, {high:+.4g}]"
+    ]
 
 
 def feedback_line(counts: dict[str, int] | None) -> str:

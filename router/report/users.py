@@ -19,18 +19,32 @@ ERRORS = ("server_error", "timeout", "unavailable")
 IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
 IS_ERROR = f"r.outcome IN {ERRORS}"
 UNIT = "coalesce(r.user_h, r.rid)"
-# A label and a prediction compare as JSON values: numbers by value (1 equals 1.0; true is
-# not 1, a boolean being no number); objects and arrays by value too (key order aside,
-# through read.py's `json_canonical`, called for those labels only); anything else by its
-# JSON text. read.py keeps each number as a DOUBLE too (`number`, `prediction_number`),
-# null for anything else, and marks labels that are objects or arrays (`structured`).
-SAME_LABEL = (
-    "CASE WHEN f.number IS NOT NULL AND r.prediction_number IS NOT NULL "
-    "THEN f.number = r.prediction_number "
-    "WHEN f.structured THEN json_canonical(f.label) = json_canonical(r.prediction) "
-    "ELSE f.label = r.prediction END"
-)
-ABS_ERROR = "abs(f.number - r.prediction_number)"
+
+
+def same_label(r: str = "r") -> str:
+    """SQL: the label `f` equals the prediction of the answer aliased `r`.
+
+    They compare as JSON values: numbers by value (1 equals 1.0; true is not 1, a boolean
+    being no number); objects and arrays by value too (key order aside, through read.py's
+    `json_canonical`, called for those labels only); anything else by its JSON text.
+    read.py keeps each number as a DOUBLE too (`number`, `prediction_number`), null for
+    anything else, and marks labels that are objects or arrays (`structured`)."""
+    return (
+        f"CASE WHEN f.number IS NOT NULL AND {r}.prediction_number IS NOT NULL "
+        f"THEN f.number = {r}.prediction_number "
+        f"WHEN f.structured THEN json_canonical(f.label) = json_canonical({r}.prediction) "
+        f"ELSE f.label = {r}.prediction END"
+    )
+
+
+def abs_error(r: str = "r") -> str:
+    """SQL: |label - prediction| when both are numbers, else null."""
+    return f"abs(f.number - {r}.prediction_number)"
+
+
+SAME_LABEL = same_label()
+ABS_ERROR = abs_error()
+
 # Labels are real-valued when any of them is a number with a fractional part.
 IS_REAL = "(f.number <> floor(f.number))"
 LABELS = "LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL"

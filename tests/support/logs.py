@@ -52,6 +52,36 @@ def feedback(request_id: str, label: Any, model: str = "cancer") -> dict[str, An
             "request_id": request_id, "label": label}  # fmt: skip
 
 
+def shadow(
+    i: int,
+    *,
+    primary: str = "v1",
+    version: str = "v3",
+    outcome: str = "ok",
+    agree: bool | None = True,
+    user: str | None = None,
+    upstream_ms: float | None = 12.0,
+    primary_upstream_ms: float | None = 10.0,
+    prediction: Any = None,
+    drop_reason: str | None = None,
+    model: str = "cancer",
+) -> dict[str, Any]:
+    """The `shadow` record of the copy of `request(i, ...)` (contract section 8)."""
+    status = {"ok": 200, "server_error": 500, "timeout": None, "unavailable": None,
+              "dropped": None}[outcome]  # fmt: skip
+    record: dict[str, Any] = {
+        "event": "shadow", "ts": "2026-11-25T12:00:00.000Z", "request_id": f"req-{i}",
+        "model": model, "version": version, "primary_version": primary, "user": user,
+        "status": status, "outcome": outcome, "latency_ms": 1.0, "upstream_ms": upstream_ms,
+        "primary_upstream_ms": primary_upstream_ms, "agree": agree, "config": "cfg1",
+    }  # fmt: skip
+    if drop_reason is not None:
+        record["drop_reason"] = drop_reason
+    if prediction is not None:
+        record["response"] = {"prediction": prediction}
+    return record
+
+
 def split_traffic(
     n: int,
     split: dict[str, float],
