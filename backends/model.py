@@ -1,11 +1,12 @@
-"""The example model behind each backend: a breast-cancer classifier in two versions.
+"""The example model behind each backend: a breast-cancer classifier in three versions.
 
-Both versions train at start-up on scikit-learn's bundled Wisconsin breast-cancer dataset
+Every version trains at start-up on scikit-learn's bundled Wisconsin breast-cancer dataset
 (569 rows, 30 features, no network), less a fixed quarter of its rows held out for the
 example traffic. Label 0 is malignant, 1 is benign.
 
-The two versions deliberately answer in different shapes (v2 adds ``probability``), so the
+v1 and v2 deliberately answer in different shapes (v2 adds ``probability``), so the
 router's shadowing and comparison features have a real response-format change to deal with.
+v3, a random forest, answers in v2's shape; the demo runs it as a shadow of the split.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import Any, Protocol
 
 import numpy as np
 from sklearn.datasets import load_breast_cancer
-from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-VERSIONS: tuple[str, ...] = ("v1", "v2")
+VERSIONS: tuple[str, ...] = ("v1", "v2", "v3")
 N_FEATURES = 30
 SEED = 0
+FOREST_TREES = 25  # v3's; see train()
 
 
 class Classifier(Protocol):
@@ -70,15 +72,21 @@ def _training_rows() -> Any:
 def train(version: str) -> Classifier:
     """Fit the model for ``version`` on the three quarters of the dataset not held out.
 
-    Deterministic: the logistic regression's lbfgs solver uses no randomness, and the
-    gradient boosting is seeded, so every process answers the same for the same input.
+    v1 is a logistic regression, v2 gradient boosting, v3 a random forest. The forest is kept
+    to 25 trees: as accurate on the held-out rows as 100, and each tree adds to the cost of
+    every answer (scikit-learn predicts one row tree by tree). Each fully grown tree votes 0
+    or 1, so an odd number of them keeps the probability off a 0.5 tie. Deterministic: the
+    logistic regression's lbfgs solver uses no randomness, and the gradient boosting and the
+    random forest are seeded, so every process answers the same for the same input.
     """
     check_version(version)
     model: Classifier
     if version == "v1":
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    else:
+    elif version == "v2":
         model = GradientBoostingClassifier(random_state=SEED)
+    else:
+        model = RandomForestClassifier(n_estimators=FOREST_TREES, random_state=SEED)
     features, labels = _dataset()
     rows = _training_rows()
     model.fit(features[rows], labels[rows])
@@ -88,13 +96,20 @@ def train(version: str) -> Classifier:
 def predict(model: Classifier, version: str, features: Sequence[float]) -> dict[str, Any]:
     """Classify one row of 30 features and answer in ``version``'s response format.
 
-    v1 answers ``{"prediction": 0 | 1}``; v2 answers ``{"prediction": 0 | 1, "probability": p}``
-    where ``p`` is the probability of class 1 (benign), rounded to 4 places.
+    v1 answers ``{"prediction": 0 | 1}``; v2 and v3 answer
+    ``{"prediction": 0 | 1, "probability": p}`` where ``p`` is the probability of class 1
+    (benign), rounded to 4 places.
     """
     check_version(version)
     if len(features) != N_FEATURES:
         raise ValueError(f"features must hold {N_FEATURES} numbers, got {len(features)}")
     row = np.asarray(features, dtype=np.float64).reshape(1, -1)
+    if version == "v3":
+        # A forest's predict() is the argmax of predict_proba(): ask once, not twice (each
+        # call walks every tree, the cost of an answer). Classes are 0 and 1, in order.
+        probabilities = model.predict_proba(row)[0]
+        prediction = int(np.argmax(probabilities))
+        return {"prediction": prediction, "probability": round(float(probabilities[1]), 4)}
     prediction = int(model.predict(row)[0])
     if version == "v1":
         return {"prediction": prediction}

@@ -1,6 +1,11 @@
-"""Run the whole example stack for ``make run``: backends v1 and v2, then the router in front.
+"""Run the whole example stack for ``make run``: the example backends, then the router in front.
 
     python -m backends.stack [--config config/routes.yaml] [--listen 127.0.0.1:8080]
+
+The routing table says which backends to start: one for each version named v1, v2 or v3 (the
+example model versions) whose url is ``http://127.0.0.1:PORT``, on that port. Other versions
+are left to whatever serves them. config/routes.yaml names v1 and v2 (ports 9001 and 9002);
+examples/demo.yaml adds v3 on port 9003.
 
 A small process supervisor on the standard library alone. Each child runs in its own process
 group, so a Ctrl-C in the terminal reaches only this process, which then stops the children
@@ -25,13 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
-from backends.model import sample_rows
-from router.config.model import Address, ConfigError, parse_address
+from backends.model import VERSIONS, sample_rows
+from router.config.model import Address, ConfigError, Table, parse_address
 from router.config.validate import load_table
 
 LOOPBACK = "127.0.0.1"
-BACKENDS: tuple[tuple[str, int], ...] = (("v1", 9001), ("v2", 9002))
 MODEL_NAME = "cancer"  # the model's name in config/routes.yaml
 HEALTH_TIMEOUT = 60.0
 ROUTER_TIMEOUT = 30.0
@@ -172,9 +177,49 @@ def curl_examples(router_url: str) -> list[str]:
     return [f"{curl} {base}/predict", f"{curl} {base}/versions/v2/predict"]
 
 
-def preflight(config: Path, listen: Address) -> None:
+def stopped_by_ctrl_c(backends: list[tuple[str, int]]) -> str:
+    """What the banner's Ctrl-C line stops: "all three" for make run's two backends."""
+    if not backends:
+        return "the router"
+    words = {2: "two", 3: "three", 4: "four"}
+    n = len(backends) + 1
+    return f"all {words.get(n, str(n))}"
+
+
+def example_port(url: str) -> int | None:
+    """The port of ``http://127.0.0.1:PORT`` (a trailing slash allowed); None for other urls."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port out of range or not a number
+        return None
+    plain = parts.scheme == "http" and parts.path in ("", "/") and not parts.query
+    return port if plain and parts.hostname == LOOPBACK and port is not None else None
+
+
+def backends_of(table: Table) -> list[tuple[str, int]]:
+    """(version, port) of each example backend the table names, in the table's order.
+
+    A version named v1, v2 or v3 at ``http://127.0.0.1:PORT`` is one; the same version on the
+    same port in several models is started once. Two versions on one port cannot both be.
+    """
+    found: dict[int, str] = {}
+    for model in table.models.values():
+        for version in model.versions.values():
+            port = example_port(version.url)
+            if version.name not in VERSIONS or port is None:
+                continue
+            if found.setdefault(port, version.name) != version.name:
+                raise StackFailed(
+                    f"the routing table puts versions {found[port]} and {version.name} both "
+                    f"on port {port}; an example backend serves one version per port"
+                )
+    return [(version, port) for port, version in found.items()]
+
+
+def preflight(backends: list[tuple[str, int]], listen: Address) -> None:
     """Fail before starting anything if a port is taken."""
-    for version, port in BACKENDS:
+    for version, port in backends:
         if accepts_tcp(LOOPBACK, port):
             raise StackFailed(
                 f"port {port} (backend {version}) is already in use, perhaps by a stack left "
@@ -193,15 +238,18 @@ def run(args: argparse.Namespace, supervisor: Supervisor) -> None:
     except ConfigError as exc:
         raise StackFailed(f"the routing table has problems:\n{exc}") from exc
     listen: Address = args.listen or table.server.listen
-    preflight(config, listen)
+    backends = backends_of(table)
+    preflight(backends, listen)
+    if not backends:
+        say(f"{config} names no example backend (v1, v2 or v3 at http://{LOOPBACK}:PORT)")
 
     started = time.monotonic()
-    for version, port in BACKENDS:
+    for version, port in backends:
         supervisor.spawn(
             f"backend {version}",
             [sys.executable, "-m", "backends", "--version", version, "--port", str(port)],
         )
-    for version, port in BACKENDS:
+    for version, port in backends:
         supervisor.wait_for(
             functools.partial(answers_health, port),
             started + HEALTH_TIMEOUT,
@@ -223,14 +271,18 @@ def run(args: argparse.Namespace, supervisor: Supervisor) -> None:
     first, pinned = curl_examples(url_of(listen))
     print(f"Try it (traffic split by X-User-ID):\n  {first}")
     print(f"Or pin a version:\n  {pinned}")
-    print("Ctrl-C stops all three.", flush=True)
+    print(f"Ctrl-C stops {stopped_by_ctrl_c(backends)}.", flush=True)
     supervisor.wait_for(lambda: False, None, "")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m backends.stack",
-        description="Start example backends v1 (port 9001) and v2 (port 9002) and the router.",
+        description=(
+            "Start an example backend for each version v1, v2 or v3 that the routing table "
+            f"puts at http://{LOOPBACK}:PORT (v1 on 9001 and v2 on 9002 in config/routes.yaml), "
+            "then the router."
+        ),
     )
     parser.add_argument(
         "--config",

@@ -2,13 +2,17 @@
 
     python examples/demo.py [--users 3000]
 
-1. starts the example stack (backends v1 and v2, and the router on examples/demo.yaml, which
-   logs to logs/demo.jsonl; an old log is removed first, so the report covers this run only);
+1. starts the example stack (backends v1, v2 and v3, and the router on examples/demo.yaml,
+   which logs to logs/demo.jsonl; an old log is removed first, so the report covers this run
+   only);
 2. waits until the router accepts connections;
 3. runs examples/traffic.py (as `python -m examples.traffic`, from the top of the
    checkout, where `backends` is found): a few thousand simulated users, 90% of them on v1
    and 10% on v2 by bucket, plus pinned and anonymous requests, each answer followed by its
-   true label as feedback; it returns only once the last feedback has been answered;
+   true label as feedback; it returns only once the last feedback has been answered. The
+   router also copies the requests it routes (not the pinned ones) to v3, the table's
+   shadow, at most 64 in flight (a copy beyond that is dropped and logged as dropped); v3's
+   answers never reach a client;
 4. stops the stack with SIGTERM and waits for it: the router writes every queued log record
    before it exits, so the log is complete only then;
 5. runs ``model-router report`` on the log: the text report here, the HTML one to a file.
@@ -69,7 +73,7 @@ def check_port_free() -> None:
 
 
 def start_stack() -> subprocess.Popen[bytes]:
-    say(f"starting the example stack on {CONFIG} (backends v1 and v2 train first)")
+    say(f"starting the example stack on {CONFIG} (backends v1, v2 and v3 train first)")
     return subprocess.Popen(
         [sys.executable, "-m", "backends.stack", "--config", str(CONFIG)],
         cwd=ROOT,

@@ -10,9 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
+from sklearn.ensemble import RandomForestClassifier
 
 from backends.app import VERSION_HEADER, create_app
-from backends.model import VERSIONS, Classifier, sample_rows, train
+from backends.model import FOREST_TREES, VERSIONS, Classifier, sample_rows, train
 
 FIRST_ROW = sample_rows(1)[0][0]
 
@@ -51,13 +52,14 @@ async def test_v1_answers_only_a_prediction(
     assert type(body["prediction"]) is int
 
 
-async def test_v2_adds_a_probability(
-    models: dict[str, Classifier], aiohttp_client: AiohttpClient
+@pytest.mark.parametrize("name", ["v2", "v3"])
+async def test_v2_and_v3_add_a_probability(
+    name: str, models: dict[str, Classifier], aiohttp_client: AiohttpClient
 ) -> None:
-    client = await aiohttp_client(create_app("v2", models["v2"]))
+    client = await aiohttp_client(create_app(name, models[name]))
     status, body, version = await post_predict(client, FIRST_ROW)
     assert status == 200
-    assert version == "v2"
+    assert version == name
     assert set(body) == {"prediction", "probability"}
     assert body["prediction"] in (0, 1)
     assert type(body["prediction"]) is int
@@ -65,6 +67,16 @@ async def test_v2_adds_a_probability(
     assert body["probability"] == round(body["probability"], 4)
     # The probability is of class 1, so it sides with the prediction.
     assert (body["probability"] >= 0.5) == (body["prediction"] == 1)
+
+
+def test_v3_is_a_seeded_random_forest(models: dict[str, Classifier]) -> None:
+    forest = models["v3"]
+    assert isinstance(forest, RandomForestClassifier)
+    assert len(forest.estimators_) == FOREST_TREES
+    # Trained again, in the same process, it answers the same to the last digit.
+    features = [row for row, _label in sample_rows(50)]
+    again = train("v3")
+    assert (again.predict_proba(features) == forest.predict_proba(features)).all()
 
 
 async def test_predictions_agree_with_the_true_labels(backend: tuple[str, Client]) -> None:
@@ -138,8 +150,8 @@ async def test_unknown_paths_carry_the_version_header(backend: tuple[str, Client
 
 
 def test_unknown_versions_are_refused_with_the_accepted_ones() -> None:
-    with pytest.raises(ValueError, match="'v1', 'v2'"):
-        train("v3")
+    with pytest.raises(ValueError, match="'v1', 'v2', 'v3'"):
+        train("v4")
     with pytest.raises(ValueError, match="unknown model version 'latest'"):
         create_app("latest")
 
