@@ -167,7 +167,7 @@ class Shadows:
             record.status = record.upstream_ms = None
             self._write(record)
             raise
-        record.primary_version = ex.version
+        record.primary_version = ex.version or ex.assigned_version  # who answered, or was meant to
         record.primary_upstream_ms = ex.upstream_ms
         if model.log_response:
             record.response = answer
