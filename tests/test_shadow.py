@@ -319,3 +319,17 @@ async def test_copies_in_flight_at_shutdown_get_drain_s_then_are_logged(
         await poll(lambda: _at_least(lambda: backend.waiting, 1), 5, "the copy held")
     (record,) = shadow_records(r.log_path)
     assert (record["outcome"], record["drop_reason"]) == ("dropped", "shutting_down")
+
+
+async def test_a_copy_of_a_request_whose_primary_failed_names_the_version_meant(
+    backends: dict[str, str], shadow: tuple[Shadow, str], tmp_path: Path
+) -> None:
+    backend, url = shadow
+    table = model({**backends, "v1": dead_url()}, url)
+    async with router_running(table, tmp_path) as r, aiohttp.ClientSession() as c:
+        status, _ = await post(c, f"{r.url}/models/m/predict", data=b"{}")
+        assert status == 502
+    (record,) = shadow_records(r.log_path)
+    assert (record["primary_version"], record["outcome"], record["agree"]) == ("v1", "ok", None)
+    assert record["primary_upstream_ms"] is None
+    assert len(backend.seen) == 1
