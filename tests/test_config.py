@@ -977,3 +977,86 @@ def test_shadow_percent_is_accepted_iff_in_zero_to_hundred(percent: float) -> No
     else:
         with pytest.raises(ConfigError):
             parse_text(text)
+
+
+# --- the rollout block (contract section 9) ---
+
+ROLLOUT_TABLE = """\
+models:
+  cancer:
+    versions:
+      v1: {url: "http://127.0.0.1:9001"}
+      v2: {url: "http://127.0.0.1:9002"}
+    split:
+      v1: %s
+      v2: %s
+    rollout:
+%s
+"""
+ROLLOUT = """\
+candidate: v2
+steps: [1, 5, 25, 50, 100]
+step_s: 600
+min_users: 500
+guardrails:
+  error_rate: {max_increase: 0.005}
+  latency_p95: {max_increase: 0.20}
+  accuracy: {max_decrease: 0.01}
+alpha: 0.05"""
+
+
+def _rollout_table(block: str = ROLLOUT, v2: str = "5") -> str:
+    indented = "\n".join("      " + line for line in block.splitlines())
+    return ROLLOUT_TABLE % (100 - Decimal(v2), v2, indented)
+
+
+def test_a_rollout_block_parses() -> None:
+    rollout = parse_text(_rollout_table()).models["cancer"].rollout
+    assert rollout is not None
+    assert rollout.candidate == "v2"
+    assert rollout.steps == tuple(Decimal(s) for s in (1, 5, 25, 50, 100))
+    assert dict(rollout.guardrails) == {"error_rate": 0.005, "latency_p95": 0.2, "accuracy": 0.01}
+    assert (rollout.step_s, rollout.min_users, rollout.alpha, rollout.state) == (
+        600.0,
+        500,
+        0.05,
+        None,
+    )
+    assert parse_text(_rollout_table(v2="0")).models["cancer"].rollout is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "v2", "message"),
+    [
+        (("", ""), "10", "routes.yaml:10: models.cancer.rollout.candidate: 'v2' has 10% of the "
+         "split, which is neither 0 nor one of the steps (1, 5, 25, 50, 100)"),
+        (("candidate: v2", "candidate: v1"), "5", "routes.yaml:10: "
+         "models.cancer.rollout.candidate: 'v1' must be listed last in the split (with 0 to "
+         "start), so that a ramp only moves users into it"),
+        (("[1, 5, 25, 50, 100]", "[1, 5, 5, 100]"), "5", "routes.yaml:11: "
+         "models.cancer.rollout.steps: must rise strictly, like [1, 5, 25, 50, 100]"),
+        (("[1, 5, 25, 50, 100]", "[0, 5, 100]"), "5", "routes.yaml:11: "
+         "models.cancer.rollout.steps: must be a list of percents above 0 and at most 100, "
+         "with at most two decimals, like [1, 5, 25, 50, 100], not [0, 5, 100]"),
+        (("max_increase: 0.005", "max_increase: -1"), "5", "routes.yaml:15: "
+         "models.cancer.rollout.guardrails.error_rate.max_increase: must be a number above 0, "
+         "not -1"),
+        (("alpha: 0.05", "alpha: 0.5"), "5", "routes.yaml:18: models.cancer.rollout.alpha: must "
+         "be a number above 0 and below 0.5, like 0.05, not 0.5"),
+        (("alpha: 0.05", "alpha: 0.05\nstate: paused"), "5", "routes.yaml:19: "
+         "models.cancer.rollout.state: is 'paused'; expected one of: rolled_back, promoted"),
+        (("accuracy: {max_decrease: 0.01}", "accuracy: {max_increase: 0.01}"), "5",
+         "routes.yaml:17: models.cancer.rollout.guardrails.accuracy.max_increase: unknown key "
+         "(did you mean 'max_decrease'?)"),
+    ],
+    ids=["between-steps", "not-last", "not-rising", "zero-step", "margin", "alpha", "state",
+         "margin-key"],
+)  # fmt: skip
+def test_a_bad_rollout_block_is_refused_naming_the_key(
+    change: tuple[str, str], v2: str, message: str
+) -> None:
+    block = ROLLOUT.replace(*change) if change[0] else ROLLOUT
+    text = _rollout_table(block, v2)
+    with pytest.raises(ConfigError) as caught:
+        parse_text(text, SOURCE)
+    assert caught.value.messages() == [message]

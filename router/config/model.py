@@ -173,6 +173,31 @@ class Shadow:
     max_in_flight: int = 64
 
 
+RolloutState = Literal["rolled_back", "promoted"]
+ROLLOUT_STATES: tuple[RolloutState, ...] = get_args(RolloutState)
+# Each guardrail's one key in YAML, and what its margin means (contract section 9).
+GUARDRAILS: Final = {
+    "error_rate": "max_increase",  # absolute: 0.005 is half a percentage point
+    "latency_p95": "max_increase",  # relative: 0.20 is +20%
+    "accuracy": "max_decrease",  # absolute, from feedback
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """`model-router rollout` ramps `candidate` through `steps` (its split percent at each)
+    and rolls it back when a guardrail says it hurts (contract section 9). `guardrails`
+    maps a name of GUARDRAILS to its margin."""
+
+    candidate: str
+    steps: tuple[Decimal, ...]
+    guardrails: Mapping[str, float]
+    step_s: float = 600.0
+    min_users: int = 500
+    alpha: float = 0.05
+    state: RolloutState | None = None
+
+
 RULE_KEYS: Final = ("match", "version")
 MATCH_KEYS: Final = ("header", "user_id")
 
@@ -208,6 +233,7 @@ class Model:
     log_response: tuple[str, ...] = ()
     outlier: Outlier = Outlier()
     shadow: Shadow | None = None
+    rollout: Rollout | None = None
     # Each version's timeout_s unless it has its own.
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, compare=False)
 

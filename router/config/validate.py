@@ -38,7 +38,7 @@ from router.config.model import (
     yaml_keys,
 )
 from router.config.reader import fmt, join, kind, percent, show
-from router.config.shadow import ShadowReader
+from router.config.rollout import RolloutReader
 
 
 def load_table(path: str | Path) -> Table:
@@ -112,7 +112,7 @@ _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
 
-class _TableReader(ShadowReader):
+class _TableReader(RolloutReader):
     """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
@@ -195,6 +195,7 @@ class _TableReader(ShadowReader):
         log_response = self.string_list(section, "log_response", path)
         outlier = self.outlier(section, path)
         shadow = self.shadow(section, path, versions, split)
+        rollout = self.rollout(section, path, versions, split)
         if len(self.problems) > before or split is None:
             return None
         return Model(
@@ -209,6 +210,7 @@ class _TableReader(ShadowReader):
             log_response=log_response,
             outlier=outlier,
             shadow=shadow,
+            rollout=rollout,
             timeout_s=timeout_s,
         )
 

@@ -76,6 +76,22 @@ class Metrics:
             ["model", "version", "agree"],
             registry=r,
         )
+        # The rollout as the table in force says it (contract section 9): the controller
+        # writes its state into the table, so every router shows where a ramp stands.
+        self.rollout_percent = Gauge(
+            "model_router_rollout_candidate_percent",
+            "The rollout candidate's share of the split in the table in force.",
+            ["model", "candidate"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.rollout_state = Gauge(
+            "model_router_rollout_state",
+            "1 for the rollout's state in the table in force: ramping, rolled_back, promoted.",
+            ["model", "candidate", "state"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
@@ -102,8 +118,15 @@ class Metrics:
             self.shadow_agreement.labels(model, version, word).inc()
 
     def track(self, table: Table, is_down: Callable[[tuple[str, str, str]], bool]) -> None:
-        """Show every version of a table in force as up, unless its health says down."""
+        """Show every version of a table in force as up, unless its health says down, and
+        where each rollout stands."""
         for model in table.models.values():
+            if (rollout := model.rollout) is not None:
+                share = dict(model.split.shares()).get(rollout.candidate, 0)
+                self.rollout_percent.labels(model.name, rollout.candidate).set(float(share))
+                for state in ("ramping", "rolled_back", "promoted"):
+                    on = state == (rollout.state or "ramping")
+                    self.rollout_state.labels(model.name, rollout.candidate, state).set(int(on))
             for version in model.versions.values():
                 down = is_down((model.name, version.name, version.url))
                 self.set_up(model.name, version.name, not down)
