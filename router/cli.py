@@ -1,4 +1,5 @@
-"""`model-router serve | check`: argument parsing, and the only place that exits."""
+"""`model-router serve | check | report | rollout`: argument parsing, and the only place
+that exits."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from router.config import churn
@@ -62,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=REPORT_FORMATS, default="text")
     report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     report.set_defaults(command=_report)
+
+    _rollout_parser(commands.add_parser(
+        "rollout", help="ramp rollout candidates step by step, roll back on evidence"
+    ))  # fmt: skip
     return parser
 
 
@@ -102,6 +108,43 @@ def _address(text: str) -> Any:
         return parse_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
+    rollout.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"the routing table to read and rewrite (default {DEFAULT_CONFIG})",
+    )
+    rollout.add_argument(
+        "--log",
+        action="append",
+        metavar="GLOB",
+        help="routing logs to read, every replica's (repeatable; default: the table's log.path)",
+    )
+    rollout.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds between evaluations (default 30)",
+    )
+    rollout.add_argument("--once", action="store_true", help="evaluate once and exit")
+    rollout.add_argument(
+        "--dry-run", action="store_true", help="print the decisions, write nothing"
+    )
+    rollout.set_defaults(command=_rollout)  # fmt: skip
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds above 0")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -184,6 +227,31 @@ def _share_metrics() -> str | None:
     made = tempfile.mkdtemp(prefix="model-router-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
     return made
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    try:
+        from router.rollout.controller import Controller, dumps  # NumPy: the `rollout` extra
+    except ImportError as exc:
+        print(
+            f"model-router rollout: needs the rollout extra ({exc.name} is missing): "
+            "pip install 'model-router[rollout]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    controller = Controller(Path(args.config), args.log, args.interval, dry_run=args.dry_run)
+    try:
+        controller.run(args.once, lambda line: print(dumps(line), flush=True))
+    except ConfigError as exc:
+        for message in exc.messages():
+            print(message, file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"model-router rollout: {args.config}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:

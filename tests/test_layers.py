@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "proxy": {"config", "routing", "http", "observe", "errors"},
     "stats": set(),
     "report": {"stats"},
+    "rollout": {"config", "observe", "stats"},
 }
 TOP = {"admin", "app", "workers", "cli", "__main__"}
 MAX_MODULE_LINES = 400

@@ -64,6 +64,11 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build.labels(package_version("model-router"), platform.python_version()).set(1)
+        self._shadow_and_rollout(r)
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    def _shadow_and_rollout(self, r: CollectorRegistry) -> None:
         self.shadow_requests = Counter(
             "model_router_shadow_requests",
             "Shadow copies by model, shadow version and outcome (dropped included).",
@@ -92,8 +97,6 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        self._counters: dict[tuple[str, str, str], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
 
     def count_reload(self, result: str) -> None:
         self.reloads.labels(result).inc()

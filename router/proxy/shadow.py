@@ -32,6 +32,7 @@ from router.http.clock import now_rfc3339
 from router.http.request import Request
 from router.observe.metrics import Metrics
 from router.observe.record import Exchange, ms_since
+from router.observe.values import same_value
 from router.proxy.body import RequestBody
 from router.proxy.headers import upstream_headers
 from router.proxy.relay import LOG_RESPONSE_BYTES, pick
@@ -252,17 +253,3 @@ def agreement(primary: dict[str, Any] | None, shadow: dict[str, Any] | None) -> 
     if primary is None or shadow is None or (not primary and not shadow):
         return None
     return same_value(primary, shadow)
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """JSON equality: numbers by value (1 equals 1.0), a boolean never equals a number,
-    objects whatever their key order."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and bool(a == b)

@@ -46,12 +46,7 @@ def quantile(values: ArrayLike, users: ArrayLike, q: float) -> Estimate:
     u = np.asarray(users, dtype=np.int64)
     if x.size == 0:
         return Estimate(float("nan"), float("nan"), 0)
-    ordered = np.sort(x)
-
-    def at(p: float) -> float:
-        return float(np.quantile(ordered, p))
-
-    xi = at(q)
+    xi = float(np.quantile(x, q))  # a partition, not a sort: linear time
     counts = np.bincount(u).astype(np.float64)
     below = np.bincount(u, weights=(x <= xi).astype(np.float64))
     seen = counts > 0
@@ -59,4 +54,5 @@ def quantile(values: ArrayLike, users: ArrayLike, q: float) -> Estimate:
     ends = probabilities(q, below[seen], counts[seen])
     if ends is None:
         return Estimate(xi, float("nan"), units)
-    return quantile_from(xi, at(ends[0]), at(ends[1]), units)
+    low, high = (float(v) for v in np.quantile(x, ends))
+    return quantile_from(xi, low, high, units)
