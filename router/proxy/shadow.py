@@ -23,6 +23,7 @@ from structlog.typing import FilteringBoundLogger
 from router.config.model import Model, Version
 from router.http.client import (
     Client,
+    ConnectFailed,
     ConnectTimeout,
     ResponseTimeout,
     UpstreamError,
@@ -59,6 +60,7 @@ class ShadowRecord:
     primary_upstream_ms: float | None = None
     response: dict[str, Any] | None = None
     agree: bool | None = None
+    unreached: bool = False  # no connection to the shadow (not a field of the record)
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -90,6 +92,10 @@ class Shadows:
         self.log = log
         self.metrics = metrics
         self._in_flight: dict[str, int] = {}
+        # Per shadow (model, url): connection failures in a row, and until when (monotonic)
+        # copies are not even tried: a shadow that is down would cost a refused connection
+        # per copy. The primary's health is never touched.
+        self._down: dict[tuple[str, str], tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(
@@ -122,6 +128,10 @@ class Shadows:
         if body.stream is not None:  # larger than 1 MiB, or chunked: never held whole
             self._drop(record, "body_too_large")
             return
+        version = model.versions[shadow.version]
+        if self._down.get((model.name, version.url), (0, 0.0))[1] > time.monotonic():
+            self._drop(record, "shadow_down")
+            return
         if self._in_flight.get(model.name, 0) >= shadow.max_in_flight:
             self._drop(record, "overloaded")
             return
@@ -136,7 +146,6 @@ class Shadows:
         headers.append(SHADOW_HEADER)
         if ex.finished is None:
             ex.finished = asyncio.get_running_loop().create_future()
-        version = model.versions[shadow.version]
         send = _Send(client, version, request.method, target, headers, body.data)
         self._in_flight[model.name] = self._in_flight.get(model.name, 0) + 1
         task = asyncio.create_task(self._run(send, model, record, ex))
@@ -161,6 +170,7 @@ class Shadows:
                 answer = await send.exchange(record, model.log_response)
             finally:
                 self._in_flight[model.name] -= 1
+            self._reached(model, send.version, not record.unreached)
             assert ex.finished is not None
             await asyncio.shield(ex.finished)  # the primary's record is written
         except asyncio.CancelledError:
@@ -175,6 +185,19 @@ class Shadows:
             if ex.outcome == "ok" and record.outcome == "ok":
                 record.agree = agreement(ex.response, answer)
         self._write(record)
+
+    def _reached(self, model: Model, version: Version, reached: bool) -> None:
+        """Count connection failures in a row; after `outlier.failures` of them, copies are
+        dropped (`shadow_down`) for `outlier.cooloff_s`, then tried again."""
+        key = (model.name, version.url)
+        if reached:
+            self._down.pop(key, None)
+            return
+        failures = self._down.get(key, (0, 0.0))[0] + 1
+        if failures >= model.outlier.failures:
+            self._down[key] = (0, time.monotonic() + model.outlier.cooloff_s)
+        else:
+            self._down[key] = (failures, 0.0)
 
     def _drop(self, record: ShadowRecord, reason: str) -> None:
         record.outcome, record.drop_reason = "dropped", reason
@@ -212,6 +235,7 @@ class _Send:
             record.upstream_ms = ms_since(sent)
             timed_out = isinstance(exc, ConnectTimeout | ResponseTimeout)
             record.outcome = "timeout" if timed_out else "unavailable"
+            record.unreached = isinstance(exc, ConnectFailed | ConnectTimeout)
             return None
         status = record.status = upstream.status
         record.outcome = _outcome(status)
