@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test browser lint check bench soak bench-report calibration clean
+.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow calibration clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 ## demo: the example stack, a few thousand simulated users with feedback, then the report on their log
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+## rollout-demo: two guarded rollouts by the controller, on real processes: a healthy v2 promoted, a failing one rolled back
+rollout-demo: $(STAMP)
+	$(BIN)/python -m examples.rollout_demo
 
 ## test: the whole suite, on real servers on loopback ports
 test: $(STAMP)
@@ -54,6 +58,12 @@ soak: $(STAMP)
 ## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan
 bench-report: $(STAMP)
 	$(BIN)/python bench/report_bench.py
+
+## bench-shadow: a shadow at 100% (healthy, 10x slower, down) against none: client req/s, p50, p99, router memory
+bench-shadow: $(STAMP)
+	command -v wrk >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/python bench/shadow_bench.py
 
 ## calibration: the statistics engine's false-positive rates, power and coverage, by simulation
 calibration: $(STAMP)

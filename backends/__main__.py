@@ -1,13 +1,19 @@
-"""Run one example backend: ``python -m backends --version v1 --port 9001 [--host 127.0.0.1]``."""
+"""Run one example backend: ``python -m backends --version v1 --port 9001 [--host 127.0.0.1]``.
+
+``--fail-rate F`` and ``--delay-ms N`` make it faulty on purpose (a share F of predictions
+answered with a 500, every /predict answer N ms late), for rollout demos; off by default.
+The failures are drawn from ``--fault-seed``, so a run repeats.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from aiohttp import web
 
-from backends.app import create_app
+from backends.app import Faults, create_app
 from backends.model import VERSIONS
 
 
@@ -21,6 +27,26 @@ def _port(text: str) -> int:
     return port
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds >= 0, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m backends",
@@ -29,15 +55,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", required=True, choices=VERSIONS, help="model version")
     parser.add_argument("--port", required=True, type=_port, help="TCP port to listen on")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    faults = parser.add_argument_group("injected faults (for rollout demos; off by default)")
+    faults.add_argument(
+        "--fail-rate",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="share of predictions answered with a 500 and a JSON error (default 0)",
+    )
+    faults.add_argument(
+        "--delay-ms",
+        type=_milliseconds,
+        default=0.0,
+        metavar="N",
+        help="extra milliseconds before every /predict answer (default 0)",
+    )
+    faults.add_argument(
+        "--fault-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the draws that pick the failing requests (default 0)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then return 0; return 1 if the port cannot be bound."""
     args = parse_args(argv)
-    app = create_app(args.version)
+    faults = Faults(args.fail_rate, args.delay_ms, args.fault_seed)
+    app = create_app(args.version, faults=faults)
     host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
     ready = f"backend {args.version} listening on http://{host}:{args.port}"
+    if faults:
+        ready += f" (faulty on purpose: {faults.describe()})"
 
     def announce(_banner: str) -> None:
         # run_app calls its `print` once every site is bound: the moment we are ready.

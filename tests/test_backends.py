@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from sklearn.ensemble import RandomForestClassifier
 
-from backends.app import VERSION_HEADER, create_app
+from backends.__main__ import parse_args
+from backends.app import VERSION_HEADER, Faults, create_app
 from backends.model import FOREST_TREES, VERSIONS, Classifier, sample_rows, train
 
 FIRST_ROW = sample_rows(1)[0][0]
@@ -163,3 +165,98 @@ def test_sample_rows_start_at_the_first_row_and_mix_labels() -> None:
     assert all(len(features) == 30 for features, _label in rows)
     assert 10 <= sum(label for _features, label in rows) <= 40
     assert len(sample_rows(1000)) == 1000
+
+
+async def _statuses(client: Client, n: int) -> list[int]:
+    """The statuses of `n` valid predictions sent one after the other."""
+    statuses = []
+    for _ in range(n):
+        async with client.post("/predict", json={"features": FIRST_ROW}) as response:
+            statuses.append(response.status)
+            await response.read()
+    return statuses
+
+
+async def test_no_faults_by_default(
+    models: dict[str, Classifier], aiohttp_client: AiohttpClient
+) -> None:
+    assert not Faults()
+    assert Faults().describe() == "no faults"
+    client = await aiohttp_client(create_app("v2", models["v2"]))
+    assert await _statuses(client, 50) == [200] * 50
+
+
+async def test_fail_rate_answers_a_seeded_share_with_a_json_500(
+    models: dict[str, Classifier], aiohttp_client: AiohttpClient
+) -> None:
+    faults = Faults(fail_rate=0.2, seed=3)
+    first = await aiohttp_client(create_app("v2", models["v2"], faults))
+    statuses = await _statuses(first, 400)
+    assert set(statuses) == {200, 500}
+    assert 0.12 <= statuses.count(500) / 400 <= 0.28
+    # A second server with the same seed fails the same requests: runs repeat.
+    again = await aiohttp_client(create_app("v2", models["v2"], faults))
+    assert await _statuses(again, 400) == statuses
+    other = await aiohttp_client(create_app("v2", models["v2"], Faults(0.2, seed=4)))
+    assert await _statuses(other, 400) != statuses
+
+    # The first failure of a fresh server with that seed comes at the same place.
+    fresh = await aiohttp_client(create_app("v2", models["v2"], faults))
+    await _statuses(fresh, statuses.index(500))
+    async with fresh.post("/predict", json={"features": FIRST_ROW}) as response:
+        assert response.status == 500
+        assert response.headers[VERSION_HEADER] == "v2"
+        assert response.content_type == "application/json"
+        answer = await response.json()
+    assert answer == {
+        "error": {"code": "injected_fault", "message": "v2: fails 20% of predictions with a 500"}
+    }
+
+
+async def test_fail_rate_one_fails_every_prediction_but_not_bad_requests_or_health(
+    models: dict[str, Classifier], aiohttp_client: AiohttpClient
+) -> None:
+    client = await aiohttp_client(create_app("v1", models["v1"], Faults(fail_rate=1.0)))
+    assert await _statuses(client, 20) == [500] * 20
+    async with client.post("/predict", data=b"not json") as response:
+        assert response.status == 400
+    async with client.get("/health") as response:
+        assert response.status == 200
+
+
+async def test_delay_ms_slows_every_predict_answer(
+    models: dict[str, Classifier], aiohttp_client: AiohttpClient
+) -> None:
+    faults = Faults(delay_ms=150)
+    assert faults.describe() == "answers 150 ms late"
+    client = await aiohttp_client(create_app("v1", models["v1"], faults))
+    loop = asyncio.get_running_loop()
+    for body in ({"features": FIRST_ROW}, {"nothing": 1}):
+        started = loop.time()
+        async with client.post("/predict", json=body) as response:
+            await response.read()
+        assert loop.time() - started >= 0.15, body
+    started = loop.time()
+    async with client.get("/health") as response:
+        assert response.status == 200
+    assert loop.time() - started < 0.15  # /health is never delayed
+
+
+@pytest.mark.parametrize(
+    ("fail_rate", "delay_ms"),
+    [(-0.1, 0.0), (1.5, 0.0), (math.nan, 0.0), (0.0, -1.0), (0.0, math.inf)],
+)
+def test_faults_out_of_range_are_refused(fail_rate: float, delay_ms: float) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        Faults(fail_rate, delay_ms)
+
+
+def test_the_command_line_takes_the_fault_flags() -> None:
+    args = parse_args(["--version", "v2", "--port", "9002"])
+    assert (args.fail_rate, args.delay_ms, args.fault_seed) == (0.0, 0.0, 0)
+    argv = ["--version", "v2", "--port", "9002", "--fail-rate", "0.05", "--delay-ms", "250"]
+    args = parse_args([*argv, "--fault-seed", "7"])
+    assert (args.fail_rate, args.delay_ms, args.fault_seed) == (0.05, 250.0, 7)
+    for bad in (["--fail-rate", "5%"], ["--fail-rate", "1.01"], ["--delay-ms", "-3"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--version", "v2", "--port", "9002", *bad])

@@ -103,7 +103,7 @@ def decide(rollout: Rollout, split: Split, step: Step, now: float, interval_s: f
                         "than the margin, with confidence", guards)  # fmt: skip
     elapsed = now - step.started
     if elapsed < rollout.step_s:
-        return hold(f"the step has run {elapsed:.0f} s of {rollout.step_s:g} s", guards)
+        return hold(f"the step has run {int(elapsed)} s of {rollout.step_s:g} s", guards)
     if c.users < rollout.min_users:
         return hold(f"{name} has {c.users:,} users of the {rollout.min_users:,} a step needs",
                     guards)  # fmt: skip
