@@ -229,16 +229,21 @@ def _share_metrics() -> str | None:
     return made
 
 
+def _needs_extra(command: str, exc: ImportError) -> int:
+    """The command's extra (named as the command) is not installed: say which to install."""
+    print(
+        f"model-router {command}: needs the {command} extra ({exc.name} is missing): "
+        f"pip install 'model-router[{command}]'",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
 def _rollout(args: argparse.Namespace) -> int:
     try:
         from router.rollout.controller import Controller, dumps  # NumPy: the `rollout` extra
     except ImportError as exc:
-        print(
-            f"model-router rollout: needs the rollout extra ({exc.name} is missing): "
-            "pip install 'model-router[rollout]'",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _needs_extra("rollout", exc)
     controller = Controller(Path(args.config), args.log, args.interval, dry_run=args.dry_run)
     try:
         controller.run(args.once, lambda line: print(dumps(line), flush=True))
@@ -258,12 +263,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         from router import report  # DuckDB, NumPy and SciPy: the `report` extra
     except ImportError as exc:
-        print(
-            f"model-router report: needs the report extra ({exc.name} is missing): "
-            "pip install 'model-router[report]'",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _needs_extra("report", exc)
 
     try:
         data = report.make_report(

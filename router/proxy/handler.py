@@ -33,7 +33,7 @@ from router.observe.metrics import Metrics
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
 from router.proxy.body import ClientGone, RequestBody, read_body
 from router.proxy.feedback import feedback
-from router.proxy.headers import request_id, upstream_headers
+from router.proxy.headers import headers_for, request_id
 from router.proxy.relay import relay, upstream_timeout
 from router.proxy.shadow import Shadows
 from router.routing.choose import choose
@@ -231,14 +231,7 @@ class Proxy:
         if not self.health.available(key):
             message = f"version '{version.name}' of model '{model.name}' is down after failures"
             raise _Unreachable(RouterError("upstream_unavailable", message), "unavailable")
-        headers = upstream_headers(
-            request.headers,
-            request.headers.items(),
-            remote=request.remote,
-            scheme=request.scheme,
-            version=version.name,
-            request_id=ex.request_id,
-        )
+        headers = headers_for(request, version.name, ex.request_id)
         sent = time.perf_counter()
         try:
             upstream = await self.client.send(

@@ -12,7 +12,7 @@ from typing import Final
 from multidict import MultiMapping
 
 from router.config.model import Version
-from router.http.request import new_request_id
+from router.http.request import Request, new_request_id
 
 # Hop-by-hop headers concern one connection only and are never forwarded (RFC 9110 7.6.1).
 # Proxy-* covers Proxy-Authorization, Proxy-Authenticate and the non-standard
@@ -80,6 +80,18 @@ def upstream_headers(
     out.append(("X-Model-Version", version))
     out.append(("X-Request-ID", request_id))
     return out
+
+
+def headers_for(request: Request, version: str, request_id: str) -> list[tuple[str, str]]:
+    """What a version gets with this request (the primary, or a shadow's copy)."""
+    return upstream_headers(
+        request.headers,
+        request.headers.items(),
+        remote=request.remote,
+        scheme=request.scheme,
+        version=version,
+        request_id=request_id,
+    )
 
 
 def downstream_headers(

@@ -35,7 +35,7 @@ from router.observe.metrics import Metrics
 from router.observe.record import Exchange, ms_since
 from router.observe.values import same_value
 from router.proxy.body import RequestBody
-from router.proxy.headers import upstream_headers
+from router.proxy.headers import headers_for
 from router.proxy.relay import LOG_RESPONSE_BYTES, pick
 
 SHADOW_HEADER = ("X-Shadow", "true")
@@ -135,14 +135,7 @@ class Shadows:
         if self._in_flight.get(model.name, 0) >= shadow.max_in_flight:
             self._drop(record, "overloaded")
             return
-        headers = upstream_headers(
-            request.headers,
-            request.headers.items(),
-            remote=request.remote,
-            scheme=request.scheme,
-            version=shadow.version,
-            request_id=ex.request_id,
-        )
+        headers = headers_for(request, shadow.version, ex.request_id)
         headers.append(SHADOW_HEADER)
         if ex.finished is None:
             ex.finished = asyncio.get_running_loop().create_future()
