@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow calibration clean
+.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow calibration calibration-rollout clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-shadow: $(STAMP)
 ## calibration: the statistics engine's false-positive rates, power and coverage, by simulation
 calibration: $(STAMP)
 	$(BIN)/python -m tests.test_stats_calibration
+
+## calibration-rollout: 500 simulated A/A rollouts and 100 of each regression (about 30 min)
+calibration-rollout: $(STAMP)
+	$(BIN)/python -m tests.test_rollout_calibration 500 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 (tests/support/rollout_sim.py: 200 req/s on average swinging 3x over the day, an
 evaluation every 30 s of simulated time, the decision function the controller runs).
 
-The suite runs a few rollouts per scenario; `make calibration` runs 500 A/A rollouts and
+The suite runs a few rollouts per scenario; `make calibration-rollout` runs 500 A/A rollouts and
 100 of each other scenario and prints the table that docs/rollout.md shows:
 
     .venv/bin/python -m tests.test_rollout_calibration
