@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "observe": {"config", "http", "routing"},
     "proxy": {"config", "routing", "http", "observe", "errors"},
     "stats": set(),
-    "report": {"stats"},
+    "report": {"stats", "observe"},
     "rollout": {"config", "observe", "stats"},
 }
 TOP = {"admin", "app", "workers", "cli", "__main__"}

@@ -10,6 +10,11 @@ from typing import Any, Final, Literal
 from router.routing.choose import AssignedBy
 
 CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
+# What the contract counts as an error (the error rate, section 7), and which requests were
+# assigned at random (the only ones fit to compare versions): the report and the rollout
+# controller read the log by these.
+ERROR_OUTCOMES: Final = ("server_error", "timeout", "unavailable")
+RANDOMISED: Final = ("split", "no_user_random")
 
 Outcome = Literal[
     "ok", "client_error", "server_error", "timeout", "unavailable", "rejected", "client_closed"
@@ -62,6 +67,11 @@ class Exchange:
         if self.response is not None:
             fields["response"] = self.response
         return fields
+
+
+def outcome_of(status: int) -> Outcome:
+    """A backend's answer as a record's outcome: ok below 400, then 4xx and 5xx."""
+    return "ok" if status < 400 else "client_error" if status < 500 else "server_error"
 
 
 def ms_since(start: float) -> float:

@@ -13,7 +13,7 @@ from router.errors import RouterError
 from router.http.client import ResponseTimeout, UpstreamError, UpstreamResponse
 from router.http.request import Request
 from router.http.response import Response, StreamResponse
-from router.observe.record import CLIENT_CLOSED, Exchange, ms_since
+from router.observe.record import CLIENT_CLOSED, Exchange, ms_since, outcome_of
 from router.proxy.body import BUFFER_BYTES
 from router.proxy.headers import downstream_headers, lifecycle_headers
 
@@ -31,7 +31,7 @@ async def relay(
 ) -> StreamResponse:
     status = upstream.status
     ex.status = status
-    ex.outcome = "ok" if status < 400 else "client_error" if status < 500 else "server_error"
+    ex.outcome = outcome_of(status)
     headers = downstream_headers(
         upstream.headers,
         upstream.headers.items(),

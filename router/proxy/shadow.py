@@ -32,7 +32,7 @@ from router.http.client import (
 from router.http.clock import now_rfc3339
 from router.http.request import Request
 from router.observe.metrics import Metrics
-from router.observe.record import Exchange, ms_since
+from router.observe.record import Exchange, ms_since, outcome_of
 from router.observe.values import same_value
 from router.proxy.body import RequestBody
 from router.proxy.headers import headers_for
@@ -231,7 +231,7 @@ class _Send:
             record.unreached = isinstance(exc, ConnectFailed | ConnectTimeout)
             return None
         status = record.status = upstream.status
-        record.outcome = _outcome(status)
+        record.outcome = outcome_of(status)
         try:
             data = await _read_capped(upstream)
         except UpstreamError as exc:
@@ -243,10 +243,6 @@ class _Send:
         if data is None or record.outcome != "ok":
             return None
         return pick(data, log_response)
-
-
-def _outcome(status: int) -> str:
-    return "ok" if status < 400 else "client_error" if status < 500 else "server_error"
 
 
 async def _read_capped(upstream: UpstreamResponse) -> bytes | None:

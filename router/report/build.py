@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from router.observe.record import RANDOMISED
 from router.report import stats
 from router.report.compare import analyse
 from router.report.read import Loaded
@@ -25,7 +26,6 @@ from router.report.users import (
     IS_ERROR,
     IS_REAL,
     LABELS,
-    RANDOMISED,
     SAME_LABEL,
     per_user,
 )

@@ -14,8 +14,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from router.observe.record import ERROR_OUTCOMES
 from router.report.compare import interval
-from router.report.users import ERRORS, abs_error, same_label
+from router.report.users import abs_error, same_label
 from router.stats.quantile import quantile
 from router.stats.ratio import Estimate, proportion, ratio
 
@@ -30,7 +31,7 @@ def shadow_section(
     rows = con.execute(
         f"""
         SELECT s.version, count(*), count(*) FILTER (WHERE NOT {_SENT}),
-               count(*) FILTER (WHERE s.outcome IN {ERRORS})
+               count(*) FILTER (WHERE s.outcome IN {ERROR_OUTCOMES})
         FROM shadows s WHERE s.model = $model AND s.version IS NOT NULL
         GROUP BY 1 ORDER BY 1
         """,

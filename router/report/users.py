@@ -14,10 +14,10 @@ from typing import Any
 import duckdb
 import numpy as np
 
-RANDOMISED = ("split", "no_user_random")
-ERRORS = ("server_error", "timeout", "unavailable")
+from router.observe.record import ERROR_OUTCOMES, RANDOMISED
+
 IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
-IS_ERROR = f"r.outcome IN {ERRORS}"
+IS_ERROR = f"r.outcome IN {ERROR_OUTCOMES}"
 UNIT = "coalesce(r.user_h, r.rid)"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-RANDOMISED = ("split", "no_user_random")
+from router.observe.record import ERROR_OUTCOMES, RANDOMISED
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ class Records:
             version=version,
             config=str(record.get("config")),
             unit=str(record.get("user") or rid),
-            error=record.get("outcome") in ("server_error", "timeout", "unavailable"),
+            error=record.get("outcome") in ERROR_OUTCOMES,
             latency_ms=record.get("latency_ms"),
             prediction=response.get("prediction") if isinstance(response, dict) else None,
         )
