@@ -269,3 +269,20 @@ def test_once_dry_run_prints_a_line_and_writes_nothing(tmp_path: Path) -> None:
     (line,) = [json.loads(x) for x in done.stdout.splitlines()]
     assert (line["event"], line["decision"], line["dry_run"]) == ("rollout", "advance", True)
     assert config.read_text() == text
+
+
+def test_records_keep_only_what_the_current_steps_can_use() -> None:
+    from router.rollout.logs import Records
+
+    records = Records()
+    for i, ts in enumerate(["2026-11-25T00:00:00.000Z", "2026-11-25T01:00:00.000Z"]):
+        for model in ("cancer", "books"):
+            r = {**logs.request(i, version="v1", user="u", model=model), "ts": ts,
+                 "request_id": f"{model}-{i}"}  # fmt: skip
+            records.add(r, {"cancer", "books"})
+        records.add({**logs.feedback(f"cancer-{i}", 1), "ts": ts}, set())
+    step = log_time() + 1800  # cancer's step began between the two; books is finished
+    records.forget_before({"cancer": step})
+    assert list(records.requests) == ["cancer"]
+    assert list(records.requests["cancer"]) == ["cancer-1"]
+    assert list(records.labels) == ["cancer-1"]

@@ -52,25 +52,28 @@ class Controller:
         text = self.config.read_text(encoding="utf-8")
         table = parse_text(text, str(self.config))
         follower = self._follower = self._follower or LogFollower(self.patterns or [table.log.path])
-        models = {name for name, m in table.models.items() if m.rollout is not None}
+        rollouts = {name: m.rollout for name, m in table.models.items() if m.rollout}
+        models = set(rollouts)
+        ramping = {name for name, r in rollouts.items() if r.state is None}
         for record in follower.read():
-            self.records.add(record, models)
+            self.records.add(record, ramping)
         now = self.clock()
-        lines = []
+        lines, steps = [], {}
         for name in sorted(models):
-            line, text, table = self._model(table.models[name], text, table, now)
+            line, text, table, started = self._model(table.models[name], text, table, now)
             lines.append(line)
+            if started is not None and name in ramping:
+                steps[name] = started
+        self.records.forget_before(steps)
         return lines
 
     def _model(
         self, model: Model, text: str, table: Table, now: float
-    ) -> tuple[dict[str, Any], str, Table]:
+    ) -> tuple[dict[str, Any], str, Table, float | None]:
         rollout = model.rollout
         assert rollout is not None
         shares = dict(model.split.shares())
         step = step_of(self.records, model.name, rollout.candidate, shares[rollout.candidate])
-        if step.started is not None:
-            self.records.forget_before(model.name, step.started)
         decision = decide(rollout, model.split, step, now, self.interval_s)
         applied, note = False, ""
         if decision.changes(model.split) and not self.dry_run:
@@ -94,7 +97,7 @@ class Controller:
             "applied": applied,
             "dry_run": self.dry_run,
         }
-        return line, text, table
+        return line, text, table, step.started
 
     def _apply(self, model: str, decision: Decision, read: str) -> tuple[str, Table]:
         new, table = edit_table(read, model, decision.split_after, decision.state, str(self.config))

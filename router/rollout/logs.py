@@ -88,12 +88,19 @@ class Records:
             prediction=response.get("prediction") if isinstance(response, dict) else None,
         )
 
-    def forget_before(self, model: str, at: float) -> None:
-        """Drop a model's requests older than its current step: decisions never look back
-        past it (steps only move forward), so memory stays bounded by one step."""
-        kept = self.requests.get(model)
-        if kept:
-            self.requests[model] = {rid: r for rid, r in kept.items() if r.at >= at}
+    def forget_before(self, at: dict[str, float]) -> None:
+        """Keep only what the current steps can use: each model's requests since its step
+        began (`at`; decisions never look back past it, steps only move forward), and labels
+        since the earliest of them (a label comes after its request). Models not in `at`
+        (a finished rollout) keep nothing. Memory stays bounded by one step."""
+        self.requests = {
+            model: {rid: r for rid, r in kept.items() if r.at >= at[model]}
+            for model, kept in self.requests.items()
+            if model in at
+        }
+        if at:
+            first = min(at.values())
+            self.labels = {rid: label for rid, label in self.labels.items() if label[0] >= first}
 
 
 @dataclass
