@@ -61,6 +61,9 @@ from typing import Any
 
 import orjson
 
+sys.path.insert(0, str(Path(__file__).parent))
+import proxy_bench as pb  # the same wrk script and port helper (as soak.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "shadow.json"
 LOOPBACK = "127.0.0.1"
@@ -111,24 +114,6 @@ except ImportError:
 else:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
-"""
-
-WRK_SCRIPT = r"""
-wrk.method = "POST"
-wrk.body = '{"features": [17.99, 10.38, 122.8, 1001.0, 0.1184, 0.2776, 0.3001, 0.1471]}'
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  wrk.headers["X-User-ID"] = "user-" .. math.random(1, 1000000)
-  return wrk.format()
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, ' ..
-    '"p50_us": %d, "p99_us": %d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
-    e.status, latency:percentile(50), latency:percentile(99)))
-end
 """
 
 BANNER = re.compile(r"serving on (\S+) \(admin (\S+?)\)")
@@ -187,12 +172,6 @@ class Run:
 # --- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -222,7 +201,7 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
 def backend(script: Path, delay_ms: float, what: str, pids: list[int]) -> Iterator[int]:
     """The backend `script` answering after `delay_ms`, in a process of its own; its port.
     Its pid goes into `pids` (for the CPU it uses)."""
-    port = free_port()
+    port = pb.free_port()
     argv = [sys.executable, str(script), str(port), f"{delay_ms:g}"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
     pids.append(proc.pid)
@@ -612,7 +591,7 @@ def bench(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shadow-bench-")))
         script = tmp / "post.lua"
-        script.write_text(WRK_SCRIPT)
+        script.write_text(pb.WRK_SCRIPT)
         server = tmp / "backend.py"
         server.write_text(BACKEND)
         pids: list[int] = []

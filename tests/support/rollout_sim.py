@@ -17,7 +17,7 @@ from decimal import Decimal
 import numpy as np
 
 from router.config.model import Rollout, Split
-from router.rollout.decide import Arm, Decision, Step, decide
+from router.rollout.decide import Arm, Step, decide
 
 DAY_S = 86_400.0
 
@@ -182,5 +182,3 @@ def rollout_of(**kw: object) -> Rollout:
     defaults.update(kw)
     return Rollout(**defaults)  # type: ignore[arg-type]
 
-
-__all__ = ["Decision", "Result", "Traffic", "Truth", "rollout_of", "simulate"]
