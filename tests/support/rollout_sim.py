@@ -181,4 +181,3 @@ def rollout_of(**kw: object) -> Rollout:
     }
     defaults.update(kw)
     return Rollout(**defaults)  # type: ignore[arg-type]
-
