@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.stats import sequential
 from router.stats.compare import compare, difference, holm
+from router.stats.guard import guard, proportions_apart
 from router.stats.quantile import quantile
 from router.stats.ratio import Estimate, proportion, ratio
 
@@ -99,3 +102,41 @@ def test_a_rate_of_zero_still_has_an_interval() -> None:
     assert proportion(errors, np.ones(1000)).variance == pytest.approx(
         ratio(errors, np.ones(1000)).variance, rel=0.02
     )
+
+
+def _rates(errors: int, n: int) -> Estimate:
+    return proportion(np.r_[np.ones(errors), np.zeros(n - errors)], np.ones(n))
+
+
+def test_the_rollback_test_of_a_rate_uses_the_variance_at_the_margin() -> None:
+    # A candidate at 3% errors against a control at 1%, margin 0.5 pp: the observed
+    # variance (at 3%) leaves the lower bound below the margin; the variance the candidate
+    # would have at the margin (1.5%) does not.
+    candidate, control = _rates(30, 1000), _rates(190, 19_000)
+    gap, variance_at = proportions_apart(candidate, control, higher_is_worse=True)
+    wald = guard(gap, 0.005, 0.025, 10_000)
+    score = guard(gap, 0.005, 0.025, 10_000, variance_at)
+    assert wald.worse == score.worse == pytest.approx(0.02)
+    assert not wald.violated
+    assert wald.bounds[0] < 0.005
+    assert score.violated
+    assert score.bounds[0] > 0.005
+    assert score.p_value < 0.025 < wald.p_value
+    assert score.bounds[1] == wald.bounds[1]  # advancing is tested as before
+
+
+@given(
+    st.integers(0, 200), st.integers(200, 2000), st.integers(0, 400), st.integers(2000, 20_000),
+    st.floats(0.001, 0.05), st.booleans(),
+)  # fmt: skip
+def test_a_rate_guard_is_violated_exactly_when_its_lower_bound_is_past_the_margin(
+    c_errors: int, c_n: int, k_errors: int, k_n: int, margin: float, higher_is_worse: bool
+) -> None:
+    candidate, control = _rates(c_errors, c_n), _rates(k_errors, k_n)
+    gap, variance_at = proportions_apart(candidate, control, higher_is_worse)
+    g = guard(gap, margin, 0.025, 5_000, variance_at)
+    plain = guard(gap, margin, 0.025, 5_000)
+    assert g.violated == (g.bounds[0] > margin) or math.isclose(g.bounds[0], margin, abs_tol=1e-9)
+    assert g.bounds[0] >= plain.bounds[0] - 1e-12  # never less sure than the observed variance
+    assert g.violated >= plain.violated
+    assert g.within == plain.within

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 
 from router.config.model import Rollout, Split
 from router.config.reader import fmt
-from router.stats.guard import Guard, difference, guard, relative, sample_ratio_p
+from router.stats.guard import Guard, guard, proportions_apart, relative, sample_ratio_p
 from router.stats.quantile import quantile
 from router.stats.ratio import Estimate, proportion
 
@@ -126,29 +127,33 @@ def guardrails(rollout: Rollout, step: Step, current: Decimal) -> dict[str, Guar
     c, k = step.candidate, step.control
     out: dict[str, Guard] = {}
     for name, margin in rollout.guardrails.items():
-        worse = _worse(name, c, k)
-        if worse is not None:
-            out[name] = guard(worse, margin, alpha, t_opt)
+        if (worse := _worse(name, c, k)) is not None:
+            estimate, variance_at = worse
+            out[name] = guard(estimate, margin, alpha, t_opt, variance_at)
     return out
 
 
-def _worse(name: str, c: Arm, k: Arm) -> Estimate | None:
+Worse = tuple[Estimate, Callable[[float], float] | None]
+
+
+def _worse(name: str, c: Arm, k: Arm) -> Worse | None:
+    """How much worse the candidate is on guardrail `name`, and for a proportion the
+    variance under a given gap (the score test's, router/stats/guard.py)."""
     if c.users < MIN_ARM_USERS or k.users < MIN_ARM_USERS:
         return None
     if name == "error_rate":
-        return difference(proportion(c.errors, c.n), proportion(k.errors, k.n))
+        return proportions_apart(proportion(c.errors, c.n), proportion(k.errors, k.n), True)
     if name == "latency_p95":
         if not c.latency.size or not k.latency.size:
             return None
-        return relative(
-            quantile(c.latency, c.latency_user, 0.95), quantile(k.latency, k.latency_user, 0.95)
-        )
+        c95 = quantile(c.latency, c.latency_user, 0.95)
+        return relative(c95, quantile(k.latency, k.latency_user, 0.95)), None
     # accuracy: how much lower the candidate's is, among users with labels
     cl, kl = c.labelled > 0, k.labelled > 0
     if cl.sum() < MIN_ARM_USERS or kl.sum() < MIN_ARM_USERS:
         return None
-    return difference(
-        proportion(k.correct[kl], k.labelled[kl]), proportion(c.correct[cl], c.labelled[cl])
+    return proportions_apart(
+        proportion(c.correct[cl], c.labelled[cl]), proportion(k.correct[kl], k.labelled[kl]), False
     )
 
 

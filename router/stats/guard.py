@@ -12,11 +12,24 @@ variance and units. With the two-sided confidence sequence of sequential.py at l
 
 With neither, the evidence is not enough yet. `alpha` here is one guardrail's share of the
 rollout's (the family of guardrails shares it, Bonferroni).
+
+A proportion's variance depends on the proportion, so the rollback test of a gap between
+two proportions can use the variance the candidate would have if the gap were exactly the
+margin (the null's boundary), as the score test of a non-inferiority margin does
+(Farrington and Manning, "Test statistics and sample size formulae for comparative binomial
+trials with null hypothesis of non-zero risk difference", Statistics in Medicine, 1990),
+scaled by the design effect the user-level estimate observed. `variance_at(gap)` gives it;
+the test takes the smaller of it and the observed variance. At the boundary the two agree
+(both are consistent there), so the test keeps its level; beyond the margin the candidate's
+rate is further from the control's and its observed variance is the larger one, so a
+harmful candidate is rolled back sooner: about twice as fast for an error rate that
+triples.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from router.stats import sequential
@@ -34,7 +47,13 @@ class Guard:
     units: int
 
 
-def guard(worse: Estimate, margin: float, alpha: float, t_opt: float) -> Guard:
+def guard(
+    worse: Estimate,
+    margin: float,
+    alpha: float,
+    t_opt: float,
+    variance_at: Callable[[float], float] | None = None,
+) -> Guard:
     """The guardrail's verdict on `worse` (see the module's docstring)."""
     nan2 = (math.nan, math.nan)
     if worse.units < 2 or not math.isfinite(worse.variance) or not math.isfinite(worse.value):
@@ -47,19 +66,55 @@ def guard(worse: Estimate, margin: float, alpha: float, t_opt: float) -> Guard:
     wide = sequential.half_width(variance, units, 0.05, sequential.rho2_for(t_opt, 0.05))
     rho2 = sequential.rho2_for(t_opt, 2 * alpha)
     half = sequential.half_width(variance, units, 2 * alpha, rho2)
-    low, high = value - half, value + half
+
+    def under(gap: float) -> float:  # the variance if the truth were `gap`
+        return variance if variance_at is None else min(variance, variance_at(gap))
+
+    def beyond(gap: float) -> bool:  # "worse by at most gap" is rejected
+        return value - gap > sequential.half_width(under(gap), units, 2 * alpha, rho2)
+
     p = 1.0
     if value > margin:  # the two-sided p of "worse == margin", halved: one side
-        p = min(1.0, sequential.p_value(value - margin, variance, units, rho2) / 2)
+        p = min(1.0, sequential.p_value(value - margin, under(margin), units, rho2) / 2)
     return Guard(
         worse=value,
         ci95=(value - wide, value + wide),
-        bounds=(low, high),
+        bounds=(_lowest_kept(beyond, value - half, value), value + half),
         p_value=p,
-        violated=low > margin,
-        within=high < margin,
+        violated=beyond(margin),
+        within=value + half < margin,
         units=units,
     )
+
+
+def _lowest_kept(beyond: Callable[[float], bool], low: float, high: float) -> float:
+    """The lower bound by inverting the test: the smallest gap it does not reject, between
+    `low` (rejected: the observed variance is the largest the test uses) and `high` (the
+    estimate itself, never rejected)."""
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if beyond(middle) else (low, middle)
+    return high
+
+
+def proportions_apart(
+    candidate: Estimate, control: Estimate, higher_is_worse: bool
+) -> tuple[Estimate, Callable[[float], float]]:
+    """How much worse the candidate's proportion is than the control's (an error rate:
+    higher is worse; accuracy: lower is), and the variance of that gap if the truth were a
+    given gap: the candidate's variance rescaled from its rate to the rate the gap implies
+    (see the module's docstring)."""
+    worse = difference(candidate, control) if higher_is_worse else difference(control, candidate)
+    sign = 1.0 if higher_is_worse else -1.0
+    spread = candidate.value * (1 - candidate.value)
+
+    def variance_at(gap: float) -> float:
+        rate = min(max(control.value + sign * gap, 0.0), 1.0)
+        if spread <= 0:
+            return math.inf  # no design effect to scale: the observed variance stands
+        return control.variance + candidate.variance * rate * (1 - rate) / spread
+
+    return worse, variance_at
 
 
 def difference(candidate: Estimate, control: Estimate) -> Estimate:
