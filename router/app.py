@@ -20,7 +20,7 @@ from router.config.model import Address, Table
 from router.errors import error_body
 from router.http.client import Client, client_session
 from router.http.hooks import Hooks
-from router.http.limits import ServerLimits
+from router.http.limits import ServerLimits, raise_open_files
 from router.http.server import Server
 from router.http.text import host_port
 from router.observe import health
@@ -100,7 +100,10 @@ class Router:
         await stack.enter_async_context(watching(tables))
         # The public port: the router's own HTTP/1.1 server (router/http/).
         hooks = Hooks(proxy.handle, proxy.refused, proxy.dropped, error_body)
-        public = self.server = Server(hooks, self.limits)
+        tables = self.tables
+        public = self.server = Server(
+            hooks, self.limits, lambda: tables.current.server.max_connections
+        )
         address = server.listen
         await listen_on(
             lambda: public.listen(address.host, address.port, reuse_port=self.reuse_port),
@@ -174,11 +177,12 @@ async def serve(table: Table, source: str, overrides: Callable[[Table], Table]) 
     """Run until SIGTERM or SIGINT; then drain, flush the log and return 0."""
     configure_logging()
     router = Router(table, source, overrides)
+    open_files = raise_open_files()
     try:
         await router.start()
         print(
             f"model-router: serving on {router.url} (admin {router.admin_url}), "
-            f"config {table.digest}, log {table.log.path}",
+            f"config {table.digest}, log {table.log.path}, open files {open_files}",
             file=sys.stderr,
             flush=True,
         )

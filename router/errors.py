@@ -26,6 +26,7 @@ ErrorCode = Literal[
     "not_implemented",
     "unsupported_version",
     "shutting_down",
+    "overloaded",
     "internal_error",
 ]
 
@@ -47,6 +48,7 @@ STATUS: dict[ErrorCode, int] = {
     "not_implemented": 501,  # a transfer coding other than chunked
     "unsupported_version": 505,  # not HTTP/1.0 or HTTP/1.1
     "shutting_down": 503,  # drain_s ran out before the answer
+    "overloaded": 503,  # a version's max_in_flight and queue_s, or the router's own limits
     "internal_error": 500,  # a bug in the router: its traceback is on stderr
 }
 

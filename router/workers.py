@@ -35,6 +35,7 @@ from router.app import Router, ServeError, configure_logging, listen_on, run_loo
 from router.config.holder import ReloadResult, TableHolder
 from router.config.model import Address, Overrides, Table
 from router.config.validate import load_table
+from router.http.limits import raise_open_files
 from router.http.text import host_port
 from router.observe.health import HealthBook
 
@@ -210,6 +211,7 @@ async def supervise(
     one with PROMETHEUS_MULTIPROC_DIR, which is never removed."""
     configure_logging()
     supervisor = Supervisor(table, source, overrides, workers)
+    open_files = raise_open_files()  # before the workers start: they inherit it
     watcher: asyncio.Future[Any] | None = None
     try:
         await supervisor.start()
@@ -218,7 +220,8 @@ async def supervise(
         watcher = asyncio.gather(supervisor.watch_workers(), supervisor.tables.watch())
         print(
             f"model-router: serving on {supervisor.url} (admin {supervisor.admin_url}), "
-            f"config {table.digest}, log {table.log.path}, {workers} workers",
+            f"config {table.digest}, log {table.log.path}, {workers} workers, "
+            f"open files {open_files}",
             file=sys.stderr,
             flush=True,
         )

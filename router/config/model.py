@@ -75,6 +75,8 @@ class ServerSettings:
     drain_s: float = 10.0
     # Longest wait for each piece of a request body (nginx's client_body_timeout).
     body_timeout_s: float = 30.0
+    # Client connections at once; beyond it, new ones wait in the listen backlog.
+    max_connections: int = 10_000
 
     @property
     def max_body_bytes(self) -> int:
@@ -118,6 +120,10 @@ class Version:
     sunset: dt.date | None = None
     successor: str | None = None
     health: HealthCheck | None = None
+    # Requests forwarded to it at once, and how long one more waits for a place (contract
+    # section 10; Envoy's circuit-breaker default).
+    max_in_flight: int = 1024
+    queue_s: float = 1.0
     # The url taken apart once, for the upstream client; derived from `url`, so left out
     # of comparisons.
     origin: Origin = field(

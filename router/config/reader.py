@@ -61,6 +61,19 @@ class Reader:
             return default
         return float(value)
 
+    def count(self, parent: dict[Any, Any], key: str, path: str, default: int) -> int | None:
+        """A whole number, 1 or more; None (and a problem) when it is not one."""
+        value = parent.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(
+                parent,
+                key,
+                join(path, key),
+                f"must be a whole number, 1 or more, not {show(value)}",
+            )
+            return None
+        return value
+
     def string(self, parent: dict[Any, Any], key: str, path: str) -> str | None:
         if key not in parent:
             return None

@@ -44,11 +44,7 @@ class ShadowReader(VersionsReader):
             self.fail(found, "percent", join(where, "percent"),
                       f"must be a number above 0 and at most 100, not {show(percent)}")  # fmt: skip
             percent = None
-        limit = found.get("max_in_flight", default_of(Shadow, "max_in_flight"))
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            self.fail(found, "max_in_flight", join(where, "max_in_flight"),
-                      f"must be a whole number, 1 or more, not {show(limit)}")  # fmt: skip
-            limit = None
+        limit = self.count(found, "max_in_flight", where, default_of(Shadow, "max_in_flight"))
         if name is None or percent is None or limit is None:
             return None
         return Shadow(name, float(percent), limit)

@@ -159,6 +159,10 @@ class _TableReader(RolloutReader):
             body_timeout_s=self.number(
                 section, "body_timeout_s", "server", defaults.body_timeout_s, positive=True
             ),
+            max_connections=self.count(
+                section, "max_connections", "server", defaults.max_connections
+            )
+            or defaults.max_connections,
         )
 
     def log(self, data: dict[Any, Any]) -> LogSettings:

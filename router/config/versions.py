@@ -22,6 +22,8 @@ from router.config.reader import Reader, join, show
 from router.http.client.interface import Origin
 
 _VERSION = yaml_keys(Version)
+_IN_FLIGHT = default_of(Version, "max_in_flight")
+_QUEUE_S = default_of(Version, "queue_s")
 _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
@@ -92,6 +94,8 @@ class VersionsReader(Reader):
             sunset=sunset,
             successor=successor,
             health=self.health(section, path),
+            max_in_flight=self.count(section, "max_in_flight", path, _IN_FLIGHT) or _IN_FLIGHT,
+            queue_s=self.number(section, "queue_s", path, _QUEUE_S, positive=False),
             origin=Origin.of(parts),
         )
 

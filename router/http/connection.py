@@ -48,6 +48,8 @@ class Server(Protocol):
 
     def track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
+    def closed_one(self) -> None: ...
+
 
 class Connection(asyncio.Protocol):
     """Parses a client's requests, runs them in order, writes the answers."""
@@ -108,6 +110,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._move(_CLOSED)
         self.server.connections.discard(self)
+        self.server.closed_one()
         gone = ConnectionResetError("the client closed the connection")
         self.reader.end_body(gone)
         self._drop_unstarted(by_router=False)

@@ -3,7 +3,20 @@ has one), so that a test or an operator changes a limit by passing another value
 
 from __future__ import annotations
 
+import contextlib
+import resource
 from dataclasses import dataclass
+
+
+def raise_open_files() -> int:
+    """Raise the soft open-files limit to the hard one (contract section 10), as nginx's
+    `worker_rlimit_nofile` and Go's runtime do: a soft limit of 1024 (systemd's default)
+    would cap a proxy at a few hundred clients. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:  # an unlimited hard limit may be more than the kernel will take
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ proxy needs, one module per concern:
 - `flow.py`: reading pauses for named reasons, writing waits for a slow client;
 - `request.py`, `response.py`, `body.py`: a request, its answer and a body stream, as
   values that know their connection only as a `Channel`;
-- this module: listening, the idle sweep and shutdown in the usual order (stop accepting,
-  close idle connections, let requests in flight finish, close the rest).
+- `listener.py`: listening sockets that accept only what the server can hold;
+- this module: the connections, the idle sweep and shutdown in the usual order (stop
+  accepting, close idle connections, let requests in flight finish, close the rest).
 
 The server knows nothing of routing: what it cannot answer itself it hands to `Hooks`
 that the proxy gives it, error bodies included.
@@ -19,20 +20,29 @@ that the proxy gives it, error bodies included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from router.http.connection import Connection
 from router.http.hooks import Hooks
 from router.http.limits import ServerLimits
+from router.http.listener import Listener, listening_sockets
 
 
 class Server:
     """The listening sockets and the connections of the public port."""
 
-    def __init__(self, hooks: Hooks, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        hooks: Hooks,
+        limits: ServerLimits | None = None,
+        max_connections: Callable[[], int] = lambda: 10_000,
+    ) -> None:
+        """`max_connections` is asked at each accept: the table in force may change it."""
         self.hooks = hooks
         self.limits = limits or ServerLimits()
+        self.max_connections = max_connections
         # Kept, not asked for: on Python 3.11 `asyncio.get_running_loop()` makes a getpid
         # system call each time.
         self.loop = asyncio.get_running_loop()
@@ -43,20 +53,42 @@ class Server:
         self.in_flight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
+        self._opening = 0  # accepted, their Connection not made yet
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        server = await self.loop.create_server(
-            lambda: Connection(self), host, port, backlog=1024, reuse_port=reuse_port or None
-        )
-        self._servers.append(server)
+        for sock in listening_sockets(host, port, reuse_port=reuse_port):
+            listener = Listener(self.loop, sock, self._room, self._accepted)
+            self._listeners.append(listener)
+            listener.resume()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.limits.sweep_s, self._sweep)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [sock.getsockname()[:2] for s in self._servers for sock in s.sockets]
+        return [listener.sock.getsockname()[:2] for listener in self._listeners]
+
+    def _room(self) -> bool:
+        return len(self.connections) + self._opening < self.max_connections()
+
+    def _accepted(self, sock: socket.socket) -> None:
+        self._opening += 1
+        self.loop.create_task(self._connect(sock))
+
+    async def _connect(self, sock: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: Connection(self), sock)
+        except OSError:
+            sock.close()
+        finally:
+            self._opening -= 1
+
+    def closed_one(self) -> None:
+        """A connection closed: a listener paused for want of room accepts again."""
+        if not self.stopping:
+            for listener in self._listeners:
+                listener.resume()
 
     def _sweep(self) -> None:
         """Close keep-alive connections idle for `idle_s` (or sending a head that slowly)."""
@@ -98,8 +130,8 @@ class Server:
     def stop_accepting(self) -> None:
         """New connections are refused; idle ones close; busy ones close after their answer."""
         self.stopping = True
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.drain()
 
@@ -107,7 +139,7 @@ class Server:
         """Close every connection left (after the drain)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.abort()

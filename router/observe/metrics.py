@@ -65,6 +65,7 @@ class Metrics:
         )
         self.build.labels(package_version("model-router"), platform.python_version()).set(1)
         self._shadow_and_rollout(r)
+        self._admission(r)
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
@@ -97,6 +98,46 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+
+    def _admission(self, r: CollectorRegistry) -> None:
+        self.in_flight_requests = Gauge(
+            "model_router_upstream_in_flight",
+            "Requests forwarded to a version and not yet answered whole.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queued_requests = Gauge(
+            "model_router_upstream_queued",
+            "Requests waiting for a place at a version (max_in_flight reached).",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.overload = Counter(
+            "model_router_overloaded",
+            "Requests answered 503 overloaded, by reason: full (no queue), queue_timeout, "
+            "or local (the router itself ran out of descriptors or buffers).",
+            ["model", "version", "reason"],
+            registry=r,
+        )
+        self._gauges: dict[tuple[str, str, str], Any] = {}
+
+    def in_flight(self, key: tuple[str, str, str], change: int) -> None:
+        self._gauge("in_flight", key).inc(change)
+
+    def queued(self, key: tuple[str, str, str], change: int) -> None:
+        self._gauge("queued", key).inc(change)
+
+    def _gauge(self, which: str, key: tuple[str, str, str]) -> Any:
+        child = self._gauges.get((which, key[0], key[1]))
+        if child is None:
+            gauge = self.in_flight_requests if which == "in_flight" else self.queued_requests
+            child = self._gauges[which, key[0], key[1]] = gauge.labels(key[0], key[1])
+        return child
+
+    def overloaded(self, key: tuple[str, str, str], reason: str) -> None:
+        self.overload.labels(key[0], key[1], reason).inc()
 
     def count_reload(self, result: str) -> None:
         self.reloads.labels(result).inc()

@@ -20,6 +20,7 @@ from router.http.client import (
     Client,
     ConnectFailed,
     ConnectTimeout,
+    LocalShortage,
     ResponseTimeout,
     UpstreamError,
 )
@@ -31,6 +32,7 @@ from router.observe.health import HealthBook
 from router.observe.log import Pseudonymizer
 from router.observe.metrics import Metrics
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
+from router.proxy.admission import Admission, Overloaded
 from router.proxy.body import ClientGone, RequestBody, read_body
 from router.proxy.feedback import feedback
 from router.proxy.headers import headers_for, request_id
@@ -72,6 +74,7 @@ class Proxy:
         self.log = log
         self.pseudonymize = pseudonymize
         self.shadows = Shadows(log, metrics)
+        self.admission = Admission(metrics)
 
     def cut_off(self) -> None:
         """drain_s is over: the server cancels what is still running (each logs its record
@@ -231,6 +234,25 @@ class Proxy:
         if not self.health.available(key):
             message = f"version '{version.name}' of model '{model.name}' is down after failures"
             raise _Unreachable(RouterError("upstream_unavailable", message), "unavailable")
+        waiting = self.admission.enter(key, version)  # raises Overloaded: 503, no fallback
+        if waiting is not None:
+            await self.admission.wait(key, version, waiting)
+        try:
+            return await self._exchange_with(request, model, version, target, body, ex)
+        finally:
+            self.admission.leave(key)
+
+    async def _exchange_with(
+        self,
+        request: Request,
+        model: Model,
+        version: Version,
+        target: str,
+        body: RequestBody,
+        ex: Exchange,
+    ) -> StreamResponse:
+        """Send to the version and relay its answer, holding a place at its gate."""
+        key = (model.name, version.name, version.url)
         headers = headers_for(request, version.name, ex.request_id)
         sent = time.perf_counter()
         try:
@@ -240,6 +262,9 @@ class Proxy:
         except ClientGone:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
             return Response(CLIENT_CLOSED)
+        except LocalShortage as exc:  # the router's own state: not the version's failure
+            self.metrics.overloaded(key, "local")
+            raise Overloaded(f"{exc}; retry later", "local") from exc
         except UpstreamError as exc:
             raise self._failure(exc, model, version, sent, ex) from exc
         self.health.success(key)
@@ -276,6 +301,8 @@ class Proxy:
         ex.status = error.status
         ex.version = None  # no version answered (so no X-Model-Version): the router did
         headers = {"X-Request-ID": ex.request_id}
+        if error.code == "overloaded":
+            headers["Retry-After"] = "1"
         response = Response(
             error.status,
             body=error.body(ex.request_id),

@@ -148,6 +148,7 @@ class RouterProcess:
             # Read stdout from the start, so the router never blocks on a full pipe.
             self._follow(self.proc.stdout, self.stdout)
         self.stderr: list[str] = []
+        self.banner = ""  # the start-up line
         try:
             self.url, self.admin_url = self._wait_for_banner()
         except BaseException:
@@ -169,6 +170,7 @@ class RouterProcess:
             seen.append(line)
             found = re.search(r"serving on (\S+) \(admin (\S+)\)", line)
             if found:
+                self.banner = line
                 return found.group(1), found.group(2).rstrip(",)")
         raise RuntimeError("router exited before serving:\n" + "".join(seen))
 
@@ -196,6 +198,7 @@ async def router_process(
     tmp_path: Path,
     *extra: str,
     capture_stdout: bool = False,
+    launcher: tuple[str, ...] = (sys.executable, "-m", "router"),
     **server: Any,
 ) -> AsyncIterator[RouterProcess]:
     """`model-router serve` as a child process on a table written to tmp_path.
@@ -208,7 +211,7 @@ async def router_process(
     config = tmp_path / "routes.yaml"
     config.write_text(yaml.safe_dump(table_data(models, log_path, **server)))
     proc = await asyncio.to_thread(
-        RouterProcess, config, log_path, *extra, capture_stdout=capture_stdout
+        RouterProcess, config, log_path, *extra, capture_stdout=capture_stdout, launcher=launcher
     )
     try:
         yield proc

@@ -15,6 +15,7 @@ from router.http.client.errors import (
     BadResponse,
     ConnectFailed,
     ConnectTimeout,
+    LocalShortage,
     ResponseTimeout,
     UpstreamError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Client",
     "ConnectFailed",
     "ConnectTimeout",
+    "LocalShortage",
     "Origin",
     "ResponseTimeout",
     "UpstreamError",

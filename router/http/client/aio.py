@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 import aiohttp
 from yarl import URL
 
-from router.http.client.errors import BadResponse, ConnectFailed, ConnectTimeout, ResponseTimeout
+from router.http.client.errors import BadResponse, ConnectTimeout, ResponseTimeout, connect_error
 from router.http.client.interface import Origin, connect_timeout
 
 
@@ -152,5 +152,5 @@ def _translated(exc: BaseException) -> Exception:
     if isinstance(exc, TimeoutError):
         return ResponseTimeout("no answer within timeout_s")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ConnectFailed(f"cannot connect: {exc.os_error.strerror or exc}")
+        return connect_error(exc.os_error)
     return BadResponse(str(exc) or type(exc).__name__)

@@ -19,12 +19,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from router.http.body import Body
 from router.http.client.errors import (
     BadResponse,
-    ConnectFailed,
     ConnectTimeout,
     ResponseTimeout,
+    connect_error,
 )
 from router.http.client.interface import Origin, connect_timeout
 from router.http.flow import FlowControl, Pause
+
+# Idle keep-alive connections kept per version address, per process (nginx's `keepalive`
+# directive, which has no default; Go keeps 100 in all). Steady concurrency above it to one
+# version reconnects for the excess; a burst of thousands leaves this many behind, not
+# thousands of descriptors.
+MAX_IDLE = 256
 
 
 class _Unanswered(BadResponse):
@@ -224,8 +230,9 @@ class Pool:
     passes, fails what is overdue and is set again for the next one.
     """
 
-    def __init__(self, idle_s: float = 30.0) -> None:
+    def __init__(self, idle_s: float = 30.0, max_idle: int = MAX_IDLE) -> None:
         self.idle_s = idle_s  # an idle pooled connection is closed after this long
+        self.max_idle = max_idle  # per (host, port): one more handed back is closed
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._watched: set[_Connection] = set()
@@ -306,7 +313,7 @@ class Pool:
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {connect_s:g} s") from None
         except OSError as exc:
-            raise ConnectFailed(f"cannot connect: {exc.strerror or exc}") from exc
+            raise connect_error(exc) from exc
         self._all.add(conn)
         return conn, False
 
@@ -342,7 +349,11 @@ class Pool:
             self._arm(earliest)
 
     def _give_back(self, conn: _Connection) -> None:
-        self._idle.setdefault(conn.key, deque()).appendleft(conn)
+        idle = self._idle.setdefault(conn.key, deque())
+        if len(idle) >= self.max_idle:
+            conn.close()  # a burst is over: its connections are not all kept
+            return
+        idle.appendleft(conn)
         conn.idle_since = self.loop.time()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.idle_s / 2, self._sweep)
