@@ -332,7 +332,8 @@ BAD_TABLES = [
         [
             "routes.yaml:2: server.listn: unknown key (did you mean 'listen'?)",
             "routes.yaml:3: server.port: unknown key (expected one of: listen, admin_listen, "
-            "admin_token_env, max_body_mb, drain_s, body_timeout_s, max_connections)",
+            "admin_token_env, max_body_mb, drain_s, body_timeout_s, max_connections, "
+            "request_buffering)",
         ],
         id="unknown-server-keys",
     ),

@@ -327,11 +327,13 @@ async def test_malformed_requests_are_refused_and_the_router_keeps_serving(
 async def test_invalid_chunk_after_the_headers_is_refused(
     backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
 ) -> None:
-    """The body turns bad after the handler has started streaming it to the backend: the
-    parser fails the body's stream, and the proxy answers 400 `bad_body` at once (without
-    waiting for `server.body_timeout_s`, set long here)."""
+    """The body turns bad after the handler has started streaming it to the backend
+    (buffering off): the parser fails the body's stream, and the proxy answers 400
+    `bad_body` at once (without waiting for `server.body_timeout_s`, set long here)."""
     head = _request("/models/m/echo", "Transfer-Encoding: chunked").replace(b"GET", b"POST", 1)
-    async with router_process(one_model(backends), tmp_path, body_timeout_s=60) as proc:
+    async with router_process(
+        one_model(backends), tmp_path, body_timeout_s=60, request_buffering=False
+    ) as proc:
         answer = await send_raw(
             proc.url,
             head + b"5\r\nhello\r\n",

@@ -953,12 +953,13 @@ async def test_a_fragment_in_the_target_is_not_forwarded(
 async def test_a_bad_chunk_in_a_streamed_body_reads_as_malformed_body(
     tmp_path: Path, watched: tuple[str, list[str]]
 ) -> None:
-    """The body is already on its way to the backend when its framing breaks: the client
-    is told what is wrong with its body, not how the router's client failed."""
+    """The body is already on its way to the backend when its framing breaks (buffering
+    off): the client is told what is wrong with its body, not how the router's client
+    failed."""
     url, seen = watched
     head = b"POST /models/m/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     async with (
-        router_running(on(url), tmp_path) as r,
+        router_running(on(url), tmp_path, request_buffering=False) as r,
         connected(r) as conn,
     ):
         reader, writer = conn
@@ -983,6 +984,29 @@ async def test_a_bad_chunk_in_a_streamed_body_reads_as_malformed_body(
     (record,) = r.records()
     assert (record["status"], record["outcome"]) == (400, "rejected")
     assert record["request_id"] == request_id
+
+
+async def test_a_bad_chunk_in_a_buffered_body_never_reaches_the_backend(
+    tmp_path: Path, watched: tuple[str, list[str]]
+) -> None:
+    """server.request_buffering (the default): a small chunked body is read whole before
+    it is forwarded, so broken framing is answered 400 and the backend sees nothing."""
+    url, seen = watched
+    head = b"POST /models/m/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with (
+        router_running(on(url), tmp_path) as r,
+        connected(r) as conn,
+    ):
+        reader, writer = conn
+        writer.write(head + b"5\r\nhello\r\n")
+        await writer.drain()
+        writer.write(b"zz\r\nhello\r\n0\r\n\r\n")
+        await writer.drain()
+        answer = await read_answer(reader)
+    assert_router_error(answer, 400, "bad_body")
+    assert seen == []
+    (record,) = r.records()
+    assert (record["status"], record["outcome"]) == (400, "rejected")
 
 
 def slow_reader() -> socket.socket:

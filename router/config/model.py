@@ -77,6 +77,8 @@ class ServerSettings:
     body_timeout_s: float = 30.0
     # Client connections at once; beyond it, new ones wait in the listen backlog.
     max_connections: int = 10_000
+    # Read a chunked request body whole (up to 1 MiB) before forwarding it.
+    request_buffering: bool = True
 
     @property
     def max_body_bytes(self) -> int:

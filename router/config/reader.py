@@ -74,6 +74,13 @@ class Reader:
             return None
         return value
 
+    def boolean(self, parent: dict[Any, Any], key: str, path: str, default: bool) -> bool:
+        value = parent.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(parent, key, join(path, key), f"must be true or false, not {show(value)}")
+            return default
+        return value
+
     def string(self, parent: dict[Any, Any], key: str, path: str) -> str | None:
         if key not in parent:
             return None

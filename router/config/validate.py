@@ -163,6 +163,9 @@ class _TableReader(RolloutReader):
                 section, "max_connections", "server", defaults.max_connections
             )
             or defaults.max_connections,
+            request_buffering=self.boolean(
+                section, "request_buffering", "server", defaults.request_buffering
+            ),
         )
 
     def log(self, data: dict[Any, Any]) -> LogSettings:

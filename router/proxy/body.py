@@ -1,8 +1,12 @@
 """The request-body policy: read small bodies whole, stream the rest, within limits.
 
-Bodies up to BUFFER_BYTES with a `Content-Length` are read whole before forwarding: one
-write each way, and a request that can be sent again to the fallback. Larger and chunked
-ones are streamed, never held whole.
+Bodies up to BUFFER_BYTES are read whole before forwarding: one write each way, and a
+request that can be sent again to the fallback. A chunked body is read whole too if it ends
+within BUFFER_BYTES (`server.request_buffering`, on by default, as nginx's
+`proxy_request_buffering`), so that a body whose framing turns out broken never reaches a
+backend. Larger bodies are streamed, never held whole: the router keeps bodies in memory
+(nginx spills them to temporary files), and max_in_flight requests of max_body_mb each
+would be gigabytes (docs/behaviour.md has the trade-off).
 """
 
 from __future__ import annotations
@@ -34,19 +38,22 @@ class RequestBody:
     timeout: float = 0.0  # body_timeout_s: the longest wait for each piece from the client
     consumed: bool = False  # a byte was read from the client: it can't be sent again
     client_gone: bool = False  # a whole body the client hung up in the middle of
+    head: bytes = b""  # read while buffering, before the body turned out too large to hold
 
     @property
     def resendable(self) -> bool:
         return self.stream is None or not self.consumed
 
     def payload(self) -> bytes | AsyncIterator[bytes] | None:
-        return self.data if self.stream is None else self._chunks()
+        return self.data if self.stream is None else self.chunks()
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         """The body as the client sends it, each piece within body_timeout_s, the whole
         within max_body_mb."""
         assert self.stream is not None
-        total = 0
+        total = len(self.head)
+        if self.head:
+            yield self.head
         while True:
             try:
                 async with asyncio.timeout(self.timeout):
@@ -76,6 +83,10 @@ async def read_body(request: Request, settings: ServerSettings) -> RequestBody:
         return RequestBody(None)
     timeout = settings.body_timeout_s
     request.send_continue()
+    if length is None and settings.request_buffering:
+        return await _buffered(
+            RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
+        )
     if length is None or length > BUFFER_BYTES:
         return RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
     try:
@@ -91,6 +102,23 @@ async def read_body(request: Request, settings: ServerSettings) -> RequestBody:
         raise RouterError("bad_body", malformed(exc)) from exc
     except TimeoutError:
         raise RouterError("body_timeout", slow_body(timeout)) from None
+
+
+async def _buffered(stream: RequestBody) -> RequestBody:
+    """A chunked body read whole if it ends within BUFFER_BYTES, else streamed on from
+    what was read."""
+    pieces: list[bytes] = []
+    total = 0
+    try:
+        async for chunk in stream.chunks():
+            pieces.append(chunk)
+            total += len(chunk)
+            if total > BUFFER_BYTES:
+                stream.head = b"".join(pieces)
+                return stream
+    except ClientGone:
+        return RequestBody(None, client_gone=True)
+    return RequestBody(b"".join(pieces))
 
 
 def malformed(exc: BaseException) -> str:
