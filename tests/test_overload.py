@@ -166,3 +166,26 @@ async def test_at_the_open_files_limit_every_client_gets_200_or_503_and_the_vers
     assert Counter(r["status"] for r in records) == Counter(
         [status for status, _, _ in answers] + [200]
     )
+
+
+async def test_beyond_max_connections_a_client_waits_in_the_backlog_until_one_closes(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    request = b"GET /models/m/echo HTTP/1.1\r\nHost: a\r\n\r\n"
+    async with router_running(one_model(backends), tmp_path, max_connections=2) as r:
+        assert r.router.server is not None
+        host, port = r.router.server.addresses[0]
+        held = [await asyncio.open_connection(host, port) for _ in range(2)]
+        for reader, writer in held:  # both are accepted and served
+            writer.write(request)
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        reader, writer = await asyncio.open_connection(host, port)  # the kernel's backlog
+        writer.write(request)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await reader.read(1)  # not accepted: no answer, and no reset either
+        held[0][1].close()
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        for _, w in [*held[1:], (reader, writer)]:
+            w.close()
