@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -1061,3 +1062,27 @@ def test_a_bad_rollout_block_is_refused_naming_the_key(
     with pytest.raises(ConfigError) as caught:
         parse_text(text, SOURCE)
     assert caught.value.messages() == [message]
+
+
+def _marks(value: Any) -> Any:
+    """A loaded value with every line mark it carries, for comparing two loaders."""
+    if isinstance(value, dict):
+        items = {k: _marks(v) for k, v in value.items()}
+        marks = getattr(value, "line", None), getattr(value, "key_lines", None)
+        return items, marks, getattr(value, "duplicates", None)
+    if isinstance(value, list):
+        return [_marks(v) for v in value], getattr(value, "item_lines", None)
+    return value, type(value).__name__, getattr(value, "text", None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [param.values[0] for param in BAD_TABLES if "not valid YAML" not in str(param.values[1])]
+    + [p.read_text() for p in sorted(Path(__file__).parent.parent.glob("*/*.yaml"))],
+)
+def test_libyaml_and_the_python_parser_read_the_same_values_and_lines(text: str) -> None:
+    from router.config import yamlmarks
+
+    fast = yaml.load(text, Loader=yamlmarks._FastLoader)
+    plain = yaml.load(text, Loader=yamlmarks._Loader)
+    assert _marks(fast) == _marks(plain)
