@@ -23,6 +23,8 @@ ErrorCode = Literal[
     "body_timeout",
     "bad_body",
     "bad_request",
+    "method_not_allowed",
+    "request_timeout",
     "not_implemented",
     "unsupported_version",
     "shutting_down",
@@ -45,6 +47,8 @@ STATUS: dict[ErrorCode, int] = {
     "body_timeout": 408,
     "bad_body": 400,
     "bad_request": 400,  # refused by the HTTP parser, before routing
+    "method_not_allowed": 405,  # CONNECT, TRACE: never forwarded; the answer carries Allow
+    "request_timeout": 408,  # a request head not whole within client_header_s
     "not_implemented": 501,  # a transfer coding other than chunked
     "unsupported_version": 505,  # not HTTP/1.0 or HTTP/1.1
     "shutting_down": 503,  # drain_s ran out before the answer

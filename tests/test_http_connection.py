@@ -80,7 +80,7 @@ async def echo_path(request: Request) -> StreamResponse:
 def connect(handle: Handle = echo_path, **limits: Any) -> tuple[Connection, RecordingTransport]:
     hooks = Hooks(
         handle=handle,
-        refused=lambda status: "refused-id",
+        refused=lambda status, request: "refused-id",
         dropped=lambda request, by_router: None,
         error_body=lambda code, message, request_id: f'{{"code": "{code}"}}'.encode(),
     )
@@ -221,6 +221,33 @@ async def test_junk_is_refused_with_the_hooks_error_and_the_connection_ends() ->
     assert b"X-Request-ID: refused-id" in answer
     assert answer.endswith(b'{"code": "bad_request"}')
     assert conn.phase >= Phase.ENDING
+
+
+async def test_a_head_is_overdue_client_header_s_after_its_start_or_the_answer_before() -> None:
+    """What the server's sweep asks: no deadline while nothing was sent or a request is
+    being handled; then 408 `request_timeout` and the end of the connection."""
+    release = asyncio.Event()
+
+    async def held(request: Request) -> StreamResponse:
+        await release.wait()
+        return await echo_path(request)
+
+    conn, transport = connect(held, client_header_s=10, linger_s=0.05)
+    late = conn.loop.time() + 11
+    assert not conn.head_overdue(late)  # nothing sent: idle, for the idle sweep
+    conn.data_received(get("/a") + b"GET /b HTTP/1.1\r\nHo")
+    assert not conn.head_overdue(late)  # behind a request being handled
+    release.set()
+    await answers(transport, 1)
+    answered = conn.idle_since
+    assert not conn.head_overdue(answered + 9.9)
+    assert conn.head_overdue(answered + 10.1)
+    conn.time_out_head()
+    _, timed_out = await answers(transport, 2)
+    assert timed_out.startswith(b"408 Request Timeout")
+    assert timed_out.endswith(b'{"code": "request_timeout"}')
+    assert conn.phase >= Phase.ENDING
+    assert not conn.head_overdue(late)
 
 
 async def test_an_unread_body_pauses_reading_for_its_reason() -> None:

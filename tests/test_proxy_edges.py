@@ -47,19 +47,6 @@ async def test_absolute_form_targets_are_routed(backends: dict[str, str], tmp_pa
     assert record["path"] == "/models/m/echo"
 
 
-async def test_asterisk_form_gets_the_contract_json(
-    backends: dict[str, str], tmp_path: Path
-) -> None:
-    async with router_running(one_model(backends), tmp_path) as r:
-        answer = await exchange(r.url, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nX-Request-ID: star-1\r\n"
-                                b"Connection: close\r\n\r\n")  # fmt: skip
-    assert answer.startswith(b"HTTP/1.1 404")
-    assert body_of(answer)["error"]["code"] == "not_found"
-    assert body_of(answer)["error"]["request_id"] == "star-1"
-    (record,) = r.records()
-    assert (record["method"], record["path"], record["request_id"]) == ("OPTIONS", "*", "star-1")
-
-
 async def test_expect_100_continue_only_for_a_body_the_router_takes(
     backends: dict[str, str], tmp_path: Path
 ) -> None:

@@ -58,7 +58,7 @@ async def echo_of(
             "/models/m/echo?e=a+b&f=%7e&g=%C3%A9&h&=&;k=!$'()*,:@/?",
             "/echo?e=a+b&f=%7e&g=%C3%A9&h&=&;k=!$'()*,:@/?",
         ),
-        ("/models/m/echo/a%20b/c%2Fd?x=%25", "/echo/a%20b/c%2Fd?x=%25"),
+        ("/models/m/echo/a%20b/c%7Ed?x=%25", "/echo/a%20b/c%7Ed?x=%25"),
         ("/models/m/versions/v1/echo?q=%2f%2F", "/echo?q=%2f%2F"),
         ("/models/m/echo", "/echo"),
         ("/models/m/", "/"),

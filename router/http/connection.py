@@ -21,13 +21,13 @@ import httptools
 from router.http.body import BadBody
 from router.http.clock import http_date
 from router.http.flow import FlowControl, Pause
-from router.http.framing import BadHead
+from router.http.framing import ALLOW, BadHead, Fields
 from router.http.hooks import Hooks
 from router.http.limits import ServerLimits
 from router.http.parser import RequestParser, Stop
 from router.http.phase import Phase, advance
 from router.http.request import Request, new_request_id
-from router.http.response import reason_phrase
+from router.http.response import Response, StreamResponse, reason_phrase
 
 _log = logging.getLogger("model-router")
 
@@ -67,7 +67,8 @@ class Connection(asyncio.Protocol):
         self.current: Request | None = None  # being handled
         self.waiting: deque[Request] = deque()  # received, behind it (pipelining)
         self.refusal: BadHead | None = None  # to answer after the requests before it
-        self.idle_since = self.loop.time()
+        self.idle_since = self.loop.time()  # since the last answer, or a head's first byte
+        self._head = 0  # the parser's number of the head arriving, once its time is noted
 
     @property
     def closed(self) -> bool:
@@ -95,6 +96,10 @@ class Connection(asyncio.Protocol):
             return  # read and dropped
         try:
             self.reader.feed(data)
+            if self.reader.arriving != self._head:  # a head began (or ended) over reads
+                self._head = self.reader.arriving
+                if self._head:  # its time runs from now (or the answer before it, if later)
+                    self.idle_since = self.loop.time()
         except httptools.HttpParserUpgrade:
             # No protocol switch here (Upgrade is hop-by-hop and dropped): the request is
             # answered as a plain one and the connection closes after it.
@@ -150,7 +155,10 @@ class Connection(asyncio.Protocol):
     async def _run(self, request: Request) -> None:
         request.started = True  # from here the handler logs the request, whatever happens
         try:
-            response = await self.server.hooks.handle(request)
+            if request.raw_path == "*":  # OPTIONS: framing.py refuses `*` with any other method
+                response = self._about_server(request)
+            else:
+                response = await self.server.hooks.handle(request)
             if self.current is request and self.phase is not _CLOSED:  # left unfinished
                 if not response.prepared:
                     await response.prepare(request)
@@ -163,6 +171,12 @@ class Connection(asyncio.Protocol):
                 message = "the router failed on this request"
                 self._write_error("internal_error", 500, message, new_request_id())
             self.close()
+
+    def _about_server(self, request: Request) -> StreamResponse:
+        """`OPTIONS *` asks what the server supports (RFC 9110 9.3.7): answered here, never
+        forwarded, and logged as the router's own answer (no model)."""
+        request_id = self.server.hooks.refused(200, request)
+        return Response(200, headers=(("Allow", ALLOW), ("X-Request-ID", request_id)))
 
     def keeps_alive(self) -> bool:
         """Whether the answer to the current request leaves the connection open for another."""
@@ -218,6 +232,21 @@ class Connection(asyncio.Protocol):
         if self.flow is not None:
             self.flow.release_all()
 
+    # --- a head that comes too slowly (nginx's client_header_timeout) ---
+
+    def head_overdue(self, now: float) -> bool:
+        """Whether a head has been arriving for more than `client_header_s`, counted from
+        its first byte or the answer before it, whichever came last (the sweep asks)."""
+        if not self.reader.arriving or self.phase >= _ENDING or self.current or self.waiting:
+            return False
+        return now - self.idle_since > self.limits.client_header_s
+
+    def time_out_head(self) -> None:
+        """408 `request_timeout` for a head that is overdue; the connection closes."""
+        seconds = self.limits.client_header_s
+        message = f"the request head did not arrive whole within {seconds:g} s"
+        self._refused_head(BadHead(message, "request_timeout"))
+
     # --- refusals ---
 
     def _parse_failed(self, exc: httptools.HttpParserError) -> None:
@@ -254,17 +283,20 @@ class Connection(asyncio.Protocol):
             self._refuse(refusal)
 
     def _refuse(self, refusal: BadHead) -> None:
-        request_id = self.server.hooks.refused(refusal.status)
-        self._write_error(refusal.code, refusal.status, str(refusal), request_id)
+        request_id = self.server.hooks.refused(refusal.status, None)
+        self._write_error(refusal.code, refusal.status, str(refusal), request_id, refusal.headers)
         self._close_after(None)
 
-    def _write_error(self, code: str, status: int, message: str, request_id: str) -> None:
+    def _write_error(
+        self, code: str, status: int, message: str, request_id: str, headers: Fields = ()
+    ) -> None:
         """A JSON error of the router's own (the hook renders it), for a request the proxy
-        did not answer; the connection closes after it."""
+        did not answer, with `headers` (`Allow`); the connection closes after it."""
         body = self.server.hooks.error_body(code, message, request_id)
+        more = "".join(f"{name}: {value}\r\n" for name, value in headers)
         head = (
             f"HTTP/1.1 {status} {reason_phrase(status)}\r\nDate: {http_date()}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{more}"
             f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n"
         ).encode("ascii")
         assert self.transport is not None

@@ -15,8 +15,9 @@ class Hooks:
 
     # Answers one request.
     handle: Callable[[Request], Awaitable[StreamResponse]]
-    # Logs the record of a request refused before routing, given its status; returns its id.
-    refused: Callable[[int], str]
+    # Logs the record of a request the server answered itself (refused before routing, or
+    # `OPTIONS *`), given its status and the request if it was parsed; returns its id.
+    refused: Callable[[int, Request | None], str]
     # Logs the record of a request received but never started: its connection closed
     # first, closed by the router (True) or by the client.
     dropped: Callable[[Request, bool], None]

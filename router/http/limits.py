@@ -26,6 +26,9 @@ class ServerLimits:
     max_fields: int = 1000  # header lines
     pipeline_depth: int = 32  # requests received ahead of the one being handled, at most
     idle_s: float = 75.0  # a keep-alive connection with no request for this long is closed
+    # A request head not whole this long after its first byte gets 408 (nginx's
+    # client_header_timeout); keep it below idle_s, which closes silently.
+    client_header_s: float = 60.0
     linger_s: float = 2.0  # the rest of a refused body is read and dropped this long
     send_s: float = 60.0  # a client that reads nothing of its answer this long is cut off
     sweep_s: float = 1.0  # how often idle connections are looked for

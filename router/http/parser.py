@@ -11,7 +11,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.http.body import BadBody
-from router.http.framing import BadHead, check_head
+from router.http.framing import BadHead, check_field_name, check_head
 from router.http.limits import ServerLimits
 from router.http.request import Channel, Request
 
@@ -56,6 +56,7 @@ class RequestParser:
         self._part = _Part.OTHER
         self._fed = 0  # bytes of an unfinished head or trailer, counted by _bound
         self._parts = 0  # messages and chunks begun so far, for _bound
+        self.arriving = 0  # while a head is arriving (its first byte is in): its own number
 
     def feed(self, data: bytes) -> None:
         """Parse `data`. Raises httptools' errors (a `Stop`, a `BadHead` or a `BadBody` as
@@ -91,6 +92,7 @@ class RequestParser:
         self._fed = 0
         self._part = _Part.HEAD
         self._parts += 1
+        self.arriving = self._parts
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)  # llhttp may hand the target over in pieces
@@ -110,6 +112,8 @@ class RequestParser:
             return  # a chunked body's trailer: never merged into the headers (RFC 9110 6.5.1)
         if len(self._headers) >= limits.max_fields:
             raise BadHead(f"more than {limits.max_fields} header lines")
+        if b"_" in name:
+            check_field_name(name)
         # Values as UTF-8, bytes that are not kept as surrogates (as aiohttp does), so the
         # proxy forwards the client's bytes unchanged.
         self._headers.add(
@@ -119,14 +123,15 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self._part = _Part.OTHER
         self._head_size = 0  # a trailer, if any, has the same budget as the head
+        self.arriving = 0
         parser = self.parser
         headers = self._headers
         method = parser.get_method()
-        version, chunked = check_head(parser.get_http_version(), method, headers)
-        length = headers.get("Content-Length")
         target = b"".join(self._url)
         if b"#" in target:  # a fragment is the client's own business (RFC 9112 3.2)
             target = target.partition(b"#")[0]
+        version, chunked = check_head(parser.get_http_version(), method, target, headers)
+        length = headers.get("Content-Length")
         # llhttp answers this only inside its callbacks: ask it here.
         keep_alive = self.last_keep_alive = parser.should_keep_alive()
         request = Request(

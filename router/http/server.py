@@ -91,10 +91,14 @@ class Server:
                 listener.resume()
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle for `idle_s` (or sending a head that slowly)."""
-        deadline = self.loop.time() - self.limits.idle_s
+        """Answer 408 to a head arriving for `client_header_s`; close keep-alive connections
+        idle for `idle_s`."""
+        now = self.loop.time()
+        deadline = now - self.limits.idle_s
         for conn in list(self.connections):
-            if conn.current is None and not conn.waiting and conn.idle_since < deadline:
+            if conn.head_overdue(now):
+                conn.time_out_head()
+            elif conn.current is None and not conn.waiting and conn.idle_since < deadline:
                 conn.close()
         self._sweeper = self.loop.call_later(self.limits.sweep_s, self._sweep)
 

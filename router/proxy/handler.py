@@ -139,10 +139,10 @@ class Proxy:
                     self._record(ex)
         return response
 
-    def refused(self, status: int) -> str:
-        """Log a request the server refused before routing (junk, an oversized head);
-        returns the id its error answer carries."""
-        ex = self._exchange(self.tables.current, None)
+    def refused(self, status: int, request: Request | None = None) -> str:
+        """Log a request the server answered itself: refused before routing (junk, an
+        oversized head), or `OPTIONS *`; returns the id its answer carries."""
+        ex = self._exchange(self.tables.current, request)
         ex.status = status
         self._record(ex)
         return ex.request_id

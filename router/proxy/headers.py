@@ -50,8 +50,18 @@ def _forwardable(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list
     return [
         (name, value)
         for name, value in items
-        if (lower := name.lower()) not in drop and not lower.startswith("proxy-")
+        if (lower := name.lower()) not in drop
+        and not lower.startswith("proxy-")
+        and not ("_" in lower and _posing(lower, drop))
     ]
+
+
+def _posing(lower: str, drop: frozenset[str]) -> bool:
+    """Whether a name with "_" is one not forwarded, with "-" for "_": a CGI or WSGI backend
+    reads `X_Forwarded_For` as X-Forwarded-For (both are HTTP_X_FORWARDED_FOR), so it would
+    pass for a header the router sets or drops. Other names with "_" pass unchanged."""
+    plain = lower.replace("_", "-")
+    return plain in drop or plain.startswith("proxy-")
 
 
 def upstream_headers(
@@ -75,6 +85,7 @@ def upstream_headers(
     if seen:
         out.append(("X-Forwarded-For", ", ".join(seen)))
     out.append(("X-Forwarded-Proto", scheme))
+    # Only a valid `host[:port]` gets here: the server refuses any other Host (framing.py).
     if host := headers.get("Host"):
         out.append(("X-Forwarded-Host", host))
     out.append(("X-Model-Version", version))

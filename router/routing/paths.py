@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote
@@ -11,6 +12,12 @@ from router.config.model import Model, Table
 from router.errors import RouterError
 
 _DOTS = (".", "..")
+# Never forwarded in a path (400 `bad_path`): an encoded "/" or "\" (%2F, %5C), which a
+# backend that decodes before it splits takes for a separator, so that `..%2F..%2Fadmin`
+# would climb past the dot-segment check (Apache's `AllowEncodedSlashes Off`, Envoy's
+# REJECT_REQUEST); a raw "\", a separator to some servers; an encoded NUL (%00), which
+# ends a C string early (nginx refuses it too).
+_UNSAFE = re.compile(r"%(?:2[Ff]|5[Cc]|00)|\\")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +56,10 @@ def route(target: str) -> Route:
     path, has_query, query = origin_form(target).partition("?")
     segments = path.split("/")
     named = segments[2] if len(segments) >= 3 and segments[1] == "models" else None
-    if any(s in _DOTS or ("%" in s and unquote(s) in _DOTS) for s in segments):
+    if ("%" in path or "\\" in path) and (unsafe := _UNSAFE.search(path)):
+        error = RouterError("bad_path", f"path '{path}' has '{unsafe[0]}' (encoded /, \\ or NUL)")
+        raise PathError(error, named)
+    if any(s[:1] in (".", "%") and _dot_segment(s) for s in segments):
         error = RouterError("bad_path", f"path '{path}' has '.' or '..' segments")
         raise PathError(error, named)
     if len(segments) < 3 or segments[0] != "":
@@ -63,6 +73,13 @@ def route(target: str) -> Route:
     if len(rest) >= 2 and rest[0] == "versions":
         pinned, rest = unquote(rest[1]), rest[2:]
     return Route("models", unquote(segments[2]), pinned, "/" + "/".join(rest) + has_query + query)
+
+
+def _dot_segment(segment: str) -> bool:
+    """`.` or `..`, percent-encoded or not (`%2e%2E`), also with parameters after `;`,
+    which Tomcat and Spring drop before they resolve dots (`/..;/admin`)."""
+    name = segment.partition(";")[0]
+    return name in _DOTS or ("%" in name and unquote(name) in _DOTS)
 
 
 def find_model(table: Table, name: str) -> Model:
