@@ -49,6 +49,9 @@ class _FastLoader(_Fast):  # type: ignore[valid-type,misc]  # a SafeLoader, in C
     pass
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 def _int(loader: _Loader, node: yaml.ScalarNode) -> MarkedInt:
     value = MarkedInt(loader.construct_yaml_int(node))
     value.text = node.value
@@ -58,22 +61,26 @@ def _int(loader: _Loader, node: yaml.ScalarNode) -> MarkedInt:
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:
     # Keys written in this mapping, as opposed to those a `<<` merge brings in: only two of
     # these can be duplicates; a written key overriding a merged one is what YAML intends.
-    own = {id(key_node) for key_node, _ in node.value}
-    loader.flatten_mapping(node)
+    own = None
+    if any(key_node.tag == _MERGE for key_node, _ in node.value):
+        own = {id(key_node) for key_node, _ in node.value}
+        loader.flatten_mapping(node)
     result = MarkedDict()
     result.line = node.start_mark.line + 1
-    result.key_lines = {}
+    key_lines: dict[Any, int] = {}
+    result.key_lines = key_lines
     result.duplicates = []
-    written: set[object] = set()
+    written: set[Any] | dict[Any, int] = key_lines if own is None else set()
     for key_node, value_node in node.value:
         key = _key(_construct(loader, key_node))
         line = key_node.start_mark.line + 1
-        if id(key_node) in own:
+        if own is None or id(key_node) in own:
             if key in written:
                 result.duplicates.append((key, line))
-            written.add(key)
+            if isinstance(written, set):
+                written.add(key)
         result[key] = _construct(loader, value_node)
-        result.key_lines[key] = line
+        key_lines[key] = line
     return result
 
 
