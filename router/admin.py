@@ -114,7 +114,7 @@ async def config(request: web.Request) -> web.Response:
             "config": holder.current.digest,
             "source": str(holder.path) if holder.path else None,
             "loaded_at": iso_utc(holder.loaded_at),
-            "table": dict(holder.current.raw),
+            "table": orjson.Fragment(holder.current.written),
             "last_refusal": holder.last_refusal,
             # `table` is the file as written; these of its settings wait for a restart.
             "restart_needed": holder.restart_needed,

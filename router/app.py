@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from router.admin import create_admin_app
-from router.config.holder import TableHolder, watching
+from router.config.holder import TableHolder, keep_out_of_gc, watching
 from router.config.model import Address, Table
 from router.errors import error_body
 from router.http.client import Client, client_session
@@ -115,6 +115,7 @@ class Router:
             site = web.TCPSite(self.admin, server.admin_listen.host, server.admin_listen.port)
             await listen_on(site.start, "admin", server.admin_listen)
         self.tables.announce()  # once listening: a log never names a table that never served
+        keep_out_of_gc()  # the table read at start, and the process's modules
 
     def reopen_log(self) -> None:
         """SIGUSR1: a new log file, which starts by saying which table is in force."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from router.config import churn
+from router.config.apart import load_apart_now
 from router.config.model import DEFAULT_CONFIG, ConfigError, Overrides, Table, parse_address
 from router.config.validate import load_table
 from router.stats.sequential import DEFAULT_T_OPT
@@ -157,9 +158,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _load(path: str) -> Table | None:
+def _load(path: str, *, apart: bool = False) -> Table | None:
+    """The table in `path`, or None with its problems on stderr; `apart`: read in a child
+    process (config/apart.py), so that a server never holds the parse's garbage."""
     try:
-        return load_table(path)
+        return load_apart_now(Path(path)) if apart else load_table(path)
     except ConfigError as exc:
         for message in exc.messages():
             print(message, file=sys.stderr)
@@ -195,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("model-router: --workers needs 1 or more", file=sys.stderr)
         return EXIT_USAGE
-    table = _load(args.config)
+    table = _load(args.config, apart=True)
     if table is None:
         return EXIT_USAGE
     overrides = Overrides(args.listen, args.admin_listen, args.log)

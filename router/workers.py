@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -32,9 +33,9 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from router.admin import create_admin_app
 from router.app import Router, ServeError, configure_logging, listen_on, run_loop, until_stopped
+from router.config.apart import load_apart_now
 from router.config.holder import ReloadResult, TableHolder
 from router.config.model import Address, Overrides, Table
-from router.config.validate import load_table
 from router.http.limits import raise_open_files
 from router.http.text import host_port
 from router.observe.health import HealthBook
@@ -49,7 +50,7 @@ def worker_main(config: str, overrides: Overrides, ready: Any) -> None:
     async def main() -> int:
         configure_logging()
         router = Router(
-            overrides(load_table(config)), config, overrides, admin=False, reuse_port=True
+            overrides(load_apart_now(Path(config))), config, overrides, admin=False, reuse_port=True
         )
         orphan_watch = asyncio.create_task(_stop_when_orphaned(os.getppid()))
         try:

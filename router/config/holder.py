@@ -1,7 +1,7 @@
 """The holder of the routing table in force, and its reloading.
 
-A table is immutable; reloading builds and validates a whole new one off the event loop,
-then swaps one reference. A request reads `holder.current` once, at its start, and keeps
+A table is immutable; reloading builds and validates a whole new one in a child process
+(apart.py), then swaps one reference. A request reads `holder.current` once, at its start, and keeps
 that table to the end, so requests in flight finish on the table they started with. A table
 that fails validation is refused whole: the old one stays in force.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,8 +22,8 @@ from typing import Any, Literal
 from structlog.typing import FilteringBoundLogger
 
 from router.config import churn
+from router.config.apart import load_apart
 from router.config.model import ConfigError, Table
-from router.config.validate import load_table
 from router.http.clock import iso_utc
 
 WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
@@ -101,7 +102,7 @@ class TableHolder:
             return ReloadResult("unchanged", self.current.digest)
         async with self._lock:
             try:
-                table = await asyncio.to_thread(load_table, self.path)
+                table = await load_apart(self.path)
             except ConfigError as exc:
                 return self._refuse(exc.messages(), reason)
             return self._install(self._overrides(table), reason)
@@ -127,6 +128,7 @@ class TableHolder:
             return ReloadResult("unchanged", table.digest)
         moves = churn.churn(self.current, table)
         old, self.current = self.current, table
+        keep_out_of_gc()
         self.loaded_at = time.time()
         for callback in self.on_swap:
             callback(table)
@@ -182,6 +184,14 @@ async def watching(holder: TableHolder) -> AsyncIterator[None]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def keep_out_of_gc() -> None:
+    """Move every object alive now, the table in force among them, out of the cyclic
+    collector's sight (`gc.freeze`, as the CPython docs advise for a server's long-lived
+    objects): a full collection then walks requests' objects, not a big table's hundreds of
+    thousands. A table has no cycles, so refcounting still frees one that goes out of force."""
+    gc.freeze()
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import bisect
+import copyreg
 import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
 from router.http.client.interface import Origin
@@ -252,10 +254,9 @@ class Table:
     log: LogSettings
     models: Mapping[str, Model]
     digest: str = field(metadata=DERIVED)
-    # The table as written, for the admin view; never mutated.
-    raw: Mapping[str, Any] = field(
-        default_factory=dict, compare=False, repr=False, metadata=DERIVED
-    )
+    # The table as written, rendered as JSON once, for the admin view: a few bytes per key,
+    # where the parsed data with its line marks took kilobytes per rule.
+    written: bytes = field(default=b"{}", compare=False, repr=False, metadata=DERIVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,3 +299,16 @@ class ConfigError(Exception):
 
     def messages(self) -> list[str]:
         return [p.render(self.source) for p in self.problems]
+
+
+def frozen(mapping: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    """A read-only view of `mapping`, as a table's mappings are."""
+    return MappingProxyType(mapping)
+
+
+def _reduce_view(view: MappingProxyType[Any, Any]) -> tuple[Any, tuple[dict[Any, Any]]]:
+    return frozen, (dict(view),)
+
+
+# A table crosses processes pickled (config/apart.py), and pickle cannot name the view type.
+copyreg.pickle(MappingProxyType, _reduce_view)

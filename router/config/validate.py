@@ -136,9 +136,8 @@ class _TableReader(RolloutReader):
                 model = self.model(found, name)
                 if model is not None:
                     models[str(name)] = model
-        return Table(
-            server, log, MappingProxyType(models), digest_of(data), MappingProxyType(dict(data))
-        )
+        written = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS, default=str)
+        return Table(server, log, MappingProxyType(models), digest_of(data), written)
 
     def server(self, data: dict[Any, Any]) -> ServerSettings:
         defaults = ServerSettings()
