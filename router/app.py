@@ -58,7 +58,7 @@ class Router:
         self.metrics = Metrics()
         self.tables = TableHolder(table, source, self.log, self.metrics.count_reload, overrides)
         book = HealthBook(lambda key, up: self.metrics.set_up(key[0], key[1], up))
-        self.tables.on_swap.append(lambda t: self.metrics.track(t, book.is_down))
+        self.tables.on_swap.append(lambda t, changed: self.metrics.track(t, book.is_down, changed))
         self.metrics.track(table, book.is_down)
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)

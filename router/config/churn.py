@@ -12,6 +12,7 @@ changed salt) is a warning.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -50,12 +51,13 @@ class ModelChurn:
         }
 
 
-def churn(old: Table, new: Table) -> dict[str, ModelChurn]:
-    """Moves for every model present in both tables."""
+def churn(old: Table, new: Table, only: Collection[str] | None = None) -> dict[str, ModelChurn]:
+    """Moves for every model present in both tables (of those in `only`, if given)."""
+    names = new.models.keys() if only is None else only
     return {
-        name: model_churn(old.models[name], model)
-        for name, model in new.models.items()
-        if name in old.models
+        name: model_churn(old.models[name], new.models[name])
+        for name in names
+        if name in old.models and name in new.models
     }
 
 

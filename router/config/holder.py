@@ -13,7 +13,7 @@ import dataclasses
 import gc
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +70,10 @@ class TableHolder:
     ) -> None:
         """`overrides` applies command-line flags to every table read from the file.
 
-        `on_swap` callbacks run with each new table put in force.
+        `on_swap` callbacks run with each new table put in force, and the models it changed.
         """
-        self.on_swap: list[Callable[[Table], None]] = []
+        # Called with the table and the names of the models it changed or added.
+        self.on_swap: list[Callable[[Table, Collection[str]], None]] = []
         self.path = Path(path) if path is not None else None
         self._overrides = overrides
         self.current = table
@@ -126,12 +127,13 @@ class TableHolder:
         if table.digest == self.current.digest:
             self._count("unchanged")
             return ReloadResult("unchanged", table.digest)
-        moves = churn.churn(self.current, table)
+        changed = changed_models(self.current, table)
+        moves = churn.churn(self.current, table, changed)
         old, self.current = self.current, table
         keep_out_of_gc()
         self.loaded_at = time.time()
         for callback in self.on_swap:
-            callback(table)
+            callback(table, changed)
         self._count("loaded")
         fields: dict[str, Any] = {"previous": old.digest, "reason": reason}
         if ignored:
@@ -184,6 +186,15 @@ async def watching(holder: TableHolder) -> AsyncIterator[None]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def changed_models(old: Table, new: Table) -> list[str]:
+    """The models of `new` that are not in `old` as they are: new, or written otherwise."""
+    return [
+        name
+        for name, model in new.models.items()
+        if (before := old.models.get(name)) is None or before.digest != model.digest
+    ]
 
 
 def keep_out_of_gc() -> None:

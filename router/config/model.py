@@ -246,6 +246,9 @@ class Model:
     rollout: Rollout | None = None
     # Each version's timeout_s unless it has its own.
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, compare=False)
+    # Of the model's section as written: a reload redoes its bookkeeping (moves, metrics)
+    # only for the models whose digest changed.
+    digest: str = field(default="", compare=False, metadata=DERIVED)
 
 
 @dataclass(frozen=True, slots=True)

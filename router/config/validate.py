@@ -137,7 +137,9 @@ class _TableReader(RolloutReader):
                 if model is not None:
                     models[str(name)] = model
         written = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS, default=str)
-        return Table(server, log, MappingProxyType(models), digest_of(data), written)
+        # The table's digest stands on its models' (each section is walked once).
+        shown = {**data, "models": {name: model.digest for name, model in models.items()}}
+        return Table(server, log, MappingProxyType(models), digest_of(shown), written)
 
     def server(self, data: dict[Any, Any]) -> ServerSettings:
         defaults = ServerSettings()
@@ -218,6 +220,7 @@ class _TableReader(RolloutReader):
             shadow=shadow,
             rollout=rollout,
             timeout_s=timeout_s,
+            digest=digest_of(section),
         )
 
     def split(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -161,10 +161,16 @@ class Metrics:
             word = "null" if agree is None else "true" if agree else "false"
             self.shadow_agreement.labels(model, version, word).inc()
 
-    def track(self, table: Table, is_down: Callable[[tuple[str, str, str]], bool]) -> None:
-        """Show every version of a table in force as up, unless its health says down, and
-        where each rollout stands."""
-        for model in table.models.values():
+    def track(
+        self,
+        table: Table,
+        is_down: Callable[[tuple[str, str, str]], bool],
+        only: Collection[str] | None = None,
+    ) -> None:
+        """Show every version of a table in force (of the models in `only`, if given) as up,
+        unless its health says down, and where each rollout stands."""
+        names = table.models.keys() if only is None else only
+        for model in (table.models[name] for name in names):
             if (rollout := model.rollout) is not None:
                 share = dict(model.split.shares()).get(rollout.candidate, 0)
                 self.rollout_percent.labels(model.name, rollout.candidate).set(float(share))
