@@ -70,7 +70,7 @@ def test_aa_rollouts_are_promoted_and_never_rolled_back() -> None:
 def test_a_candidate_going_from_1_to_3_percent_errors_is_rolled_back() -> None:
     results = run("errors", 10)
     assert share(results, "rollback") == 1
-    assert median_rollback_s(results) <= 300
+    assert median_rollback_s(results) <= 120  # the goal: 2 minutes
 
 
 def test_a_p95_latency_regression_of_30_percent_is_rolled_back() -> None:
