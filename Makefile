@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow calibration calibration-rollout clean
+.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow bench-overload bench-conformance calibration calibration-rollout clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,18 @@ bench-shadow: $(STAMP)
 	command -v wrk >/dev/null || [ "$$(id -u)" -ne 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/shadow_bench.py
+
+## bench-overload: 10,000 clients at once on a 1 s backend, then 5,000 slowloris connections against wrk: 200s, 503s, drops, p99, router memory
+bench-overload: $(STAMP)
+	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
+	$(BIN)/python bench/overload_bench.py
+
+## bench-conformance: the public HTTP/1.1 suites (h1spec, http-desync-guardian, Http11Probe), model-router and nginx side by side
+bench-conformance: $(STAMP)
+	command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light)
+	$(BIN)/python bench/conformance_suites.py
 
 ## calibration: the statistics engine's false-positive rates, power and coverage, by simulation
 calibration: $(STAMP)
