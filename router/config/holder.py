@@ -9,6 +9,7 @@ that fails validation is refused whole: the old one stays in force.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import gc
 import os
@@ -128,14 +129,16 @@ class TableHolder:
             self._count("unchanged")
             return ReloadResult("unchanged", table.digest)
         changed = changed_models(self.current, table)
+        previous = self.current.digest
         moves = churn.churn(self.current, table, changed)
-        old, self.current = self.current, table
+        self.current = table  # the old one is freed here, unless a request still holds it
         keep_out_of_gc()
+        give_back_memory()
         self.loaded_at = time.time()
         for callback in self.on_swap:
             callback(table, changed)
         self._count("loaded")
-        fields: dict[str, Any] = {"previous": old.digest, "reason": reason}
+        fields: dict[str, Any] = {"previous": previous, "reason": reason}
         if ignored:
             fields["restart_needed"] = ignored
         self._log.info(
@@ -203,6 +206,25 @@ def keep_out_of_gc() -> None:
     objects): a full collection then walks requests' objects, not a big table's hundreds of
     thousands. A table has no cycles, so refcounting still frees one that goes out of force."""
     gc.freeze()
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc: nothing to call
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def give_back_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's `malloc_trim`, 1 ms): what a
+    reload freed would otherwise stay in the process's resident size (14 MB of 90 on a
+    2,000-model table)."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:

@@ -7,6 +7,7 @@ YAML file keeping line numbers so that each problem reads `FILE:LINE: key.path: 
 from __future__ import annotations
 
 import hashlib
+import sys
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
@@ -315,8 +316,8 @@ class _TableReader(RolloutReader):
         ):
             for name in wanted:
                 value = self.string(wanted, name, f"{path}.match.header")
-                if value is not None:
-                    headers.append((str(name), value))
+                if value is not None:  # interned: the same few names and values in every rule
+                    headers.append((sys.intern(str(name)), sys.intern(value)))
         user_ids: frozenset[str] | None = None
         if "user_id" in match:
             ids = match["user_id"]
@@ -332,7 +333,7 @@ class _TableReader(RolloutReader):
                 user_ids = frozenset(ids)
         if version is None:
             return None
-        return Rule(version=version, headers=tuple(headers), user_ids=user_ids)
+        return Rule(version=sys.intern(version), headers=tuple(headers), user_ids=user_ids)
 
     def user_id_sources(self, section: dict[Any, Any], path: str) -> tuple[UserIdSource, ...]:
         default: tuple[UserIdSource, ...] = default_of(Model, "user_id")
