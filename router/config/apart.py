@@ -28,13 +28,22 @@ from router.config.validate import load_table
 SLICE_S = 0.005  # the longest the event loop waits on unpickling at a time
 
 
-async def load_apart(path: Path) -> Table:
-    """The table in `path`, read and validated in a child process; ConfigError if refused."""
+async def load_apart(path: Path, current: Table | None = None) -> Table | None:
+    """The table in `path`, read and validated in a child process; ConfigError if refused,
+    None if it is `current` as it stands. Models that `current` has as written are not sent
+    back: the new table shares them, so a reload costs what it changed."""
     child = await asyncio.create_subprocess_exec(
-        *_command(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *_command(path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await child.communicate()
-    shell, parts = _unpack(path, child.returncode, out, err)
+    out, err = await child.communicate(_known(current))
+    unpacked = _unpack(path, child.returncode, out, err)
+    if unpacked is None:
+        return None
+    shell, parts = unpacked
+    kept = current.models if current is not None else {}
     models: dict[str, Model] = {}
     started = time.perf_counter()
     # Hundreds of thousands of new objects would set off the cyclic collector over and over,
@@ -45,7 +54,7 @@ async def load_apart(path: Path) -> Table:
     gc.disable()
     try:
         for name, blob in parts:
-            models[name] = pickle.loads(blob)
+            models[name] = kept[name] if blob is None else pickle.loads(blob)
             if time.perf_counter() - started > SLICE_S:
                 await asyncio.sleep(0)  # let requests run between slices
                 started = time.perf_counter()
@@ -60,9 +69,11 @@ async def load_apart(path: Path) -> Table:
 def load_apart_now(path: Path) -> Table:
     """`load_apart` before serving, when nothing can stall: the serving process then never
     holds the parse's garbage (RSS 200 MB -> 90 MB on the 2,000 x 20 table)."""
-    child = subprocess.run(_command(path), capture_output=True, check=False)
-    shell, parts = _unpack(path, child.returncode, child.stdout, child.stderr)
-    models = {name: pickle.loads(blob) for name, blob in parts}
+    child = subprocess.run(_command(path), input=_known(None), capture_output=True, check=False)
+    unpacked = _unpack(path, child.returncode, child.stdout, child.stderr)
+    assert unpacked is not None  # with no table known, nothing is "unchanged"
+    shell, parts = unpacked
+    models = {name: pickle.loads(blob) for name, blob in parts if blob is not None}
     table: Table = pickle.loads(shell)
     return replace(table, models=MappingProxyType(models))
 
@@ -71,15 +82,28 @@ def _command(path: Path) -> tuple[str, ...]:
     return sys.executable, "-m", "router.config.apart", str(path)
 
 
+def _known(current: Table | None) -> bytes:
+    """What the child is told of the table in force: its digest and its models'."""
+    if current is None:
+        return pickle.dumps((None, {}))
+    return pickle.dumps((current.digest, {n: m.digest for n, m in current.models.items()}))
+
+
+Parts = list[tuple[str, bytes | None]]  # each model pickled, or None: as in the known table
+
+
 def _unpack(
     path: Path, returncode: int | None, out: bytes, err: bytes
-) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """What the child wrote: the table's parts, or its refusal raised as ConfigError."""
+) -> tuple[bytes, Parts] | None:
+    """What the child wrote: the table's parts, None if it is the known table, or its
+    refusal raised as ConfigError."""
     if returncode != 0 or not out:
         message = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         problem = Problem(None, "", f"the table could not be read: {message[0]}")
         raise ConfigError(str(path), [problem])
     kind, payload = pickle.loads(out)
+    if kind == "unchanged":
+        return None
     if kind == "refused":
         source, problems = payload
         raise ConfigError(source, problems)
@@ -87,14 +111,20 @@ def _unpack(
     return shell, parts
 
 
-def _dump(path: str) -> bytes:
+def _dump(path: str, known: bytes) -> bytes:
     """The table in `path` as the parent takes it: the table without its models, then each
-    model pickled apart."""
+    model pickled apart, or None for a model the parent has as written (`known`)."""
     try:
         table = load_table(path)
     except ConfigError as exc:
         return pickle.dumps(("refused", (exc.source, exc.problems)))
-    parts = [(name, pickle.dumps(model, 5)) for name, model in table.models.items()]
+    digest, models = pickle.loads(known)
+    if table.digest == digest:
+        return pickle.dumps(("unchanged", digest))
+    parts = [
+        (name, None if models.get(name) == model.digest else pickle.dumps(model, 5))
+        for name, model in table.models.items()
+    ]
     shell = pickle.dumps(replace(table, models=MappingProxyType({})), 5)
     return pickle.dumps(("loaded", (shell, parts)), 5)
 
@@ -103,4 +133,4 @@ if __name__ == "__main__":
     # Below the server in the CPU's queue: on a machine with few cores the parse must take
     # what the serving loop leaves, not the other way round.
     os.nice(10)
-    sys.stdout.buffer.write(_dump(sys.argv[1]))
+    sys.stdout.buffer.write(_dump(sys.argv[1], sys.stdin.buffer.read()))

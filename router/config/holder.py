@@ -104,9 +104,12 @@ class TableHolder:
             return ReloadResult("unchanged", self.current.digest)
         async with self._lock:
             try:
-                table = await load_apart(self.path)
+                table = await load_apart(self.path, self.current)
             except ConfigError as exc:
                 return self._refuse(exc.messages(), reason)
+            if table is None:  # the file says what the table in force says
+                self._count("unchanged")
+                return ReloadResult("unchanged", self.current.digest)
             return self._install(self._overrides(table), reason)
 
     def _refuse(self, problems: list[str], reason: str) -> ReloadResult:
