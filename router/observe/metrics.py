@@ -180,6 +180,14 @@ class Metrics:
             for version in model.versions.values():
                 down = is_down((model.name, version.name, version.url))
                 self.set_up(model.name, version.name, not down)
+                # Made now, not at the version's first request: a histogram is 16 values,
+                # and made then, on a table of thousands of versions, they would feed the
+                # cyclic collector's full passes for minutes; made here, the table's
+                # freeze (config/holder.py) takes them out of its sight too.
+                if (model.name, version.name) not in self._histograms:
+                    self._histograms[model.name, version.name] = self.latency.labels(
+                        model.name, version.name
+                    )
 
     def set_up(self, model: str, version: str, up: bool) -> None:
         self.upstream_up.labels(model, version).set(1 if up else 0)
