@@ -146,6 +146,9 @@ class Split:
     versions: tuple[str, ...]
     percents: tuple[Decimal, ...]
     edges: tuple[int, ...]
+    # The percentages as JSON numbers, worked out once: every reload's `config_loaded`
+    # lists every model's split.
+    shown: tuple[tuple[str, float | int], ...] = field(default=(), compare=False)
 
     @classmethod
     def of(cls, shares: Mapping[str, Decimal]) -> Split:
@@ -155,7 +158,8 @@ class Split:
         for percent in shares.values():
             total += int(percent * 100)  # at most two decimals: exact
             edges.append(total)
-        return cls(tuple(shares), tuple(shares.values()), tuple(edges))
+        shown = tuple((v, int(p) if p == p.to_integral() else float(p)) for v, p in shares.items())
+        return cls(tuple(shares), tuple(shares.values()), tuple(edges), shown)
 
     def version_at(self, b: int) -> str:
         return self.versions[bisect.bisect_right(self.edges, b)]
@@ -167,6 +171,8 @@ class Split:
 
     def as_dict(self) -> dict[str, float | int]:
         """Percentages as JSON numbers: ints where whole, for the log and the admin view."""
+        if self.shown:
+            return dict(self.shown)
         return {v: int(p) if p == p.to_integral() else float(p) for v, p in self.shares()}
 
     def shares(self) -> list[tuple[str, Decimal]]:
