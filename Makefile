@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow bench-overload bench-conformance calibration calibration-rollout clean
+.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow bench-overload bench-conformance bench-tables calibration calibration-rollout clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,12 @@ bench-conformance: $(STAMP)
 	command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light)
 	$(BIN)/python bench/conformance_suites.py
+
+## bench-tables: routing tables of 1 to 10,000 models (0 or 20 rules) and a 50,000-user rule: check against CSafeLoader, router memory, latency through 5 reloads under wrk
+bench-tables: $(STAMP)
+	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
+	$(BIN)/python bench/table_bench.py
 
 ## calibration: the statistics engine's false-positive rates, power and coverage, by simulation
 calibration: $(STAMP)
