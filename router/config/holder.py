@@ -108,8 +108,7 @@ class TableHolder:
             except ConfigError as exc:
                 return self._refuse(exc.messages(), reason)
             if table is None:  # the file says what the table in force says
-                self._count("unchanged")
-                return ReloadResult("unchanged", self.current.digest)
+                return self._unchanged()
             await asyncio.sleep(0)  # requests first: the swap's bookkeeping is a few ms more
             return self._install(self._overrides(table), reason)
 
@@ -130,13 +129,13 @@ class TableHolder:
         table, ignored = _keep_fixed(self.current, table)
         self.restart_needed = ignored
         if table.digest == self.current.digest:
-            self._count("unchanged")
-            return ReloadResult("unchanged", table.digest)
+            return self._unchanged()
         changed = changed_models(self.current, table)
         previous = self.current.digest
         moves = churn.churn(self.current, table, changed)
-        self.current = table  # the old one is freed here, unless a request still holds it
-        keep_out_of_gc()
+        # The old table is freed here, unless a request still holds it (the new one was
+        # frozen out of the collector's sight as it was built: apart.py).
+        self.current = table
         give_back_memory()
         self.loaded_at = time.time()
         for callback in self.on_swap:
@@ -155,6 +154,10 @@ class TableHolder:
         )
         summary = {name: change.as_dict() for name, change in moves.items()}
         return ReloadResult("loaded", table.digest, moves=summary)
+
+    def _unchanged(self) -> ReloadResult:
+        self._count("unchanged")
+        return ReloadResult("unchanged", self.current.digest)
 
     def _count(self, result: str) -> None:
         if self._counted is not None:

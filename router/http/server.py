@@ -54,7 +54,7 @@ class Server:
         self._idle = asyncio.Event()
         self._idle.set()
         self._listeners: list[Listener] = []
-        self._opening = 0  # accepted, their Connection not made yet
+        self._opening: set[asyncio.Task[None]] = set()  # accepted, no Connection made yet
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -70,19 +70,18 @@ class Server:
         return [listener.sock.getsockname()[:2] for listener in self._listeners]
 
     def _room(self) -> bool:
-        return len(self.connections) + self._opening < self.max_connections()
+        return len(self.connections) + len(self._opening) < self.max_connections()
 
     def _accepted(self, sock: socket.socket) -> None:
-        self._opening += 1
-        self.loop.create_task(self._connect(sock))
+        task = self.loop.create_task(self._connect(sock))
+        self._opening.add(task)  # held: the loop keeps only weak references to tasks
+        task.add_done_callback(self._opening.discard)
 
     async def _connect(self, sock: socket.socket) -> None:
         try:
             await self.loop.connect_accepted_socket(lambda: Connection(self), sock)
         except OSError:
             sock.close()
-        finally:
-            self._opening -= 1
 
     def closed_one(self) -> None:
         """A connection closed: a listener paused for want of room accepts again."""

@@ -23,9 +23,8 @@ Key = tuple[str, str, str]  # model, version, url: a version's place in one tabl
 class Overloaded(RouterError):
     """503 `overloaded`, with `Retry-After: 1` (contract section 10)."""
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__("overloaded", message)
-        self.reason = reason
 
 
 class _Gate:
@@ -94,12 +93,18 @@ class Admission:
     def _expire(self, key: Key, gate: _Gate, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             self._unqueue(key, gate, waiter)
-            waiter.set_exception(Overloaded("queue_s ran out", "queue_timeout"))
+            waiter.set_exception(Overloaded("queue_s ran out"))
 
     def _unqueue(self, key: Key, gate: _Gate, waiter: asyncio.Future[None]) -> None:
         if waiter in gate.waiting:
             gate.waiting.remove(waiter)
             self.metrics.queued(key, -1)
+
+    def short_of(self, key: Key, cause: Exception) -> Overloaded:
+        """The router itself ran out (descriptors, buffers): 503, counted as `local`, and
+        never the version's failure."""
+        self.metrics.overloaded(key, "local")
+        return Overloaded(f"{cause}; retry later")
 
     def _refuse(self, key: Key, version: Version, reason: str) -> Overloaded:
         self.metrics.overloaded(key, reason)
@@ -107,6 +112,5 @@ class Admission:
         return Overloaded(
             f"version '{version.name}' of model '{model}' has {version.max_in_flight} "
             f"requests in flight (max_in_flight) and no place came free within "
-            f"{version.queue_s:g} s (queue_s); retry later",
-            reason,
+            f"{version.queue_s:g} s (queue_s); retry later"
         )

@@ -12,7 +12,8 @@ would be gigabytes (docs/behaviour.md has the trade-off).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,7 +48,7 @@ class RequestBody:
     def payload(self) -> bytes | AsyncIterator[bytes] | None:
         return self.data if self.stream is None else self.chunks()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as the client sends it, each piece within body_timeout_s, the whole
         within max_body_mb."""
         assert self.stream is not None
@@ -83,12 +84,11 @@ async def read_body(request: Request, settings: ServerSettings) -> RequestBody:
         return RequestBody(None)
     timeout = settings.body_timeout_s
     request.send_continue()
+    stream = RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
     if length is None and settings.request_buffering:
-        return await _buffered(
-            RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
-        )
+        return await _buffered(stream)
     if length is None or length > BUFFER_BYTES:
-        return RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
+        return stream
     try:
         # Small bodies have usually arrived with the headers: take them at once.
         ready = request.content.read_nowait(length)
@@ -110,12 +110,13 @@ async def _buffered(stream: RequestBody) -> RequestBody:
     pieces: list[bytes] = []
     total = 0
     try:
-        async for chunk in stream.chunks():
-            pieces.append(chunk)
-            total += len(chunk)
-            if total > BUFFER_BYTES:
-                stream.head = b"".join(pieces)
-                return stream
+        async with aclosing(stream.chunks()) as chunks:  # a second one streams the rest
+            async for chunk in chunks:
+                pieces.append(chunk)
+                total += len(chunk)
+                if total > BUFFER_BYTES:
+                    stream.head = b"".join(pieces)
+                    return stream
     except ClientGone:
         return RequestBody(None, client_gone=True)
     return RequestBody(b"".join(pieces))

@@ -32,7 +32,7 @@ from router.observe.health import HealthBook
 from router.observe.log import Pseudonymizer
 from router.observe.metrics import Metrics
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
-from router.proxy.admission import Admission, Overloaded
+from router.proxy.admission import Admission
 from router.proxy.body import ClientGone, RequestBody, read_body
 from router.proxy.feedback import feedback
 from router.proxy.headers import headers_for, request_id
@@ -263,8 +263,7 @@ class Proxy:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
             return Response(CLIENT_CLOSED)
         except LocalShortage as exc:  # the router's own state: not the version's failure
-            self.metrics.overloaded(key, "local")
-            raise Overloaded(f"{exc}; retry later", "local") from exc
+            raise self.admission.short_of(key, exc) from exc
         except UpstreamError as exc:
             raise self._failure(exc, model, version, sent, ex) from exc
         self.health.success(key)
