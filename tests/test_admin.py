@@ -16,13 +16,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from router.app import Router
 from router.config.validate import load_table
 from tests.support.client import get_json
-from tests.support.echo import create_echo_app
+from tests.support.echo import SEEN, create_echo_app
 from tests.support.metrics import REQUESTS, Metrics, scrape
 from tests.support.running import (
     LOOPBACK,
@@ -376,6 +377,33 @@ async def test_active_checks_mark_a_failing_version_down_without_traffic(
         ("sick", "v1", "v2"),
         ("well", "v1", "v1"),
     ]
+
+
+async def test_an_active_check_added_by_a_reload_runs_and_one_removed_stops(
+    backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
+) -> None:
+    """The check loop follows the table in force: it works out the checked versions once
+    per table, not each tick, so it must notice a reload that adds or removes a check."""
+    plain = two_versions(backends, fallback="v2", outlier={"failures": 1, "cooloff_s": 30})
+    checked = two_versions(backends, fallback="v2", outlier={"failures": 1, "cooloff_s": 30})
+    checked["m"]["versions"]["v1"]["health"] = {"path": "/status/500", "interval_s": 0.1}
+    seen = backend_servers["v1"].app[SEEN]
+
+    async def reload_to(models: dict[str, Any]) -> None:
+        config.write_text(yaml.safe_dump(table_data(models, tmp_path / "routing.jsonl")))
+        async with client.post(f"{router.admin_url}/admin/reload") as resp:
+            assert (await resp.json())["result"] == "loaded"
+
+    async with started(tmp_path, plain) as (router, config), aiohttp.ClientSession() as client:
+        await asyncio.sleep(0.3)
+        assert "/status/500" not in seen
+        await reload_to(checked)
+        await wait_upstream_up(client, router.admin_url, "m", "v1", 0, within=2.0)
+        await reload_to(plain)
+        await asyncio.sleep(0.3)  # a check under way when the table changed may still land
+        checks = seen.count("/status/500")
+        await asyncio.sleep(0.5)  # five intervals of the removed check
+        assert seen.count("/status/500") == checks
 
 
 async def test_upstream_up_is_one_for_every_version_from_the_start(

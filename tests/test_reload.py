@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestServer
 from router.cli import main
 from router.config.validate import load_table
 from tests.support.client import get_json
+from tests.support.metrics import scrape
 from tests.support.running import LOOPBACK, RouterProcess, read_log, requests_in, router_from_file
 from tests.support.waiting import forwarded, log_record, poll
 
@@ -266,6 +267,27 @@ async def test_post_admin_reload_loads_reports_unchanged_and_refuses(
         ("config_rejected", new),
     ]
     assert events[2]["error"] == problems
+
+
+async def test_the_watcher_does_not_read_again_a_file_the_admin_read(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    """On a big table each read is seconds of a child process's CPU: an edit followed by
+    POST /admin/reload (the usual deploy step) must cost one read, not a second by the
+    watcher that only finds the table unchanged."""
+    log_path = tmp_path / "routing.jsonl"
+    config = plain_file(tmp_path, table_text(log_path, backends, {"v1": 50, "v2": 50}))
+    async with router_from_file(config) as router, aiohttp.ClientSession() as client:
+        rename_over(config, table_text(log_path, backends, {"v1": 100, "v2": 0}))
+        status, body = await post_reload(client, router.admin_url)  # within the settle time
+        assert (status, body["result"]) == (200, "loaded")
+        await asyncio.sleep(3 * 0.5)  # three of the watcher's intervals
+        metrics = await scrape(client, router.admin_url)
+    reloads = {
+        result: metrics.value("model_router_reloads", "model_router_reloads_total", result=result)
+        for result in ("loaded", "unchanged", "rejected")
+    }
+    assert reloads == {"loaded": 1.0, "unchanged": None, "rejected": None}
 
 
 async def test_a_request_in_flight_finishes_on_the_table_it_started_with(

@@ -85,6 +85,8 @@ class TableHolder:
         self._log = log
         self._counted = counted  # told each reload's result: loaded, unchanged, rejected
         self._lock = asyncio.Lock()
+        # The file as last read, by any reload: the watcher leaves a file already read alone.
+        self._read = _signature(self.path) if self.path is not None else None
 
     def announce(self, reason: str = "start") -> None:
         """Log the table in force, as at start and at the top of a reopened log file, so
@@ -103,6 +105,8 @@ class TableHolder:
         if self.path is None:
             return ReloadResult("unchanged", self.current.digest)
         async with self._lock:
+            # Taken before the read: a file changed during it is read again by the watcher.
+            self._read = await asyncio.to_thread(_signature, self.path)
             try:
                 table = await load_apart(self.path, self.current)
             except ConfigError as exc:
@@ -168,19 +172,19 @@ class TableHolder:
 
         `os.stat` follows symlinks, so a Kubernetes ConfigMap update (`..data` pointed at a
         new folder) shows as a new inode. A change is acted on once the file has been stable
-        for one interval, so a half-written file is not read.
+        for one interval, so a half-written file is not read. A file an admin reload or a
+        SIGHUP has read already is not read again: on a big table each read is seconds of a
+        child process's CPU.
         """
         assert self.path is not None
-        seen = _signature(self.path)
         while True:
             await asyncio.sleep(interval)
             now = await asyncio.to_thread(_signature, self.path)
-            if now == seen or now is None:
+            if now == self._read or now is None:
                 continue
             await asyncio.sleep(interval)
-            if await asyncio.to_thread(_signature, self.path) != now:
-                continue  # still being written
-            seen = now
+            if await asyncio.to_thread(_signature, self.path) != now or now == self._read:
+                continue  # still being written, or read meanwhile
             await self.reload("file changed")
 
 

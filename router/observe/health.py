@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -83,11 +83,9 @@ async def active_checks(
     due: dict[Key, float] = {}
     running: set[asyncio.Task[None]] = set()
 
-    async def check(
-        key: Key, origin: Origin, path: str, seconds: float, threshold: int, cooloff: float
-    ) -> None:
+    async def check(c: _Check) -> None:
         try:
-            response = await client.send(origin, "GET", path, (), None, seconds)
+            response = await client.send(c.origin, "GET", c.path, (), None, c.timeout_s)
             try:
                 await response.read()
             finally:
@@ -96,16 +94,26 @@ async def active_checks(
         except UpstreamError:
             ok = False
         if ok:
-            book.success(key)
+            book.success(c.key)
         else:
-            book.failure(key, threshold, cooloff)
+            book.failure(c.key, c.failures, c.cooloff_s)
 
     async def loop() -> None:
+        table, checks = None, []
         while True:
-            for args in _due(tables(), due, time.monotonic()):
-                task = asyncio.create_task(check(*args))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            if tables() is not table:  # a reload: only versions with a check are walked
+                table = tables()
+                checks = _checks(table)
+                kept = {check.key for check in checks}
+                for key in [key for key in due if key not in kept]:
+                    del due[key]
+            now = time.monotonic()
+            for c in checks:
+                if due.get(c.key, 0.0) <= now:
+                    due[c.key] = now + c.interval_s
+                    task = asyncio.create_task(check(c))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
             await asyncio.sleep(0.1)
 
     task = asyncio.create_task(loop())
@@ -118,26 +126,33 @@ async def active_checks(
         await asyncio.gather(task, *running, return_exceptions=True)
 
 
-def _due(
-    table: Table, due: dict[Key, float], now: float
-) -> Iterator[tuple[Key, Origin, str, float, int, float]]:
-    """The checks whose time has come: key, origin, path, timeout, failures, cool-off;
-    each next one is noted in `due`."""
-    for model in table.models.values():
-        for version in model.versions.values():
-            if version.health is None:
-                continue
-            key = (model.name, version.name, version.url)
-            if due.get(key, 0.0) > now:
-                continue
-            due[key] = now + version.health.interval_s
-            seconds = min(version.timeout_s, version.health.interval_s)
-            path = version.health.path
-            yield (
-                key,
-                version.origin,
-                path,
-                seconds,
-                model.outlier.failures,
-                model.outlier.cooloff_s,
-            )
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """One version's active check, as the table in force configures it."""
+
+    key: Key
+    origin: Origin
+    path: str
+    interval_s: float
+    timeout_s: float
+    failures: int  # the model's outlier settings
+    cooloff_s: float
+
+
+def _checks(table: Table) -> list[_Check]:
+    """The versions of `table` with an active check: worked out once per table, so that a
+    table of thousands of models and no checks costs the loop nothing."""
+    return [
+        _Check(
+            key=(model.name, version.name, version.url),
+            origin=version.origin,
+            path=version.health.path,
+            interval_s=version.health.interval_s,
+            timeout_s=min(version.timeout_s, version.health.interval_s),
+            failures=model.outlier.failures,
+            cooloff_s=model.outlier.cooloff_s,
+        )
+        for model in table.models.values()
+        for version in model.versions.values()
+        if version.health is not None
+    ]
