@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router.config.holder import ReloadResult, TableHolder
 from router.errors import RouterError, error_body
@@ -20,7 +20,7 @@ from router.http.request import new_request_id
 from router.observe.health import HealthBook
 
 TABLES = web.AppKey("tables", TableHolder)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
+METRICS: web.AppKey[Callable[[], Awaitable[bytes]]] = web.AppKey("metrics")
 HEALTH = web.AppKey("health", HealthBook)
 TOKEN = web.AppKey("token", str)  # empty: POST endpoints are open
 NOT_READY: web.AppKey[Callable[[], str | None]] = web.AppKey("not_ready")
@@ -31,15 +31,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_admin_app(
     tables: TableHolder,
-    registry: CollectorRegistry,
+    metrics: Callable[[], Awaitable[bytes]],
     health: HealthBook,
     not_ready: Callable[[], str | None],
     reload_all: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
-    """`not_ready` gives the reason the process is not ready, or None; `reload_all` defaults
-    to reloading `tables` (a supervisor passes one that reaches its workers too)."""
+    """`metrics` writes the /metrics body; `not_ready` gives the reason the process is not
+    ready, or None; `reload_all` defaults to reloading `tables` (a supervisor passes one
+    that reaches its workers too)."""
     app = web.Application(middlewares=[_json_errors])
-    app[TABLES], app[REGISTRY], app[HEALTH] = tables, registry, health
+    app[TABLES], app[METRICS], app[HEALTH] = tables, metrics, health
     app[NOT_READY] = not_ready
     app[RELOAD] = reload_all or (lambda: tables.reload("admin"))
     env = tables.current.server.admin_token_env
@@ -132,5 +133,5 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
+    body = await request.app[METRICS]()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -72,7 +72,7 @@ class Router:
         if admin:
             app = create_admin_app(
                 self.tables,
-                self.metrics.registry,
+                self.metrics.text,
                 book,
                 lambda: "draining" if self.draining[0] else None,
             )

@@ -12,11 +12,13 @@ from collections.abc import Callable, Collection
 from importlib.metadata import version as package_version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 
 from router.config.model import Table
+from router.observe.series import IN_FLIGHT, LATENCY, QUEUED, REQUESTS, UP, SeriesBook
 
-if values.ValueClass is not values.MutexValue:
+MULTIPROCESS = values.ValueClass is not values.MutexValue  # PROMETHEUS_MULTIPROC_DIR is set
+if MULTIPROCESS:
     # Multiprocess mode (`serve --workers`): by default every increment asks os.getpid()
     # whether the process forked, a system call, three per request. Workers are spawned,
     # never forked, so their pid is asked for once.
@@ -32,25 +34,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "model_router_requests",
-            "Requests by model, version that answered and outcome.",
-            ["model", "version", "outcome"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "model_router_request_duration_seconds",
-            "Time in the router per request.",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_up = Gauge(
-            "model_router_upstream_up",
-            "1 while a version takes traffic, 0 while it is marked down.",
-            ["model", "version"],
-            registry=r,
-            multiprocess_mode="livemin",  # with workers: 0 if any worker has it down
+        # Requests, latency and each version's gauges: see series.py and _Children.
+        self.versions: SeriesBook | _Children = (
+            _Children(r) if MULTIPROCESS else SeriesBook(LATENCY_BUCKETS)
         )
         self.reloads = Counter(
             "model_router_reloads", "Routing-table reloads by result.", ["result"], registry=r
@@ -66,8 +52,6 @@ class Metrics:
         self.build.labels(package_version("model-router"), platform.python_version()).set(1)
         self._shadow_and_rollout(r)
         self._admission(r)
-        self._counters: dict[tuple[str, str, str], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
 
     def _shadow_and_rollout(self, r: CollectorRegistry) -> None:
         self.shadow_requests = Counter(
@@ -100,20 +84,6 @@ class Metrics:
         )
 
     def _admission(self, r: CollectorRegistry) -> None:
-        self.in_flight_requests = Gauge(
-            "model_router_upstream_in_flight",
-            "Requests forwarded to a version and not yet answered whole.",
-            ["model", "version"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.queued_requests = Gauge(
-            "model_router_upstream_queued",
-            "Requests waiting for a place at a version (max_in_flight reached).",
-            ["model", "version"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
         self.overload = Counter(
             "model_router_overloaded",
             "Requests answered 503 overloaded, by reason: full (no queue), queue_timeout, "
@@ -121,20 +91,12 @@ class Metrics:
             ["model", "version", "reason"],
             registry=r,
         )
-        self._gauges: dict[tuple[str, str, str], Any] = {}
 
     def in_flight(self, key: tuple[str, str, str], change: int) -> None:
-        self._gauge("in_flight", key).inc(change)
+        self.versions.in_flight(key[0], key[1], change)
 
     def queued(self, key: tuple[str, str, str], change: int) -> None:
-        self._gauge("queued", key).inc(change)
-
-    def _gauge(self, which: str, key: tuple[str, str, str]) -> Any:
-        child = self._gauges.get((which, key[0], key[1]))
-        if child is None:
-            gauge = self.in_flight_requests if which == "in_flight" else self.queued_requests
-            child = self._gauges[which, key[0], key[1]] = gauge.labels(key[0], key[1])
-        return child
+        self.versions.queued(key[0], key[1], change)
 
     def overloaded(self, key: tuple[str, str, str], reason: str) -> None:
         self.overload.labels(key[0], key[1], reason).inc()
@@ -143,17 +105,11 @@ class Metrics:
         self.reloads.labels(result).inc()
 
     def observe(self, model: str | None, version: str | None, outcome: str, seconds: float) -> None:
-        model, version = model or NONE, version or NONE
-        counter = self._counters.get((model, version, outcome))
-        if counter is None:
-            counter = self._counters[model, version, outcome] = self.requests.labels(
-                model, version, outcome
-            )
-        counter.inc()
-        histogram = self._histograms.get((model, version))
-        if histogram is None:
-            histogram = self._histograms[model, version] = self.latency.labels(model, version)
-        histogram.observe(seconds)
+        self.versions.observe(model or NONE, version or NONE, outcome, seconds)
+
+    async def text(self) -> bytes:
+        """The /metrics body: the registry's families, then each version's."""
+        return generate_latest(self.registry) + (await self.versions.text()).encode()
 
     def shadow(self, model: str, version: str, outcome: str, agree: bool | None) -> None:
         self.shadow_requests.labels(model, version, outcome).inc()
@@ -179,15 +135,65 @@ class Metrics:
                     self.rollout_state.labels(model.name, rollout.candidate, state).set(int(on))
             for version in model.versions.values():
                 down = is_down((model.name, version.name, version.url))
-                self.set_up(model.name, version.name, not down)
-                # Made now, not at the version's first request: a histogram is 16 values,
-                # and made then, on a table of thousands of versions, they would feed the
-                # cyclic collector's full passes for minutes; made here, the table's
-                # freeze (config/holder.py) takes them out of its sight too.
-                if (model.name, version.name) not in self._histograms:
-                    self._histograms[model.name, version.name] = self.latency.labels(
-                        model.name, version.name
-                    )
+                self.versions.track(model.name, version.name, not down)
 
     def set_up(self, model: str, version: str, up: bool) -> None:
-        self.upstream_up.labels(model, version).set(1 if up else 0)
+        self.versions.set_up(model, version, up)
+
+
+class _Children:
+    """The per-version families as prometheus-client children, for workers: their values
+    live in the files the supervisor sums (multiprocess mode), so `text` adds nothing."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.requests = Counter(*_help(REQUESTS), ["model", "version", "outcome"], registry=r)
+        self.latency = Histogram(
+            *_help(LATENCY), ["model", "version"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        # livemin: 0 if any worker has the version down; the others add up across workers
+        self.up = Gauge(*_help(UP), ["model", "version"], registry=r, multiprocess_mode="livemin")
+        labels = ["model", "version"]
+        self.in_flights = Gauge(*_help(IN_FLIGHT), labels, registry=r, multiprocess_mode="livesum")
+        self.queues = Gauge(*_help(QUEUED), labels, registry=r, multiprocess_mode="livesum")
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    def observe(self, model: str, version: str, outcome: str, seconds: float) -> None:
+        counter = self._counters.get((model, version, outcome))
+        if counter is None:
+            counter = self._counters[model, version, outcome] = self.requests.labels(
+                model, version, outcome
+            )
+        counter.inc()
+        self._histogram(model, version).observe(seconds)
+
+    def _histogram(self, model: str, version: str) -> Any:
+        histogram = self._histograms.get((model, version))
+        if histogram is None:
+            histogram = self._histograms[model, version] = self.latency.labels(model, version)
+        return histogram
+
+    def track(self, model: str, version: str, up: bool) -> None:
+        """Every gauge of a version shows from the start (0 is not "unknown"); the
+        histogram is made now, so that the table's freeze (holder.py) covers it."""
+        self.set_up(model, version, up)
+        self._histogram(model, version)
+        self.in_flight(model, version, 0)
+        self.queued(model, version, 0)
+
+    def set_up(self, model: str, version: str, up: bool) -> None:
+        self.up.labels(model, version).set(1 if up else 0)
+
+    def in_flight(self, model: str, version: str, change: int) -> None:
+        self.in_flights.labels(model, version).inc(change)
+
+    def queued(self, model: str, version: str, change: int) -> None:
+        self.queues.labels(model, version).inc(change)
+
+    async def text(self) -> str:
+        return ""
+
+
+def _help(family: tuple[str, str, str]) -> tuple[str, str]:
+    """A family's name and HELP text, as series.py writes them."""
+    return family[0], family[2]
