@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -20,7 +20,7 @@ from router.http.request import new_request_id
 from router.observe.health import HealthBook
 
 TABLES = web.AppKey("tables", TableHolder)
-METRICS: web.AppKey[Callable[[], Awaitable[bytes]]] = web.AppKey("metrics")
+METRICS: web.AppKey[Callable[[], AsyncIterator[bytes]]] = web.AppKey("metrics")
 HEALTH = web.AppKey("health", HealthBook)
 TOKEN = web.AppKey("token", str)  # empty: POST endpoints are open
 NOT_READY: web.AppKey[Callable[[], str | None]] = web.AppKey("not_ready")
@@ -31,12 +31,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_admin_app(
     tables: TableHolder,
-    metrics: Callable[[], Awaitable[bytes]],
+    metrics: Callable[[], AsyncIterator[bytes]],
     health: HealthBook,
     not_ready: Callable[[], str | None],
     reload_all: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
-    """`metrics` writes the /metrics body; `not_ready` gives the reason the process is not
+    """`metrics` writes the /metrics body in chunks; `not_ready` gives the reason the process is not
     ready, or None; `reload_all` defaults to reloading `tables` (a supervisor passes one
     that reaches its workers too)."""
     app = web.Application(middlewares=[_json_errors])
@@ -132,6 +132,11 @@ async def reload(request: web.Request) -> web.Response:
     return _json({"result": result.result, "config": result.digest, "models": result.moves})
 
 
-async def metrics_text(request: web.Request) -> web.Response:
-    body = await request.app[METRICS]()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def metrics_text(request: web.Request) -> web.StreamResponse:
+    """Sent as it is written: on a big table the text is tens of megabytes."""
+    response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+    await response.prepare(request)
+    async for chunk in request.app[METRICS]():
+        await response.write(chunk)
+    await response.write_eof()
+    return response

@@ -72,7 +72,7 @@ class Router:
         if admin:
             app = create_admin_app(
                 self.tables,
-                self.metrics.text,
+                self.metrics.exposition,
                 book,
                 lambda: "draining" if self.draining[0] else None,
             )

@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from functools import partial
+from collections.abc import AsyncIterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,12 @@ class Supervisor:
         self.tables = TableHolder(table, source, quiet, None, overrides)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
-        # Summing the workers' files is seconds of Python on a table of thousands of
-        # versions: in a thread, so that signals and reloads are not held up meanwhile.
-        metrics = partial(asyncio.to_thread, generate_latest, registry)
+
+        async def metrics() -> AsyncIterator[bytes]:
+            # Summing the workers' files is seconds of Python on a table of thousands of
+            # versions: in a thread, so that signals and reloads are not held up meanwhile.
+            yield await asyncio.to_thread(generate_latest, registry)
+
         app = create_admin_app(self.tables, metrics, HealthBook(), self._not_ready, self.reload)
         self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
         self.listen = self._reserve(table.server.listen)

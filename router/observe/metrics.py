@@ -6,9 +6,10 @@ and two increments, not a label resolution each time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -107,9 +108,13 @@ class Metrics:
     def observe(self, model: str | None, version: str | None, outcome: str, seconds: float) -> None:
         self.versions.observe(model or NONE, version or NONE, outcome, seconds)
 
-    async def text(self) -> bytes:
-        """The /metrics body: the registry's families, then each version's."""
-        return generate_latest(self.registry) + (await self.versions.text()).encode()
+    async def exposition(self) -> AsyncIterator[bytes]:
+        """The /metrics body in chunks: the registry's families, then each version's, with
+        the event loop let through between chunks."""
+        yield generate_latest(self.registry)
+        for chunk in self.versions.chunks():
+            await asyncio.sleep(0)
+            yield chunk
 
     def shadow(self, model: str, version: str, outcome: str, agree: bool | None) -> None:
         self.shadow_requests.labels(model, version, outcome).inc()
@@ -190,8 +195,8 @@ class _Children:
     def queued(self, model: str, version: str, change: int) -> None:
         self.queues.labels(model, version).inc(change)
 
-    async def text(self) -> str:
-        return ""
+    def chunks(self) -> Iterator[bytes]:
+        return iter(())
 
 
 def _help(family: tuple[str, str, str]) -> tuple[str, str]:

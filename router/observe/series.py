@@ -8,14 +8,15 @@ router's memory per model, and a scrape of /metrics held the serving loop for 0.
 So in a single process the per-version families (requests by outcome, latency, up, in
 flight, queued) live here: one slotted record per version, its bucket counts in an
 `array` (which the cyclic collector never walks), its label text escaped once. The text
-is written in the exposition format, a slice of versions at a time, with the event loop
-let through between slices. Workers (`serve --workers`) keep prometheus-client's
-multiprocess values instead, which the supervisor sums (metrics.py).
+is written in the exposition format, a slice of versions at a time, each slice sent as it
+is written with the event loop let through between slices (a table of 10,000 models is
+33 MB of text: neither writing nor sending it may hold the loop). Workers (`serve
+--workers`) keep prometheus-client's multiprocess values instead, which the supervisor
+sums (metrics.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from array import array
 from bisect import bisect_left
@@ -87,8 +88,9 @@ class SeriesBook:
     def queued(self, model: str, version: str, change: int) -> None:
         self.get(model, version).queued += change
 
-    async def text(self) -> str:
-        """The exposition of every family, family by family, yielding between slices."""
+    def chunks(self) -> Iterator[bytes]:
+        """The exposition of every family, family by family, in chunks of at most about
+        SLICE_S of work each: the caller lets the event loop run between them."""
         parts: list[str] = []
         started = time.perf_counter()
         for (name, kind, doc), lines in (
@@ -103,9 +105,10 @@ class SeriesBook:
             for series in list(self._by_key.values()):
                 parts.extend(lines(series))
                 if time.perf_counter() - started > SLICE_S:
-                    await asyncio.sleep(0)
+                    yield "".join(parts).encode()
+                    parts.clear()
                     started = time.perf_counter()
-        return "".join(parts)
+        yield "".join(parts).encode()
 
     @staticmethod
     def _requests(series: Series) -> Iterator[str]:
