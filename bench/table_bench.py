@@ -14,7 +14,8 @@ a 90/10 split, and N rules `match: {header: {X-Tenant: tenant-K}} -> v2`. Then:
 - start: `python -m router serve` (one process), the time until its `serving on` banner,
   and its resident memory (VmRSS) then;
 - baseline: wrk (`-t1 -c4`, POST to a random model of the table with a random X-User-ID
-  and X-Tenant) for --baseline-s seconds, after a short warm-up, with no reload;
+  and X-Tenant) for --baseline-s seconds, after a short warm-up, with no reload; VmRSS
+  after it (every version has had requests: its metrics exist);
 - reloads: wrk again, started with a long duration; after 2 s the bench rewrites the
   table with model-0's split flipped (90/10 <-> 89/11), POSTs /admin/reload, waits for
   the answer (the reload time) and 1 s more, --reloads times; then it stops wrk with
@@ -22,12 +23,13 @@ a 90/10 split, and N rules `match: {header: {X-Tenant: tenant-K}} -> v2`. Then:
   the run covers every reload however long each takes. The file watcher may load a new
   file before the admin does (the admin then answers `unchanged`, after the watcher's
   reload, since reloads take a lock): either way the answer's digest must be the new one.
-  The watcher also reloads the file the admin already loaded (`unchanged`, after a whole
-  parse in its child), so a reload's answer can wait for the previous edit's second one;
-  the first reload of a size has none before it. Then VmRSS and VmHWM (peak) again, and
-  the reloads by result from /metrics.
+  The watcher leaves alone a file the admin has read. Then VmRSS and VmHWM (peak) again,
+  and the reloads by result from /metrics;
+- scrapes: wrk for --baseline-s seconds while a thread GETs /metrics once a second (a
+  Prometheus scrapes every 15 to 60 s: this is the worst case), timing each scrape.
 
-Prints two markdown tables (check and memory; latency and req/s) and writes every number
+Prints three markdown tables (check and memory; latency and req/s through reloads;
+/metrics size, scrape time and latency through scrapes) and writes every number
 to bench/results/tables.json (after each size, so a sweep cut short keeps what it has).
 `--quick` runs 1x0, 100x20 and 2000x20 with a 5 s baseline.
 The issue's goal for 2000x20: worst latency during the reloads within 20 ms of the
@@ -48,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -65,6 +68,7 @@ USERS = 50_000
 START_TIMEOUT_S = 900.0
 LEAD_S = 2.0  # wrk runs this long before the first reload
 SETTLE_S = 1.0  # the wait after each reload's answer
+SCRAPE_EVERY_S = 1.0  # Prometheus scrapes every 15-60 s; once a second shows the worst
 BANNER = re.compile(r"serving on (http://\S+) \(admin (http://\S+)\)")
 MIB = 2**20
 
@@ -141,6 +145,7 @@ class Row:
     csafe_load_s: float = 0.0
     ready_s: float = 0.0
     rss_start_mib: float = 0.0
+    rss_baseline_mib: float = 0.0  # after the baseline load, before any reload
     rss_after_mib: float = 0.0
     rss_peak_mib: float = 0.0
     reload_s: list[float] = field(default_factory=list)
@@ -152,6 +157,9 @@ class Row:
     commit: str = ""  # HEAD when the size started (see git_head)
     baseline: Load | None = None
     reloading: Load | None = None
+    scraping: Load | None = None  # wrk while /metrics is scraped every SCRAPE_EVERY_S
+    scrape_s: list[float] = field(default_factory=list)
+    metrics_mib: float = 0.0
 
 
 def table_text(size: Size, backend: int, log: Path, split: tuple[int, int]) -> str:
@@ -304,6 +312,27 @@ def under_reloads(
     return parse_wrk(out + err)
 
 
+def under_scrapes(url: str, admin: str, script: Path, seconds: float, row: Row) -> Load:
+    """wrk while another thread GETs /metrics every SCRAPE_EVERY_S, timing each scrape."""
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"{admin}/metrics", timeout=60) as answer:
+                row.metrics_mib = len(answer.read()) / MIB
+            row.scrape_s.append(time.perf_counter() - started)
+            stop.wait(SCRAPE_EVERY_S)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        return wrk(url, script, seconds)
+    finally:
+        stop.set()
+        scraper.join()
+
+
 def bench_size(size: Size, tmp: Path, backend: int, args: argparse.Namespace) -> Row:
     config, log = tmp / "routes.yaml", tmp / "routing.jsonl"
     flips = [(89, 11) if n % 2 == 0 else (90, 10) for n in range(args.reloads)]
@@ -321,12 +350,16 @@ def bench_size(size: Size, tmp: Path, backend: int, args: argparse.Namespace) ->
         script.write_text(WRK_SCRIPT.replace("MODELS", str(size.models)))
         wrk(url, script, args.warm_up_s)
         row.baseline = wrk(url, script, args.baseline_s)
-        print(f"  baseline: {fmt_load(row.baseline)}", flush=True)
+        row.rss_baseline_mib = memory(proc.pid)["VmRSS"]
+        print(f"  baseline: {fmt_load(row.baseline)}, {row.rss_baseline_mib:.0f} MiB", flush=True)
         row.reloading = under_reloads(url, admin, script, texts[1:], config, row)
         print(f"  reloads:  {fmt_load(row.reloading)}", flush=True)
         mem = memory(proc.pid)
         row.rss_after_mib, row.rss_peak_mib = mem["VmRSS"], mem["VmHWM"]
         row.reload_counts = reload_counts(admin)
+        row.scraping = under_scrapes(url, admin, script, args.baseline_s, row)
+        print(f"  scraping: {fmt_load(row.scraping)}, /metrics {row.metrics_mib:.1f} MiB in "
+              f"{statistics.median(row.scrape_s):.3f} s (median)", flush=True)  # fmt: skip
     finally:
         stop_router(proc)
     return row
@@ -382,14 +415,14 @@ def fmt_load(load: Load) -> str:
 
 def print_tables(rows: list[Row]) -> None:
     print("\n| table | file MiB | check s | CSafeLoader s (process / load) | check x CSafeLoader"
-          " (process / load) | ready s | RSS start MiB | RSS after reloads MiB | peak MiB "
-          "| outside CPU % | commit |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          " (process / load) | ready s | RSS start MiB | RSS after load MiB "
+          "| RSS after reloads MiB | peak MiB | outside CPU % | commit |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         print(f"| {r.size} | {r.file_mib:.1f} | {r.check_s:.2f} | {r.csafe_wall_s:.2f} / "
               f"{r.csafe_load_s:.2f} | {r.check_s / r.csafe_wall_s:.2f} / "
               f"{r.check_s / r.csafe_load_s:.1f} | {r.ready_s:.2f} | {r.rss_start_mib:.0f} "
-              f"| {r.rss_after_mib:.0f} | {r.rss_peak_mib:.0f} "
+              f"| {r.rss_baseline_mib:.0f} | {r.rss_after_mib:.0f} | {r.rss_peak_mib:.0f} "
               f"| {r.outside_cpu_pct:.0f} | {r.commit} |")  # fmt: skip
     print("\n| table | reload s (first / median / max) | loaded / unchanged | req/s | p99 ms "
           "| max ms | req/s reloading | p99 ms reloading | max ms reloading "
@@ -403,6 +436,15 @@ def print_tables(rows: list[Row]) -> None:
               f"{max(r.reload_s):.2f} | {n.get('loaded', 0):.0f} / {n.get('unchanged', 0):.0f} "
               f"| {b.rps:,.0f} | {b.p99_ms:.2f} | {b.max_ms:.2f} | {d.rps:,.0f} | "
               f"{d.p99_ms:.2f} | {d.max_ms:.2f} | {d.max_ms - b.p99_ms:+.2f} ms |")  # fmt: skip
+    print("\n| table | /metrics MiB | scrape s (median / max) | req/s scraping | p99 ms scraping "
+          "| max ms scraping |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        if r.scraping is None:
+            continue
+        print(f"| {r.size} | {r.metrics_mib:.1f} | {statistics.median(r.scrape_s):.3f} / "
+              f"{max(r.scrape_s):.3f} | {r.scraping.rps:,.0f} | {r.scraping.p99_ms:.2f} | "
+              f"{r.scraping.max_ms:.2f} |")  # fmt: skip
 
 
 def print_goal(rows: list[Row]) -> None:
