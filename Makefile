@@ -77,7 +77,7 @@ bench-conformance: $(STAMP)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light)
 	$(BIN)/python bench/conformance_suites.py
 
-## bench-tables: routing tables of 1 to 10,000 models (0 or 20 rules) and a 50,000-user rule: check against CSafeLoader, router memory, latency through 5 reloads under wrk
+## bench-tables: routing tables of 1 to 10,000 models (0 or 20 rules) and a 50,000-user rule: check against CSafeLoader, router memory, latency through 5 reloads and through /metrics scrapes under wrk
 bench-tables: $(STAMP)
 	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
