@@ -86,12 +86,26 @@ async def test_a_big_table_reloads_refuses_and_keeps_requests_on_their_table(
         assert await in_flight == (200, {"version": "v1", "slept": True})
         _, view = await get_json(client, f"{router.admin_url}/admin/config")
         assert len(view["table"]["models"]) == MODELS + 1
+
+        # Another model's edit: `config_loaded` still lists every model as it stands.
+        lines = good.splitlines()
+        split = lines.index("  tenant-0007:") + 2
+        lines[split] = lines[split].replace("{v1: 50, v2: 50}", "{v1: 60, v2: 40}")
+        write_unseen(config, "\n".join(lines) + "\n")
+        status, body = await post_reload(client, router.admin_url)
+        assert (status, body["result"], list(body["models"])) == (200, "loaded", ["tenant-0007"])
+        third = body["config"]
     records = {r["request_id"]: r for r in requests_in(log_path)}
     assert (records["in-flight"]["version"], records["in-flight"]["config"]) == ("v1", old)
     assert (records["after"]["version"], records["after"]["config"]) == ("v2", new)
     loaded = [r for r in read_log(log_path) if r["event"] == "config_loaded"]
-    assert [r["config"] for r in loaded] == [old, new]
-    assert len(loaded[1]["models"]) == MODELS + 1
+    assert [r["config"] for r in loaded] == [old, new, third]
+    assert len(loaded[1]["models"]) == len(loaded[2]["models"]) == MODELS + 1
     assert loaded[1]["models"]["m"]["split"] == {"v1": 0, "v2": 100}
+    assert loaded[2]["models"]["m"] == {"split": {"v1": 0, "v2": 100}}  # no moves this time
+    tenant = loaded[2]["models"]["tenant-0007"]
+    assert tenant["split"] == {"v1": 60, "v2": 40}
+    assert tenant.keys() > {"split"}  # and its moves
+    assert loaded[2]["models"]["tenant-0008"] == {"split": {"v1": 50, "v2": 50}}
     rejected = [r for r in read_log(log_path) if r["event"] == "config_rejected"]
     assert len(rejected) == 1

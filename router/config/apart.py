@@ -18,7 +18,7 @@ import pickle
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -28,21 +28,31 @@ from router.config.validate import load_table
 SLICE_S = 0.005  # the longest the event loop waits on unpickling at a time
 
 
-async def load_apart(path: Path, current: Table | None = None) -> Table | None:
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A table read apart, with what the serving loop would otherwise work out itself."""
+
+    table: Table
+    changed: tuple[str, ...]  # its models that are new, or written otherwise than before
+    known: bytes  # what the next reload tells its child of this table (see `known`)
+
+
+async def load_apart(path: Path, current: Table | None = None, told: bytes = b"") -> Loaded | None:
     """The table in `path`, read and validated in a child process; ConfigError if refused,
     None if it is `current` as it stands. Models that `current` has as written are not sent
-    back: the new table shares them, so a reload costs what it changed."""
+    back: the new table shares them, so a reload costs what it changed. `told` is
+    `known(current)`, if the caller has it already (the last reload's `Loaded.known`)."""
     child = await asyncio.create_subprocess_exec(
         *_command(path),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await child.communicate(_known(current))
+    out, err = await child.communicate(told or known(current))
     unpacked = _unpack(path, child.returncode, out, err)
     if unpacked is None:
         return None
-    shell, parts = unpacked
+    shell, parts, next_known = unpacked
     kept = current.models if current is not None else {}
     models: dict[str, Model] = {}
     started = time.perf_counter()
@@ -63,16 +73,17 @@ async def load_apart(path: Path, current: Table | None = None) -> Table | None:
         gc.freeze()
     finally:
         gc.enable()
-    return table
+    changed = tuple(name for name, blob in parts if blob is not None)
+    return Loaded(table, changed, next_known)
 
 
 def load_apart_now(path: Path) -> Table:
     """`load_apart` before serving, when nothing can stall: the serving process then never
     holds the parse's garbage (RSS 200 MB -> 90 MB on the 2,000 x 20 table)."""
-    child = subprocess.run(_command(path), input=_known(None), capture_output=True, check=False)
+    child = subprocess.run(_command(path), input=known(None), capture_output=True, check=False)
     unpacked = _unpack(path, child.returncode, child.stdout, child.stderr)
     assert unpacked is not None  # with no table known, nothing is "unchanged"
-    shell, parts = unpacked
+    shell, parts, _ = unpacked
     models = {name: pickle.loads(blob) for name, blob in parts if blob is not None}
     table: Table = pickle.loads(shell)
     return replace(table, models=MappingProxyType(models))
@@ -82,11 +93,11 @@ def _command(path: Path) -> tuple[str, ...]:
     return sys.executable, "-m", "router.config.apart", str(path)
 
 
-def _known(current: Table | None) -> bytes:
-    """What the child is told of the table in force: its digest and its models'."""
-    if current is None:
+def known(table: Table | None) -> bytes:
+    """What a child is told of the table in force: its digest and its models'."""
+    if table is None:
         return pickle.dumps((None, {}))
-    return pickle.dumps((current.digest, {n: m.digest for n, m in current.models.items()}))
+    return pickle.dumps((table.digest, {n: m.digest for n, m in table.models.items()}))
 
 
 Parts = list[tuple[str, bytes | None]]  # each model pickled, or None: as in the known table
@@ -94,9 +105,9 @@ Parts = list[tuple[str, bytes | None]]  # each model pickled, or None: as in the
 
 def _unpack(
     path: Path, returncode: int | None, out: bytes, err: bytes
-) -> tuple[bytes, Parts] | None:
-    """What the child wrote: the table's parts, None if it is the known table, or its
-    refusal raised as ConfigError."""
+) -> tuple[bytes, Parts, bytes] | None:
+    """What the child wrote: the table's parts and what to tell the next child of it, None
+    if it is the known table, or its refusal raised as ConfigError."""
     if returncode != 0 or not out:
         message = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         problem = Problem(None, "", f"the table could not be read: {message[0]}")
@@ -107,18 +118,18 @@ def _unpack(
     if kind == "refused":
         source, problems = payload
         raise ConfigError(source, problems)
-    shell, parts = payload
-    return shell, parts
+    shell, parts, next_known = payload
+    return shell, parts, next_known
 
 
-def _dump(path: str, known: bytes) -> bytes:
+def _dump(path: str, told: bytes) -> bytes:
     """The table in `path` as the parent takes it: the table without its models, then each
-    model pickled apart, or None for a model the parent has as written (`known`)."""
+    model pickled apart, or None for a model the parent has as written (`told`: `known`)."""
     try:
         table = load_table(path)
     except ConfigError as exc:
         return pickle.dumps(("refused", (exc.source, exc.problems)))
-    digest, models = pickle.loads(known)
+    digest, models = pickle.loads(told)
     if table.digest == digest:
         return pickle.dumps(("unchanged", digest))
     parts = [
@@ -126,7 +137,7 @@ def _dump(path: str, known: bytes) -> bytes:
         for name, model in table.models.items()
     ]
     shell = pickle.dumps(replace(table, models=MappingProxyType({})), 5)
-    return pickle.dumps(("loaded", (shell, parts)), 5)
+    return pickle.dumps(("loaded", (shell, parts, known(table))), 5)
 
 
 if __name__ == "__main__":

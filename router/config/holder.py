@@ -23,8 +23,8 @@ from typing import Any, Literal
 from structlog.typing import FilteringBoundLogger
 
 from router.config import churn
-from router.config.apart import load_apart
-from router.config.model import ConfigError, Table
+from router.config.apart import Loaded, load_apart
+from router.config.model import ConfigError, Model, Table
 from router.http.clock import iso_utc
 
 WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
@@ -38,21 +38,12 @@ class ReloadResult:
     moves: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def models_summary(
-    table: Table, moves: dict[str, churn.ModelChurn] | None = None
-) -> dict[str, Any]:
-    """The `models` field of `config_loaded`: each model's split, and the moves a reload made."""
-    summary: dict[str, Any] = {}
-    for name, model in table.models.items():
-        summary[name] = {"split": model.split.as_dict()}
-        if model.shadow is not None:
-            summary[name]["shadow"] = {
-                "version": model.shadow.version,
-                "percent": model.shadow.percent,
-            }
-        if moves is not None and name in moves:
-            summary[name].update(moves[name].as_dict())
-    return summary
+def model_summary(model: Model) -> dict[str, Any]:
+    """One model's entry in `config_loaded`: its split, and its shadow if it has one."""
+    entry: dict[str, Any] = {"split": model.split.as_dict()}
+    if model.shadow is not None:
+        entry["shadow"] = {"version": model.shadow.version, "percent": model.shadow.percent}
+    return entry
 
 
 # Settings that belong to the process, not to routing: a reload cannot change them.
@@ -87,6 +78,10 @@ class TableHolder:
         self._lock = asyncio.Lock()
         # The file as last read, by any reload: the watcher leaves a file already read alone.
         self._read = _signature(self.path) if self.path is not None else None
+        # What the next reload tells its child of the table in force (apart.py), and each
+        # model's `config_loaded` entry: both worked out once per model, not per reload.
+        self._known = b""
+        self._entries: dict[str, tuple[Model, dict[str, Any]]] = {}
 
     def announce(self, reason: str = "start") -> None:
         """Log the table in force, as at start and at the top of a reopened log file, so
@@ -96,7 +91,7 @@ class TableHolder:
             config=self.current.digest,
             source=str(self.path),
             pid=os.getpid(),
-            models=models_summary(self.current),
+            models=self._summary(self.current, {}),
             reason=reason,
         )
 
@@ -108,13 +103,13 @@ class TableHolder:
             # Taken before the read: a file changed during it is read again by the watcher.
             self._read = await asyncio.to_thread(_signature, self.path)
             try:
-                table = await load_apart(self.path, self.current)
+                loaded = await load_apart(self.path, self.current, self._known)
             except ConfigError as exc:
                 return self._refuse(exc.messages(), reason)
-            if table is None:  # the file says what the table in force says
+            if loaded is None:  # the file says what the table in force says
                 return self._unchanged()
             await asyncio.sleep(0)  # requests first: the swap's bookkeeping is a few ms more
-            return self._install(self._overrides(table), reason)
+            return await self._install(loaded, reason)
 
     def _refuse(self, problems: list[str], reason: str) -> ReloadResult:
         self.last_refusal = {"at": iso_utc(time.time()), "reason": reason, "problems": problems}
@@ -129,22 +124,15 @@ class TableHolder:
         )
         return ReloadResult("rejected", self.current.digest, tuple(problems))
 
-    def _install(self, table: Table, reason: str) -> ReloadResult:
-        table, ignored = _keep_fixed(self.current, table)
+    async def _install(self, loaded: Loaded, reason: str) -> ReloadResult:
+        """Swap the table in and log `config_loaded` in the same turn of the loop (a request
+        record never names a table before its `config_loaded`); the rest comes after."""
+        table, ignored = _keep_fixed(self.current, self._overrides(loaded.table))
         self.restart_needed = ignored
         if table.digest == self.current.digest:
             return self._unchanged()
-        changed = changed_models(self.current, table)
         previous = self.current.digest
-        moves = churn.churn(self.current, table, changed)
-        # The old table is freed here, unless a request still holds it (the new one was
-        # frozen out of the collector's sight as it was built: apart.py).
-        self.current = table
-        give_back_memory()
-        self.loaded_at = time.time()
-        for callback in self.on_swap:
-            callback(table, changed)
-        self._count("loaded")
+        moves = churn.churn(self.current, table, loaded.changed)
         fields: dict[str, Any] = {"previous": previous, "reason": reason}
         if ignored:
             fields["restart_needed"] = ignored
@@ -153,11 +141,37 @@ class TableHolder:
             config=table.digest,
             source=str(self.path),
             pid=os.getpid(),
-            models=models_summary(table, moves),
+            models=self._summary(table, moves),
             **fields,
         )
+        # The old table is freed here, unless a request still holds it (the new one was
+        # frozen out of the collector's sight as it was built: apart.py).
+        self.current, self._known = table, loaded.known
+        self.loaded_at = time.time()
+        self._count("loaded")
+        await asyncio.sleep(0)
+        for callback in self.on_swap:
+            callback(table, loaded.changed)
+        give_back_memory()
         summary = {name: change.as_dict() for name, change in moves.items()}
         return ReloadResult("loaded", table.digest, moves=summary)
+
+    def _summary(self, table: Table, moves: dict[str, churn.ModelChurn]) -> dict[str, Any]:
+        """The `models` field of `config_loaded`: each model's entry (`model_summary`), kept
+        for as long as the model stays the same object (a reload shares the models it did
+        not change: 4 -> 1 ms on 10,000 models), and the moves a reload made."""
+        entries = self._entries
+        kept: dict[str, tuple[Model, dict[str, Any]]] = {}
+        for name, model in table.models.items():
+            entry = entries.get(name)
+            kept[name] = (
+                entry if entry is not None and entry[0] is model else (model, model_summary(model))
+            )
+        self._entries = kept
+        summary = {name: entry for name, (_, entry) in kept.items()}
+        for name, change in moves.items():
+            summary[name] = {**summary[name], **change.as_dict()}
+        return summary
 
     def _unchanged(self) -> ReloadResult:
         self._count("unchanged")
@@ -200,15 +214,6 @@ async def watching(holder: TableHolder) -> AsyncIterator[None]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-def changed_models(old: Table, new: Table) -> list[str]:
-    """The models of `new` that are not in `old` as they are: new, or written otherwise."""
-    return [
-        name
-        for name, model in new.models.items()
-        if (before := old.models.get(name)) is None or before.digest != model.digest
-    ]
 
 
 def keep_out_of_gc() -> None:
