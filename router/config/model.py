@@ -15,7 +15,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
-from router.http.client.interface import Origin
+from router.http.origin import Origin
 from router.http.text import host_port
 
 State = Literal["active", "deprecated", "retired"]

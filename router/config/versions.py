@@ -19,7 +19,7 @@ from router.config.model import (
     yaml_keys,
 )
 from router.config.reader import Reader, join, show
-from router.http.client.interface import Origin
+from router.http.origin import Origin
 
 _VERSION = yaml_keys(Version)
 _IN_FLIGHT = default_of(Version, "max_in_flight")

@@ -19,8 +19,9 @@ from router.http.client.errors import (
     ResponseTimeout,
     UpstreamError,
 )
-from router.http.client.interface import Origin, UpstreamResponse
+from router.http.client.interface import UpstreamResponse
 from router.http.client.pool import Pool
+from router.http.origin import Origin
 
 __all__ = [
     "BadResponse",

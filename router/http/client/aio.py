@@ -11,7 +11,8 @@ import aiohttp
 from yarl import URL
 
 from router.http.client.errors import BadResponse, ConnectTimeout, ResponseTimeout, connect_error
-from router.http.client.interface import Origin, connect_timeout
+from router.http.client.interface import connect_timeout
+from router.http.origin import Origin
 
 
 def client_session() -> aiohttp.ClientSession:

@@ -23,8 +23,9 @@ from router.http.client.errors import (
     ResponseTimeout,
     connect_error,
 )
-from router.http.client.interface import Origin, connect_timeout
+from router.http.client.interface import connect_timeout
 from router.http.flow import FlowControl, Pause
+from router.http.origin import Origin
 
 # Idle keep-alive connections kept per version address, per process (nginx's `keepalive`
 # directive, which has no default; Go keeps 100 in all). Steady concurrency above it to one
