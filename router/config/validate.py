@@ -53,6 +53,11 @@ def load_table(path: str | Path) -> Table:
 
 
 def parse_text(text: str, source: str = "<table>") -> Table:
+    with yamlmarks.collector_off():
+        return _parse_text(text, source)
+
+
+def _parse_text(text: str, source: str) -> Table:
     try:
         data = yamlmarks.load(text)
     except yaml.YAMLError as exc:
