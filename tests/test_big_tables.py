@@ -6,15 +6,18 @@ every model."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import aiohttp
+import psutil  # type: ignore[import-untyped]  # types-psutil is not a dev dependency
 from aiohttp.test_utils import TestServer
 
+from router.config.apart import load_apart
 from router.config.validate import load_table
 from tests.support.client import get_json
 from tests.support.running import LOOPBACK, read_log, requests_in, router_from_file
-from tests.support.waiting import forwarded
+from tests.support.waiting import forwarded, poll
 from tests.test_reload import post_reload, write_unseen
 
 MODELS, RULES = 400, 10
@@ -109,3 +112,24 @@ async def test_a_big_table_reloads_refuses_and_keeps_requests_on_their_table(
     assert loaded[2]["models"]["tenant-0008"] == {"split": {"v1": 50, "v2": 50}}
     rejected = [r for r in read_log(log_path) if r["event"] == "config_rejected"]
     assert len(rejected) == 1
+
+
+async def test_a_reload_cut_short_ends_its_child(tmp_path: Path) -> None:
+    """A reload cancelled while its child reads (the router stopping) kills the child: a
+    parse of a big table goes on for seconds, and nothing would read its answer. The file
+    is a named pipe that nobody writes, so the child would wait on it for ever."""
+    fifo = tmp_path / "routes.yaml"
+    os.mkfifo(fifo)
+    reload = asyncio.create_task(load_apart(fifo))
+
+    async def reading() -> list[psutil.Process] | None:
+        found = [c for c in psutil.Process().children() if "router.config.apart" in c.cmdline()]
+        return found or None
+
+    children = await poll(reading, 5.0, "the reload's child process")
+    reload.cancel()
+    await asyncio.gather(reload, return_exceptions=True)
+    _, alive = await asyncio.to_thread(psutil.wait_procs, children, timeout=5)
+    for child in alive:  # the test failed: do not leave the child behind
+        child.kill()
+    assert alive == []
