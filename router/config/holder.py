@@ -14,12 +14,14 @@ import dataclasses
 import gc
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
+import orjson
 from structlog.typing import FilteringBoundLogger
 
 from router.config import churn
@@ -44,6 +46,10 @@ def model_summary(model: Model) -> dict[str, Any]:
     if model.shadow is not None:
         entry["shadow"] = {"version": model.shadow.version, "percent": model.shadow.percent}
     return entry
+
+
+def _entry(model: Model) -> orjson.Fragment:
+    return orjson.Fragment(orjson.dumps(model_summary(model)))
 
 
 # Settings that belong to the process, not to routing: a reload cannot change them.
@@ -81,7 +87,7 @@ class TableHolder:
         # What the next reload tells its child of the table in force (apart.py), and each
         # model's `config_loaded` entry: both worked out once per model, not per reload.
         self._known = b""
-        self._entries: dict[str, tuple[Model, dict[str, Any]]] = {}
+        self._entries: dict[str, orjson.Fragment] = {}
 
     def announce(self, reason: str = "start") -> None:
         """Log the table in force, as at start and at the top of a reopened log file, so
@@ -91,7 +97,7 @@ class TableHolder:
             config=self.current.digest,
             source=str(self.path),
             pid=os.getpid(),
-            models=self._summary(self.current, {}),
+            models=self._summary(self.current),
             reason=reason,
         )
 
@@ -141,7 +147,7 @@ class TableHolder:
             config=table.digest,
             source=str(self.path),
             pid=os.getpid(),
-            models=self._summary(table, moves),
+            models=self._summary(table, loaded.changed, moves),
             **fields,
         )
         # The old table is freed here, unless a request still holds it (the new one was
@@ -156,21 +162,28 @@ class TableHolder:
         summary = {name: change.as_dict() for name, change in moves.items()}
         return ReloadResult("loaded", table.digest, moves=summary)
 
-    def _summary(self, table: Table, moves: dict[str, churn.ModelChurn]) -> dict[str, Any]:
-        """The `models` field of `config_loaded`: each model's entry (`model_summary`), kept
-        for as long as the model stays the same object (a reload shares the models it did
-        not change: 4 -> 1 ms on 10,000 models), and the moves a reload made."""
-        entries = self._entries
-        kept: dict[str, tuple[Model, dict[str, Any]]] = {}
-        for name, model in table.models.items():
-            entry = entries.get(name)
-            kept[name] = (
-                entry if entry is not None and entry[0] is model else (model, model_summary(model))
-            )
-        self._entries = kept
-        summary = {name: entry for name, (_, entry) in kept.items()}
+    def _summary(
+        self,
+        table: Table,
+        changed: Collection[str] = (),
+        moves: Mapping[str, churn.ModelChurn] = MappingProxyType({}),
+    ) -> dict[str, Any]:
+        """The `models` field of `config_loaded` for `table`: each model's entry, rendered
+        as JSON once and kept while the model is unchanged (10,000 models: 8 -> 1 ms), with
+        the moves a reload made. For a table a reload is putting in force, `changed` names
+        the models it changed from the table in force."""
+        if not self._entries:
+            self._entries = {name: _entry(model) for name, model in table.models.items()}
+        elif table is not self.current:
+            entries = dict(self._entries)
+            for name in self.current.models.keys() - table.models.keys():
+                del entries[name]
+            for name in changed:
+                entries[name] = _entry(table.models[name])
+            self._entries = entries
+        summary: dict[str, Any] = dict(self._entries)
         for name, change in moves.items():
-            summary[name] = {**summary[name], **change.as_dict()}
+            summary[name] = {**model_summary(table.models[name]), **change.as_dict()}
         return summary
 
     def _unchanged(self) -> ReloadResult:
