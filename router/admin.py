@@ -36,9 +36,9 @@ def create_admin_app(
     not_ready: Callable[[], str | None],
     reload_all: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
-    """`metrics` writes the /metrics body in chunks; `not_ready` gives the reason the process is not
-    ready, or None; `reload_all` defaults to reloading `tables` (a supervisor passes one
-    that reaches its workers too)."""
+    """`metrics` writes the /metrics body in chunks; `not_ready` gives the reason the
+    process is not ready, or None; `reload_all` defaults to reloading `tables` (a
+    supervisor passes one that reaches its workers too)."""
     app = web.Application(middlewares=[_json_errors])
     app[TABLES], app[METRICS], app[HEALTH] = tables, metrics, health
     app[NOT_READY] = not_ready

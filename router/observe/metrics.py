@@ -148,52 +148,45 @@ class Metrics:
 
 class _Children:
     """The per-version families as prometheus-client children, for workers: their values
-    live in the files the supervisor sums (multiprocess mode), so `text` adds nothing."""
+    live in the files the supervisor sums (multiprocess mode), so `chunks` adds nothing.
+    Each child is resolved once per label tuple, not per request."""
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.requests = Counter(*_help(REQUESTS), ["model", "version", "outcome"], registry=r)
-        self.latency = Histogram(
-            *_help(LATENCY), ["model", "version"], buckets=LATENCY_BUCKETS, registry=r
-        )
-        # livemin: 0 if any worker has the version down; the others add up across workers
-        self.up = Gauge(*_help(UP), ["model", "version"], registry=r, multiprocess_mode="livemin")
         labels = ["model", "version"]
+        self.requests = Counter(*_help(REQUESTS), [*labels, "outcome"], registry=r)
+        self.latency = Histogram(*_help(LATENCY), labels, buckets=LATENCY_BUCKETS, registry=r)
+        # livemin: 0 if any worker has the version down; the others add up across workers
+        self.up = Gauge(*_help(UP), labels, registry=r, multiprocess_mode="livemin")
         self.in_flights = Gauge(*_help(IN_FLIGHT), labels, registry=r, multiprocess_mode="livesum")
         self.queues = Gauge(*_help(QUEUED), labels, registry=r, multiprocess_mode="livesum")
-        self._counters: dict[tuple[str, str, str], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        child = self._children.get((metric, *labels))
+        if child is None:
+            child = self._children[metric, *labels] = metric.labels(*labels)
+        return child
 
     def observe(self, model: str, version: str, outcome: str, seconds: float) -> None:
-        counter = self._counters.get((model, version, outcome))
-        if counter is None:
-            counter = self._counters[model, version, outcome] = self.requests.labels(
-                model, version, outcome
-            )
-        counter.inc()
-        self._histogram(model, version).observe(seconds)
-
-    def _histogram(self, model: str, version: str) -> Any:
-        histogram = self._histograms.get((model, version))
-        if histogram is None:
-            histogram = self._histograms[model, version] = self.latency.labels(model, version)
-        return histogram
+        self._child(self.requests, model, version, outcome).inc()
+        self._child(self.latency, model, version).observe(seconds)
 
     def track(self, model: str, version: str, up: bool) -> None:
         """Every gauge of a version shows from the start (0 is not "unknown"); the
         histogram is made now, so that the table's freeze (holder.py) covers it."""
         self.set_up(model, version, up)
-        self._histogram(model, version)
+        self._child(self.latency, model, version)
         self.in_flight(model, version, 0)
         self.queued(model, version, 0)
 
     def set_up(self, model: str, version: str, up: bool) -> None:
-        self.up.labels(model, version).set(1 if up else 0)
+        self._child(self.up, model, version).set(1 if up else 0)
 
     def in_flight(self, model: str, version: str, change: int) -> None:
-        self.in_flights.labels(model, version).inc(change)
+        self._child(self.in_flights, model, version).inc(change)
 
     def queued(self, model: str, version: str, change: int) -> None:
-        self.queues.labels(model, version).inc(change)
+        self._child(self.queues, model, version).inc(change)
 
     def chunks(self) -> Iterator[bytes]:
         return iter(())

@@ -2,7 +2,7 @@
 
 prometheus-client gives every labelled child its own objects: a latency histogram of 13
 buckets is 16 locked values, 4.4 KB, and its exposition formats each sample through label
-validation and escaping, 7 µs a line. On a table of 2,000 models that was 90 % of the
+validation and escaping, 7 µs a line. On a table of 2,000 models that was most of the
 router's memory per model, and a scrape of /metrics held the serving loop for 0.7 s.
 
 So in a single process the per-version families (requests by outcome, latency, up, in
