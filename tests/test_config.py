@@ -334,7 +334,7 @@ BAD_TABLES = [
             "routes.yaml:2: server.listn: unknown key (did you mean 'listen'?)",
             "routes.yaml:3: server.port: unknown key (expected one of: listen, admin_listen, "
             "admin_token_env, max_body_mb, drain_s, body_timeout_s, max_connections, "
-            "request_buffering)",
+            "request_buffering, feedback_token_env, reload_timeout_s)",
         ],
         id="unknown-server-keys",
     ),
@@ -378,7 +378,7 @@ BAD_TABLES = [
         MODEL + SPLIT + "    user_id:\n      - header: X-User-ID\n      - cookies: uid\n",
         [
             "routes.yaml:12: models.cancer.user_id[1]: unknown source 'cookies'; "
-            "expected one of: header, cookie, query"
+            "expected one of: header, cookie, query, body"
         ],
         id="unknown-user-id-source",
     ),

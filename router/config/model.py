@@ -20,7 +20,7 @@ from router.http.text import host_port
 
 State = Literal["active", "deprecated", "retired"]
 UserIdMode = Literal["hash", "raw", "omit"]
-UserIdKind = Literal["header", "cookie", "query"]
+UserIdKind = Literal["header", "cookie", "query", "body"]
 STATES: tuple[State, ...] = get_args(State)
 USER_ID_MODES: tuple[UserIdMode, ...] = get_args(UserIdMode)
 USER_ID_KINDS: tuple[UserIdKind, ...] = get_args(UserIdKind)
@@ -81,6 +81,11 @@ class ServerSettings:
     max_connections: int = 10_000
     # Read a chunked request body whole (up to 1 MiB) before forwarding it.
     request_buffering: bool = True
+    # When this variable is set, POST /feedback/<m> needs "Authorization: Bearer <its value>"
+    # (contract section 13): labels decide rollouts.
+    feedback_token_env: str | None = None
+    # The longest a reload's reader process may take before the reload is refused.
+    reload_timeout_s: float = 120.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -91,6 +96,13 @@ class ServerSettings:
 class LogSettings:
     path: str = "logs/routing.jsonl"
     user_ids: UserIdMode = "hash"
+    # Records that cannot be written yet (disk full, directory gone) wait in memory up to
+    # this; beyond it the oldest are dropped, and counted (contract section 13).
+    buffer_mb: float = 64.0
+
+    @property
+    def buffer_bytes(self) -> int:
+        return int(self.buffer_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +140,10 @@ class Version:
     # section 10; Envoy's circuit-breaker default).
     max_in_flight: int = 1024
     queue_s: float = 1.0
+    # The model's name and version on its backend, for the inference protocols (contract
+    # section 11): the table's model name and the unversioned path by default.
+    upstream_model: str | None = None
+    upstream_version: str | None = None
     # The url taken apart once, for the upstream client; derived from `url`, so left out
     # of comparisons.
     origin: Origin = field(
@@ -247,6 +263,16 @@ class Model:
     rules: tuple[Rule, ...] = ()
     fallback: str | None = None
     log_response: tuple[str, ...] = ()
+    # A JSON pointer (RFC 6901) to the prediction in a JSON answer (contract section 11).
+    prediction: str | None = None
+    # Send a POST to its version again on a new connection when a kept-alive one failed
+    # after it was written (contract section 13): only for backends where that is safe.
+    retry_post: bool = False
+    # What a JSON answer's record copies (`response`): (name, pointer tokens) pairs worked
+    # out from `log_response` and `prediction` at load time.
+    picks: tuple[tuple[str, tuple[str, ...]], ...] = field(
+        default=(), compare=False, metadata=DERIVED
+    )
     outlier: Outlier = Outlier()
     shadow: Shadow | None = None
     rollout: Rollout | None = None

@@ -38,6 +38,7 @@ from router.config.model import (
     default_of,
     yaml_keys,
 )
+from router.config.pointer import picks_of, pointer_problem
 from router.config.reader import fmt, join, kind, percent, show
 from router.config.rollout import RolloutReader
 
@@ -173,6 +174,10 @@ class _TableReader(RolloutReader):
             request_buffering=self.boolean(
                 section, "request_buffering", "server", defaults.request_buffering
             ),
+            feedback_token_env=self.string(section, "feedback_token_env", "server"),
+            reload_timeout_s=self.number(
+                section, "reload_timeout_s", "server", defaults.reload_timeout_s, positive=True
+            ),
         )
 
     def log(self, data: dict[Any, Any]) -> LogSettings:
@@ -181,7 +186,8 @@ class _TableReader(RolloutReader):
             return defaults
         path = self.string(section, "path", "log") or defaults.path
         mode = self.choice(section, "user_ids", "log", USER_ID_MODES) or defaults.user_ids
-        return LogSettings(path=path, user_ids=mode)  # type: ignore[arg-type]
+        buffer_mb = self.number(section, "buffer_mb", "log", defaults.buffer_mb, positive=True)
+        return LogSettings(path=path, user_ids=mode, buffer_mb=buffer_mb)  # type: ignore[arg-type]
 
     def model(self, models: dict[Any, Any], name: Any) -> Model | None:
         path = f"models.{name}"
@@ -206,7 +212,9 @@ class _TableReader(RolloutReader):
         fallback = self.string(section, "fallback", path)
         if fallback is not None:
             self.version_ref(section, "fallback", path, versions, what="a fallback")
-        log_response = self.string_list(section, "log_response", path)
+        log_response = self.log_response(section, path)
+        prediction = self.pointer(section, "prediction", path)
+        retry_post = self.boolean(section, "retry_post", path, default_of(Model, "retry_post"))
         outlier = self.outlier(section, path)
         shadow = self.shadow(section, path, versions, split)
         rollout = self.rollout(section, path, versions, split)
@@ -222,6 +230,9 @@ class _TableReader(RolloutReader):
             rules=rules,
             fallback=fallback,
             log_response=log_response,
+            prediction=prediction,
+            picks=picks_of(log_response, prediction),
+            retry_post=retry_post,
             outlier=outlier,
             shadow=shadow,
             rollout=rollout,
@@ -361,7 +372,7 @@ class _TableReader(RolloutReader):
                     found,
                     i,
                     f"{where}[{i}]",
-                    "must be one of {header: NAME}, {cookie: NAME}, {query: NAME}",
+                    "must be one of {header: NAME}, {cookie: NAME}, {query: NAME}, {body: NAME}",
                 )
                 continue
             (kind,) = item
@@ -376,13 +387,27 @@ class _TableReader(RolloutReader):
                 sources.append(UserIdSource(kind, value))
         return tuple(sources) or default
 
-    def string_list(self, section: dict[Any, Any], key: str, path: str) -> tuple[str, ...]:
-        if key not in section:
+    def log_response(self, section: dict[Any, Any], path: str) -> tuple[str, ...]:
+        """Top-level field names, or JSON pointers (`/outputs/0/data`) into the answer."""
+        if "log_response" not in section:
             return ()
-        found = section[key]
+        found = section["log_response"]
+        where = join(path, "log_response")
         if not isinstance(found, list) or not all(isinstance(i, str) and i for i in found):
-            self.fail(
-                section, key, join(path, key), "must be a list of field names, like [prediction]"
-            )
+            message = "must be a list of field names or JSON pointers, like [prediction]"
+            self.fail(section, "log_response", where, message)
             return ()
+        for i, entry in enumerate(found):
+            if entry.startswith("/") and (problem := pointer_problem(entry)):
+                self.fail(found, i, f"{where}[{i}]", problem)
         return tuple(found)
+
+    def pointer(self, section: dict[Any, Any], key: str, path: str) -> str | None:
+        text = self.string(section, key, path)
+        if text is None:
+            return None
+        problem = pointer_problem(text)
+        if problem is not None:
+            self.fail(section, key, join(path, key), problem)
+            return None
+        return text

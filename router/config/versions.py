@@ -4,6 +4,7 @@ health check and outlier detection, and the references to a version by name."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,11 @@ from router.config.reader import Reader, join, show
 from router.http.origin import Origin
 
 _VERSION = yaml_keys(Version)
+# What an upstream model or version name may hold: it is written into a URL path segment
+# (OIP, TF Serving) and a JSON string (OpenAI) without escaping. OpenAI-compatible servers
+# name models like "meta-llama/Llama-3.1-8B-Instruct", hence "/" (only in the JSON body:
+# a path segment gets it percent-encoded) is allowed too.
+_UPSTREAM_NAME = re.compile(r"[A-Za-z0-9._:@+/-]+\Z")
 _IN_FLIGHT = default_of(Version, "max_in_flight")
 _QUEUE_S = default_of(Version, "queue_s")
 _HEALTH = yaml_keys(HealthCheck)
@@ -96,8 +102,25 @@ class VersionsReader(Reader):
             health=self.health(section, path),
             max_in_flight=self.count(section, "max_in_flight", path, _IN_FLIGHT) or _IN_FLIGHT,
             queue_s=self.number(section, "queue_s", path, _QUEUE_S, positive=False),
+            upstream_model=self.upstream_name(section, "upstream_model", path),
+            upstream_version=self.upstream_name(section, "upstream_version", path),
             origin=Origin.of(parts),
         )
+
+    def upstream_name(self, section: dict[Any, Any], key: str, path: str) -> str | None:
+        """A name the backend knows the model or version by (a string, or an integer
+        version as written): it goes into a path segment or a JSON string as it is, so it
+        may hold no "/", no space and no control character."""
+        name = self.string(section, key, path)
+        if name is not None and not _UPSTREAM_NAME.match(name):
+            self.fail(
+                section,
+                key,
+                f"{path}.{key}",
+                f"'{name}' cannot name a model on its backend: use letters, digits and ._:@+/-",
+            )
+            return None
+        return name
 
     def health(self, section: dict[Any, Any], path: str) -> HealthCheck | None:
         where = f"{path}.health"
