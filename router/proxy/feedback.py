@@ -1,20 +1,29 @@
 """`POST /feedback/<model>`: ground truth for an earlier request, answered by the router
-itself and logged as a `feedback` event only (contract section 4)."""
+itself and logged as a `feedback` event only (contract section 4).
+
+Labels decide rollouts (the accuracy guardrail), so they are guarded like the admin port:
+when `server.feedback_token_env` names a set variable, a feedback needs its bearer token
+(contract section 13). The body is read like any other the router reads itself: each piece
+within `body_timeout_s`, the whole within FEEDBACK_BYTES, so slow posts cannot hold
+connections (and fill `max_connections`) for ever.
+"""
 
 from __future__ import annotations
 
+import hmac
+import os
+from contextlib import aclosing
 from typing import Final
 
 import orjson
 from structlog.typing import FilteringBoundLogger
 
-from router.config.model import Table
+from router.config.model import ServerSettings, Table
 from router.errors import RouterError
-from router.http.body import BadBody
 from router.http.request import Request
 from router.http.response import Response, StreamResponse
 from router.observe.record import CLIENT_CLOSED, Exchange
-from router.proxy.body import malformed, too_large
+from router.proxy.body import ClientGone, RequestBody, too_large
 from router.routing.paths import find_model
 
 FEEDBACK_BYTES: Final = 1024 * 1024
@@ -26,20 +35,21 @@ async def feedback(
 ) -> StreamResponse:
     if request.method != "POST":
         raise RouterError("not_found", f"feedback is sent with POST /feedback/{name}")
+    if name in table.models:  # a refused one is still logged under its model
+        ex.model = name
+    authorize(request, table.server)
     model = find_model(table, name)
-    ex.model = model.name
+    limit = min(FEEDBACK_BYTES, table.server.max_body_bytes)
     length = request.content_length
-    if length is not None and length > FEEDBACK_BYTES:
-        raise RouterError("body_too_large", too_large(FEEDBACK_BYTES))
+    if length is not None and length > limit:
+        raise RouterError("body_too_large", too_large(limit))
     try:
-        request.send_continue()
-        data = await request.content.read(FEEDBACK_BYTES + 1)
-        payload = orjson.loads(data)
-    except ConnectionError:
+        data = await read_whole(request, limit, table.server.body_timeout_s)
+    except ClientGone:
         ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
         return Response(CLIENT_CLOSED)
-    except BadBody as exc:
-        raise RouterError("bad_body", malformed(exc)) from exc
+    try:
+        payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise RouterError("bad_feedback", f"the body is not JSON: {exc}") from exc
     if (
@@ -52,3 +62,33 @@ async def feedback(
     log.info("feedback", model=model.name, request_id=payload["request_id"], label=payload["label"])
     ex.feedback = True
     return Response(202, body=b'{"accepted":true}', content_type="application/json")
+
+
+def authorize(request: Request, settings: ServerSettings) -> None:
+    """401 `unauthorized` unless the request bears the token of `feedback_token_env`, when
+    that names a variable that is set (read per request: a reload may name another)."""
+    env = settings.feedback_token_env
+    token = os.environ.get(env, "") if env else ""
+    if not token:
+        return
+    scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
+    # compare_digest takes as long for a wrong token as for a right one: no timing oracle.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        credentials.strip().encode(), token.encode()
+    ):
+        message = "feedback needs 'Authorization: Bearer <token>' (server.feedback_token_env)"
+        raise RouterError("unauthorized", message)
+
+
+async def read_whole(request: Request, limit: int, piece_s: float) -> bytes:
+    """The whole body, each piece within `piece_s` (408 `body_timeout`), at most `limit`
+    bytes (413 `body_too_large`); ClientGone if the client hangs up."""
+    if not request.body_exists:
+        return b""
+    request.send_continue()
+    body = RequestBody(None, stream=request.content, limit=limit, timeout=piece_s)
+    pieces: list[bytes] = []
+    async with aclosing(body.chunks()) as chunks:
+        async for chunk in chunks:
+            pieces.append(chunk)
+    return b"".join(pieces)
