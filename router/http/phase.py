@@ -25,17 +25,17 @@ class Phase(enum.IntEnum):
     CLOSED = 4
 
 
-# What moves a connection from one phase to another (every arrow points forward).
+# The legal moves, and what makes each. Every arrow points forward, but not every forward
+# arrow is legal: a connection lingers only once it has stopped parsing (`_close_after`
+# ends parsing first), so OPEN or DRAINING never jump straight to LINGERING.
 MOVES: dict[Phase, dict[Phase, str]] = {
     Phase.OPEN: {
         Phase.DRAINING: "the server stops accepting",
-        Phase.ENDING: "a refusal, a broken body, an upgrade, bytes after a closing request",
-        Phase.LINGERING: "an answer that closes while the client may still be sending",
+        Phase.ENDING: "a refusal, a broken body, an upgrade, an answer that closes",
         Phase.CLOSED: "the client hung up, or the last answer closed the connection",
     },
     Phase.DRAINING: {
-        Phase.ENDING: "a request begins after the shutdown began",
-        Phase.LINGERING: "an answer that closes while the client may still be sending",
+        Phase.ENDING: "a refusal, a broken body, or an answer that closes, while draining",
         Phase.CLOSED: "the last answer is out, or the drain is over",
     },
     Phase.ENDING: {
@@ -49,7 +49,8 @@ MOVES: dict[Phase, dict[Phase, str]] = {
 
 def advance(current: Phase, to: Phase) -> Phase:
     """The phase after a move to `to`: a move back is no move (a shutdown reaching a
-    connection that already ends leaves it ending); an unknown forward move is a bug."""
+    connection that already ends leaves it ending); a forward move the table does not
+    list is a bug, and raises."""
     if to <= current:
         return current
     if to not in MOVES[current]:
