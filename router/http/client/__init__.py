@@ -53,6 +53,8 @@ class Client:
         headers: Iterable[tuple[str, str]],
         body: bytes | AsyncIterable[bytes] | None,
         timeout_s: float,
+        *,
+        replay: bool = False,
     ) -> Awaitable[UpstreamResponse]:
         """Send a request to `origin` + `target`; returns once the answer's head is in.
 
@@ -60,11 +62,16 @@ class Client:
         through as it was raised. The answer must start within `timeout_s` of the request
         (of its last piece, for a streamed body). Returns the chosen transport's coroutine
         itself (no coroutine of its own on the hot path).
+
+        A request whose bytes may have reached the backend is sent again (once, on a new
+        connection, after a kept-alive one closed unanswered) only if its method is
+        idempotent (RFC 9110 9.2.2) or `replay` is True (a model's `retry_post`): a POST
+        may have been acted on (contract section 13).
         """
         lean = origin.scheme == "http" and method != "HEAD"
         if lean and (body is None or isinstance(body, bytes)):
-            return self.pool.send(origin, method, target, headers, body, timeout_s)
-        return self._aio.send(origin, method, target, headers, body, timeout_s)
+            return self.pool.send(origin, method, target, headers, body, timeout_s, replay=replay)
+        return self._aio.send(origin, method, target, headers, body, timeout_s, replay=replay)
 
     async def close(self) -> None:
         await self.pool.close()

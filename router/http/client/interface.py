@@ -10,6 +10,11 @@ from multidict import CIMultiDictProxy
 
 CONNECT_S = 5.0  # the longest connect, whatever the timeout
 
+# Methods a client may send twice with the effect of once (RFC 9110 9.2.2): the only ones a
+# transport sends again on its own once they may have reached the backend (aiohttp's client
+# retries the same set on a kept-alive connection that failed).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
 
 def connect_timeout(timeout_s: float) -> float:
     """A connect slower than half the timeout (5 s at most) counts as unreachable."""

@@ -23,7 +23,7 @@ from router.http.client.errors import (
     ResponseTimeout,
     connect_error,
 )
-from router.http.client.interface import connect_timeout
+from router.http.client.interface import IDEMPOTENT, connect_timeout
 from router.http.flow import FlowControl, Pause
 from router.http.origin import Origin
 
@@ -35,12 +35,13 @@ MAX_IDLE = 256
 
 
 class _Unanswered(BadResponse):
-    """Closed before the answer's head was in; when no byte of it came (`received` False)
-    on a reused connection, the request goes again on a new one."""
+    """Closed before the answer's head was in. `received`: a byte of an answer came;
+    `sent`: the request was written, so the backend may have acted on it."""
 
-    def __init__(self, message: str, *, received: bool) -> None:
+    def __init__(self, message: str, *, received: bool, sent: bool = True) -> None:
         super().__init__(message)
         self.received = received
+        self.sent = sent
 
 
 class PoolResponse:
@@ -252,11 +253,15 @@ class Pool:
         headers: Iterable[tuple[str, str]],
         body: bytes | None,
         timeout_s: float,
+        *,
+        replay: bool = False,
     ) -> PoolResponse:
         """Send a request whose body is held whole; returns once the headers are in.
 
         The answer must start and, if read whole, end within `timeout_s`, or its waits
-        raise ResponseTimeout; `chunks` gives each piece its own `timeout_s`.
+        raise ResponseTimeout; `chunks` gives each piece its own `timeout_s`. A request
+        written to a kept-alive connection that then closed unanswered is sent again on a
+        new one only if its method is idempotent or `replay` says it is safe anyway.
         """
         deadline = self.loop.time() + timeout_s
         host, port = origin.host, origin.port
@@ -273,16 +278,23 @@ class Pool:
         try:
             await self._send(conn, data, deadline)
         except _Unanswered as exc:
-            # A kept-alive connection the backend closed just as it was reused: the request
-            # never got there, so it goes again on a new connection (as nginx does).
+            # A kept-alive connection closed unanswered: most often the backend closed it,
+            # idle, as it was reused, and never read the request. But a backend may also
+            # have read it and died acting on it: only a request that may run twice (RFC
+            # 9110 9.2.2, or `replay`), or that was never written, goes again on a new
+            # connection (nginx's proxy_next_upstream without non_idempotent; Go's too).
             if not reused or exc.received:
                 raise
+            if exc.sent and not replay and method not in IDEMPOTENT:
+                raise _not_replayed(exc, method) from exc
             conn, _ = await self._connection(host, port, connect_s, reuse=False)
             await self._send(conn, data, deadline)
         return PoolResponse(conn, timeout_s)
 
     async def _send(self, conn: _Connection, data: bytes, deadline: float) -> None:
         assert conn.transport is not None
+        if conn.closed or conn.transport.is_closing():  # nothing of it can reach the backend
+            raise _Unanswered("closed before the request was written", received=False, sent=False)
         conn.in_use = True
         self._watch(conn, deadline)
         conn.transport.write(data)
@@ -384,3 +396,11 @@ class Pool:
             conn.close()
         self._idle.clear()
         await asyncio.sleep(0)
+
+
+def _not_replayed(exc: _Unanswered, method: str) -> BadResponse:
+    """The error of a request not sent again: it says why, and what would allow it."""
+    return BadResponse(
+        f"{exc}, after the {method} was written to a kept-alive connection; {method} is not"
+        " idempotent, so it was not sent again (the model's retry_post: true allows it)"
+    )
