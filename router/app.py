@@ -125,6 +125,7 @@ class Router:
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish for up to drain_s, flush the log."""
         self.draining[0] = True
+        self.proxy.serving = False  # /v2/health/ready says so from here
         drain_s = self.tables.current.server.drain_s
         deadline = asyncio.get_running_loop().time() + drain_s
         try:

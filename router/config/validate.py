@@ -17,6 +17,7 @@ import orjson
 import yaml
 
 from router.config import yamlmarks
+from router.config.answers import AnswersReader
 from router.config.model import (
     MATCH_KEYS,
     NAME,
@@ -38,8 +39,8 @@ from router.config.model import (
     default_of,
     yaml_keys,
 )
-from router.config.pointer import picks_of, pointer_problem
-from router.config.reader import fmt, join, kind, percent, show
+from router.config.pointer import picks_of
+from router.config.reader import fmt, kind, percent, show
 from router.config.rollout import RolloutReader
 
 
@@ -119,7 +120,7 @@ _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
 
-class _TableReader(RolloutReader):
+class _TableReader(RolloutReader, AnswersReader):
     """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
@@ -386,28 +387,3 @@ class _TableReader(RolloutReader):
             elif (value := self.string(item, kind, f"{where}[{i}]")) is not None:
                 sources.append(UserIdSource(kind, value))
         return tuple(sources) or default
-
-    def log_response(self, section: dict[Any, Any], path: str) -> tuple[str, ...]:
-        """Top-level field names, or JSON pointers (`/outputs/0/data`) into the answer."""
-        if "log_response" not in section:
-            return ()
-        found = section["log_response"]
-        where = join(path, "log_response")
-        if not isinstance(found, list) or not all(isinstance(i, str) and i for i in found):
-            message = "must be a list of field names or JSON pointers, like [prediction]"
-            self.fail(section, "log_response", where, message)
-            return ()
-        for i, entry in enumerate(found):
-            if entry.startswith("/") and (problem := pointer_problem(entry)):
-                self.fail(found, i, f"{where}[{i}]", problem)
-        return tuple(found)
-
-    def pointer(self, section: dict[Any, Any], key: str, path: str) -> str | None:
-        text = self.string(section, key, path)
-        if text is None:
-            return None
-        problem = pointer_problem(text)
-        if problem is not None:
-            self.fail(section, key, join(path, key), problem)
-            return None
-        return text

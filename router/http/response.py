@@ -7,6 +7,7 @@ coding, `Connection`), and `Date` when the backend sent none (RFC 9110 6.6.1).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 
@@ -35,7 +36,17 @@ class StreamResponse:
     coding and an HTTP/1.0 one a body that the close of the connection ends.
     """
 
-    __slots__ = ("_chunked", "_request", "body", "close", "headers", "prepared", "reason", "status")
+    __slots__ = (
+        "_chunked",
+        "_request",
+        "body",
+        "close",
+        "first_byte",
+        "headers",
+        "prepared",
+        "reason",
+        "status",
+    )
 
     def __init__(
         self,
@@ -57,6 +68,9 @@ class StreamResponse:
         self.close = False  # close the connection after this answer
         self._request: Request | None = None
         self._chunked = False
+        # When the first byte of the body went to the client (`time.perf_counter()`): the
+        # record's first_byte_ms, time to first token for a streamed answer.
+        self.first_byte: float | None = None
 
     def force_close(self) -> None:
         self.close = True
@@ -112,6 +126,8 @@ class StreamResponse:
         assert self._request is not None, "prepare() first"
         if not chunk or _bodiless(self._request.method, self.status):
             return
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter()
         if self._chunked:
             chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
         await self._request.channel.write(chunk)
@@ -136,5 +152,7 @@ class Response(StreamResponse):
         request = self._request
         assert request is not None, "prepare() first"
         body = b"" if _bodiless(request.method, self.status) else self.body
+        if body:
+            self.first_byte = time.perf_counter()
         await request.channel.write(self._head(request, len(self.body)) + body)
         request.channel.finished(self.close)

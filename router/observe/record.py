@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from router.http.response import StreamResponse
 from router.routing.choose import AssignedBy
 
 CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
@@ -41,6 +42,9 @@ class Exchange:
     outcome: Outcome = "rejected"
     upstream_ms: float | None = None
     response: dict[str, Any] | None = None
+    protocol: str = "rest"  # the protocol its path belongs to (contract section 11)
+    # The answer sent, whose first body byte gives first_byte_ms.
+    answer: StreamResponse | None = None
     feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
     # Resolved once the record is written (the request is over): a shadow copy waits on it
     # to compare its answer with this one. None unless a copy asked for it.
@@ -63,10 +67,16 @@ class Exchange:
             "latency_ms": ms_since(self.started),
             "upstream_ms": self.upstream_ms,
             "config": self.config,
+            "protocol": self.protocol,
+            "first_byte_ms": self.first_byte_ms(),
         }
         if self.response is not None:
             fields["response"] = self.response
         return fields
+
+    def first_byte_ms(self) -> float | None:
+        first = self.answer.first_byte if self.answer is not None else None
+        return None if first is None else round((first - self.started) * 1000, 3)
 
 
 def outcome_of(status: int) -> Outcome:

@@ -15,7 +15,9 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, TypeAlias
+
+import orjson
 
 from router.config.model import ServerSettings
 from router.errors import RouterError
@@ -23,6 +25,8 @@ from router.http.body import BadBody, Body
 from router.http.request import Request
 
 BUFFER_BYTES: Final = 1024 * 1024
+# What goes to a version: a body held whole, a stream, or none.
+Payload: TypeAlias = bytes | AsyncIterator[bytes] | None
 
 
 class ClientGone(Exception):
@@ -45,7 +49,7 @@ class RequestBody:
     def resendable(self) -> bool:
         return self.stream is None or not self.consumed
 
-    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+    def payload(self) -> Payload:
         return self.data if self.stream is None else self.chunks()
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
@@ -74,8 +78,11 @@ class RequestBody:
             yield chunk
 
 
-async def read_body(request: Request, settings: ServerSettings) -> RequestBody:
-    """The body as it will be forwarded; RouterError if it is refused."""
+async def read_body(
+    request: Request, settings: ServerSettings, *, whole: bool = False
+) -> RequestBody:
+    """The body as it will be forwarded; RouterError if it is refused. `whole` holds it
+    whole up to max_body_mb, for a protocol that routes by what the body says (OpenAI)."""
     limit = settings.max_body_bytes
     length = request.content_length
     if length is not None and length > limit:
@@ -85,8 +92,10 @@ async def read_body(request: Request, settings: ServerSettings) -> RequestBody:
     timeout = settings.body_timeout_s
     request.send_continue()
     stream = RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
+    if whole and (length is None or length > BUFFER_BYTES):
+        return await _buffered(stream, settings.max_body_bytes)
     if length is None and settings.request_buffering:
-        return await _buffered(stream)
+        return await _buffered(stream, BUFFER_BYTES)
     if length is None or length > BUFFER_BYTES:
         return stream
     try:
@@ -104,9 +113,9 @@ async def read_body(request: Request, settings: ServerSettings) -> RequestBody:
         raise RouterError("body_timeout", slow_body(timeout)) from None
 
 
-async def _buffered(stream: RequestBody) -> RequestBody:
-    """A chunked body read whole if it ends within BUFFER_BYTES, else streamed on from
-    what was read."""
+async def _buffered(stream: RequestBody, most: int) -> RequestBody:
+    """A body read whole if it ends within `most` bytes, else streamed on from what was
+    read."""
     pieces: list[bytes] = []
     total = 0
     try:
@@ -114,7 +123,7 @@ async def _buffered(stream: RequestBody) -> RequestBody:
             async for chunk in chunks:
                 pieces.append(chunk)
                 total += len(chunk)
-                if total > BUFFER_BYTES:
+                if total > most:
                     stream.head = b"".join(pieces)
                     return stream
     except ClientGone:
@@ -132,3 +141,15 @@ def too_large(limit: int) -> str:
 
 def slow_body(timeout: float) -> str:
     return f"the request body stalled for {timeout:g} s (server.body_timeout_s)"
+
+
+def body_fields(body: RequestBody | None) -> dict[str, Any] | None:
+    """The top-level fields of a JSON object body held whole, up to BUFFER_BYTES (where a
+    `{body: NAME}` user id is read from); None for any other body (contract section 11)."""
+    if body is None or body.data is None or len(body.data) > BUFFER_BYTES:
+        return None
+    try:
+        fields = orjson.loads(body.data)
+    except orjson.JSONDecodeError:
+        return None
+    return fields if isinstance(fields, dict) else None

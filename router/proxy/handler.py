@@ -32,14 +32,16 @@ from router.observe.health import HealthBook
 from router.observe.log import Pseudonymizer
 from router.observe.metrics import Metrics
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
+from router.protocols import ADAPTERS, Call, RouteError, adapter_of, call_of
+from router.protocols.base import ROUTER_ERROR_HEADER
 from router.proxy.admission import Admission
-from router.proxy.body import ClientGone, RequestBody, read_body
+from router.proxy.body import ClientGone, Payload, RequestBody, body_fields, read_body
 from router.proxy.feedback import feedback
 from router.proxy.headers import headers_for, request_id
 from router.proxy.relay import relay, upstream_timeout
 from router.proxy.shadow import Shadows
-from router.routing.choose import choose
-from router.routing.paths import PathError, find_model, origin_form, route
+from router.routing.choose import choose, reads_body
+from router.routing.paths import find_model, origin_form
 
 _SHUTTING_DOWN = "the router is shutting down and its drain time (server.drain_s) ran out"
 
@@ -75,6 +77,7 @@ class Proxy:
         self.pseudonymize = pseudonymize
         self.shadows = Shadows(log, metrics)
         self.admission = Admission(metrics)
+        self.serving = True  # False once draining: /v2/health/ready answers 503
 
     def cut_off(self) -> None:
         """drain_s is over: the server cancels what is still running (each logs its record
@@ -102,6 +105,7 @@ class Proxy:
             printable(origin_form(request.raw_path).partition("?")[0]),
             table.digest,
             user=self._no_user,
+            protocol=adapter_of(request.raw_path).name,
         )
 
     async def handle(self, request: Request) -> StreamResponse:
@@ -132,8 +136,10 @@ class Proxy:
             response = self._error(RouterError("shutting_down", _SHUTTING_DOWN), ex)
         finally:
             try:
-                if response is not None and not response.prepared:
-                    await self._send(request, response, ex)
+                if response is not None:
+                    ex.answer = response
+                    if not response.prepared:
+                        await self._send(request, response, ex)
             finally:
                 if not ex.feedback:
                     self._record(ex)
@@ -171,41 +177,61 @@ class Proxy:
 
     async def _dispatch(self, request: Request, table: Table, ex: Exchange) -> StreamResponse:
         try:
-            where = route(request.raw_path)
-        except PathError as exc:
+            call = call_of(request.raw_path)
+        except RouteError as exc:
             if exc.model in table.models:
                 ex.model = exc.model
             raise
-        if where.kind == "feedback":
-            return await feedback(request, table, where.model, self.log, ex)
-        model = find_model(table, where.model)
+        if call.local == "feedback":
+            assert call.model is not None
+            return await feedback(request, table, call.model, self.log, ex)
+        if call.local is not None:  # /v2/health/..., /v1/models: the router's own answers
+            ex.status, data = call.adapter.answer(call, table, self.serving)
+            ex.outcome = "ok" if ex.status < 400 else "rejected"
+            return Response(ex.status, body=data, content_type="application/json")
+        body: RequestBody | None = None
+        name, pinned = call.model, call.pinned
+        if call.adapter.model_in_body:  # OpenAI: the body says which model
+            body = await read_body(request, table.server, whole=True)
+            if body.client_gone:
+                return self._gone(ex)
+            name, pinned = call.adapter.model_of(body.data)
+        assert name is not None
+        model = find_model(table, name)
         ex.model = model.name
-        choice = choose(model, request, where.pinned)
+        if body is None and reads_body(model):
+            body = await read_body(request, table.server)
+        choice = choose(model, request, pinned, body_fields(body))
         ex.assigned_version, ex.assigned_by, ex.bucket = (
             choice.version,
             choice.assigned_by,
             choice.bucket,
         )
         ex.user = self.pseudonymize.fields(choice.user_id)
-        body = await read_body(request, table.server)
+        if body is None:
+            body = await read_body(request, table.server)
+        if body.client_gone:
+            return self._gone(ex)
         if model.shadow is not None:  # the copy leaves with the primary, and runs apart
-            self.shadows.start(self.client, request, model, where.target, body, ex)
-        return await self._forward(request, model, choice.version, where.target, body, ex)
+            self.shadows.start(self.client, request, model, call, body, ex)
+        return await self._forward(request, model, choice.version, call, body, ex)
+
+    @staticmethod
+    def _gone(ex: Exchange) -> Response:
+        ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+        return Response(CLIENT_CLOSED)
 
     async def _forward(
         self,
         request: Request,
         model: Model,
         name: str,
-        target: str,
+        call: Call,
         body: RequestBody,
         ex: Exchange,
     ) -> StreamResponse:
-        if body.client_gone:
-            ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
-            return Response(CLIENT_CLOSED)
         try:
-            return await self._attempt(request, model, model.versions[name], target, body, ex)
+            return await self._attempt(request, model, model.versions[name], call, body, ex)
         except _Unreachable as failure:
             fallback = model.fallback
             # A client that named its version (a pinned path, X-Model-Version) relies on
@@ -215,7 +241,7 @@ class Proxy:
                 ex.outcome = failure.outcome
                 raise failure.error from None
         try:
-            return await self._attempt(request, model, model.versions[fallback], target, body, ex)
+            return await self._attempt(request, model, model.versions[fallback], call, body, ex)
         except _Unreachable as failure:
             ex.outcome = failure.outcome
             raise failure.error from None
@@ -225,7 +251,7 @@ class Proxy:
         request: Request,
         model: Model,
         version: Version,
-        target: str,
+        call: Call,
         body: RequestBody,
         ex: Exchange,
     ) -> StreamResponse:
@@ -238,7 +264,8 @@ class Proxy:
         if waiting is not None:
             await self.admission.wait(key, version, waiting)
         try:
-            return await self._exchange_with(request, model, version, target, body, ex)
+            target, payload = outgoing(call, model, version, body)
+            return await self._exchange_with(request, model, version, target, payload, ex)
         finally:
             self.admission.leave(key)
 
@@ -248,7 +275,7 @@ class Proxy:
         model: Model,
         version: Version,
         target: str,
-        body: RequestBody,
+        payload: Payload,
         ex: Exchange,
     ) -> StreamResponse:
         """Send to the version and relay its answer, holding a place at its gate."""
@@ -257,7 +284,7 @@ class Proxy:
         sent = time.perf_counter()
         try:
             upstream = await self.client.send(
-                version.origin, request.method, target, headers, body.payload(), version.timeout_s
+                version.origin, request.method, target, headers, payload, version.timeout_s
             )
         except ClientGone:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
@@ -266,11 +293,19 @@ class Proxy:
             raise self.admission.short_of(key, exc) from exc
         except UpstreamError as exc:
             raise self._failure(exc, model, version, sent, ex) from exc
-        self.health.success(key)
         try:
-            return await relay(request, model, version, upstream, sent, ex)
+            response = await relay(request, model, version, upstream, sent, ex)
+        except RouterError:  # the answer broke off before its head went out
+            self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
+            raise
         finally:
             upstream.release()
+        # An answer cut off after its head (reset, stall past timeout_s) is a failure too.
+        if ex.outcome in ("timeout", "unavailable"):
+            self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
+        else:
+            self.health.success(key)
+        return response
 
     def _failure(
         self, exc: UpstreamError, model: Model, version: Version, sent: float, ex: Exchange
@@ -296,15 +331,17 @@ class Proxy:
 
     @staticmethod
     def _error(error: RouterError, ex: Exchange) -> Response:
-        """The contract's JSON error; the outcome was set where the failure was seen."""
+        """The contract's error, in the shape the request's protocol's clients parse; the
+        outcome was set where the failure was seen."""
         ex.status = error.status
         ex.version = None  # no version answered (so no X-Model-Version): the router did
-        headers = {"X-Request-ID": ex.request_id}
+        headers = {"X-Request-ID": ex.request_id, ROUTER_ERROR_HEADER: error.code}
         if error.code == "overloaded":
             headers["Retry-After"] = "1"
+        adapter = error.adapter if isinstance(error, RouteError) else ADAPTERS[ex.protocol]
         response = Response(
             error.status,
-            body=error.body(ex.request_id),
+            body=adapter.error(error, ex.request_id),
             content_type="application/json",
             headers=headers,
         )
@@ -322,3 +359,11 @@ class Proxy:
         except asyncio.CancelledError:  # drain_s ran out while the client read slowly
             ex.outcome = "unavailable" if self._cutting_off else "client_closed"
             raise
+
+
+def outgoing(call: Call, model: Model, version: Version, body: RequestBody) -> tuple[str, Payload]:
+    """The target and body a version gets: its protocol may name the model in either."""
+    target = call.target_for(model, version)
+    if body.data is not None:
+        return target, call.body_for(model, version, body.data)
+    return target, body.payload()

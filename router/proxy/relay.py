@@ -8,7 +8,9 @@ from typing import Any, Final
 
 import orjson
 
+from router.config import pointer
 from router.config.model import Model, Version
+from router.config.pointer import Pick
 from router.errors import RouterError
 from router.http.client import ResponseTimeout, UpstreamError, UpstreamResponse
 from router.http.request import Request
@@ -53,8 +55,8 @@ async def relay(
         message = f"version '{version.name}' broke off its answer: {exc}"
         raise RouterError("upstream_unavailable", message) from exc
     ex.upstream_ms = ms_since(sent)
-    if model.log_response:
-        ex.response = pick(data, model.log_response)
+    if model.picks:
+        ex.response = pick(data, model.picks)
     return Response(status, reason=upstream.reason, headers=headers, body=data)
 
 
@@ -67,7 +69,7 @@ async def _stream(
     ex: Exchange,
 ) -> StreamResponse:
     response = StreamResponse(upstream.status, reason=upstream.reason, headers=headers)
-    captured: list[bytes] | None = [] if model.log_response else None
+    captured: list[bytes] | None = [] if model.picks else None
     size = 0
     try:
         await response.prepare(request)
@@ -92,7 +94,7 @@ async def _stream(
         request.close_connection()
         return response
     if captured is not None:
-        ex.response = pick(b"".join(captured), model.log_response)
+        ex.response = pick(b"".join(captured), model.picks)
     return response
 
 
@@ -103,13 +105,15 @@ def upstream_timeout(version: Version) -> RouterError:
     )
 
 
-def pick(data: bytes, names: tuple[str, ...]) -> dict[str, Any] | None:
+def pick(data: bytes, picks: tuple[Pick, ...]) -> dict[str, Any] | None:
+    """What a record copies from a JSON answer of at most LOG_RESPONSE_BYTES: the
+    `log_response` fields and pointers, and the prediction (contract section 11)."""
     if len(data) > LOG_RESPONSE_BYTES:
         return None
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(parsed, dict):
+    if not isinstance(parsed, dict | list):
         return None
-    return {name: parsed[name] for name in names if name in parsed}
+    return pointer.pick(parsed, picks)

@@ -21,6 +21,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from router.config.model import Model, Version
+from router.config.pointer import Pick
 from router.http.client import (
     Client,
     ConnectFailed,
@@ -34,7 +35,8 @@ from router.http.request import Request
 from router.observe.metrics import Metrics
 from router.observe.record import Exchange, ms_since, outcome_of
 from router.observe.values import same_value
-from router.proxy.body import RequestBody
+from router.protocols import Call
+from router.proxy.body import BUFFER_BYTES, RequestBody
 from router.proxy.headers import headers_for
 from router.proxy.relay import LOG_RESPONSE_BYTES, pick
 
@@ -103,7 +105,7 @@ class Shadows:
         client: Client,
         request: Request,
         model: Model,
-        target: str,
+        call: Call,
         body: RequestBody,
         ex: Exchange,
     ) -> None:
@@ -125,7 +127,8 @@ class Shadows:
             ex.config,
             ex.user,
         )
-        if body.stream is not None:  # larger than 1 MiB, or chunked: never held whole
+        if body.stream is not None or len(body.data or b"") > BUFFER_BYTES:
+            # Larger than 1 MiB, or chunked and never held whole.
             self._drop(record, "body_too_large")
             return
         version = model.versions[shadow.version]
@@ -139,7 +142,9 @@ class Shadows:
         headers.append(SHADOW_HEADER)
         if ex.finished is None:
             ex.finished = asyncio.get_running_loop().create_future()
-        send = _Send(client, version, request.method, target, headers, body.data)
+        target = call.target_for(model, version)
+        data = call.body_for(model, version, body.data) if body.data is not None else None
+        send = _Send(client, version, request.method, target, headers, data)
         self._in_flight[model.name] = self._in_flight.get(model.name, 0) + 1
         task = asyncio.create_task(self._run(send, model, record, ex))
         self._tasks.add(task)
@@ -160,7 +165,7 @@ class Shadows:
         answer: dict[str, Any] | None = None
         try:
             try:
-                answer = await send.exchange(record, model.log_response)
+                answer = await send.exchange(record, model.picks)
             finally:
                 self._in_flight[model.name] -= 1
             self._reached(model, send.version, not record.unreached)
@@ -173,7 +178,7 @@ class Shadows:
             raise
         record.primary_version = ex.version or ex.assigned_version  # who answered, or was meant to
         record.primary_upstream_ms = ex.upstream_ms
-        if model.log_response:
+        if model.picks:
             record.response = answer
             if ex.outcome == "ok" and record.outcome == "ok":
                 record.agree = agreement(ex.response, answer)
@@ -213,7 +218,7 @@ class _Send:
     body: bytes | None
 
     async def exchange(
-        self, record: ShadowRecord, log_response: tuple[str, ...]
+        self, record: ShadowRecord, picks: tuple[Pick, ...]
     ) -> dict[str, Any] | None:
         """Send the copy and read its answer (up to what `log_response` looks at); fills
         in the record's status, outcome and upstream_ms; returns the picked fields of an
@@ -242,7 +247,7 @@ class _Send:
             record.upstream_ms = ms_since(sent)
         if data is None or record.outcome != "ok":
             return None
-        return pick(data, log_response)
+        return pick(data, picks)
 
 
 async def _read_capped(upstream: UpstreamResponse) -> bytes | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import mmh3
 
@@ -50,27 +50,44 @@ class Choice:
     user_id: str | None
 
 
-def find_user_id(model: Model, request: RequestLike) -> str | None:
-    """The first user-id source that is present and non-empty wins."""
+def reads_body(model: Model) -> bool:
+    """Whether a user id may come from the request body (`{body: NAME}`)."""
+    return any(source.kind == "body" for source in model.user_id)
+
+
+def find_user_id(
+    model: Model, request: RequestLike, body: Mapping[str, Any] | None = None
+) -> str | None:
+    """The first user-id source that is present and non-empty wins. `body` is the JSON
+    object body's fields, when the body was held whole and is one."""
     for source in model.user_id:
+        value: Any
         if source.kind == "header":
             value = request.headers.get(source.name)
         elif source.kind == "cookie":
             value = request.cookies.get(source.name)
-        else:
+        elif source.kind == "query":
             value = request.query.get(source.name)
+        else:  # a top-level string field of a JSON body (the OpenAI API's `user`)
+            value = body.get(source.name) if body is not None else None
+            value = value if isinstance(value, str) else None
         if value:
-            return value
+            return str(value)
     return None
 
 
-def choose(model: Model, request: RequestLike, pinned: str | None) -> Choice:
+def choose(
+    model: Model,
+    request: RequestLike,
+    pinned: str | None,
+    body: Mapping[str, Any] | None = None,
+) -> Choice:
     """The five steps of contract section 3; the first that applies decides.
 
     Raises RouterError for an unknown or retired version, and for a missing user id
     when the model says `when_no_user_id: reject`.
     """
-    user_id = find_user_id(model, request)
+    user_id = find_user_id(model, request, body)
     if pinned is not None:
         return Choice(_named(model, pinned), "pinned", None, user_id)
     header_version = request.headers.get("X-Model-Version")

@@ -56,23 +56,29 @@ def route(target: str) -> Route:
     path, has_query, query = origin_form(target).partition("?")
     segments = path.split("/")
     named = segments[2] if len(segments) >= 3 and segments[1] == "models" else None
+    check_path(path, segments, named)
+    if len(segments) < 3 or segments[0] != "":
+        raise PathError(not_found(path), None)
+    if segments[1] == "feedback" and len(segments) == 3:
+        return Route("feedback", unquote(segments[2]))
+    if segments[1] != "models":
+        raise PathError(not_found(path), None)
+    rest = segments[3:]
+    pinned = None
+    if len(rest) >= 2 and rest[0] == "versions":
+        pinned, rest = unquote(rest[1]), rest[2:]
+    return Route("models", unquote(segments[2]), pinned, "/" + "/".join(rest) + has_query + query)
+
+
+def check_path(path: str, segments: list[str], named: str | None) -> None:
+    """PathError (`bad_path`) for a path that must never be forwarded: one with `.` or
+    `..` segments, or with an encoded separator or NUL."""
     if ("%" in path or "\\" in path) and (unsafe := _UNSAFE.search(path)):
         error = RouterError("bad_path", f"path '{path}' has '{unsafe[0]}' (encoded /, \\ or NUL)")
         raise PathError(error, named)
     if any(s[:1] in (".", "%") and _dot_segment(s) for s in segments):
         error = RouterError("bad_path", f"path '{path}' has '.' or '..' segments")
         raise PathError(error, named)
-    if len(segments) < 3 or segments[0] != "":
-        raise PathError(_not_found(path), None)
-    if segments[1] == "feedback" and len(segments) == 3:
-        return Route("feedback", unquote(segments[2]))
-    if segments[1] != "models":
-        raise PathError(_not_found(path), None)
-    rest = segments[3:]
-    pinned = None
-    if len(rest) >= 2 and rest[0] == "versions":
-        pinned, rest = unquote(rest[1]), rest[2:]
-    return Route("models", unquote(segments[2]), pinned, "/" + "/".join(rest) + has_query + query)
 
 
 def _dot_segment(segment: str) -> bool:
@@ -90,5 +96,5 @@ def find_model(table: Table, name: str) -> Model:
     return model
 
 
-def _not_found(path: str) -> RouterError:
+def not_found(path: str) -> RouterError:
     return RouterError("not_found", f"no route for '{path}'; models are under /models/<name>/")

@@ -1,0 +1,95 @@
+"""What a protocol adapter says, and the call it makes of a request target.
+
+The proxy core (choice, admission, fallback, relay, shadow, records) never looks at a
+protocol: it asks the request's `Call` which model and version the client named, what
+target and body a version gets, and the `Adapter` how the router's own errors and answers
+look to that protocol's clients (Envoy's split between codecs and the router filter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+from urllib.parse import quote
+
+from router.config.model import Model, Table, Version
+from router.errors import RouterError, error_body
+
+ProtocolName = Literal["rest", "oip", "tfserving", "openai", "grpc"]
+# What the router answers itself rather than forwarding.
+Local = Literal["feedback", "live", "ready", "server", "models"]
+
+ROUTER_ERROR_HEADER: Final = "X-Router-Error"
+
+
+class Adapter:
+    """One protocol: where its requests name the model, how a version's upstream request
+    is written, and the shape of the router's answers. The base is the router's own
+    `/models/...` protocol's shape (contract section 4)."""
+
+    name: ProtocolName = "rest"
+    # The model is named in the JSON body (OpenAI): the body is read whole to route.
+    model_in_body: bool = False
+
+    def error(self, error: RouterError, request_id: str) -> bytes:
+        """The body of an error the router makes, as this protocol's clients parse it."""
+        return error_body(error.code, error.message, request_id)
+
+    def target(self, call: Call, model: Model, version: Version) -> str:
+        """The path and query the version gets."""
+        return call.tail
+
+    def body(self, call: Call, data: bytes, model: Model, version: Version) -> bytes:
+        """The body the version gets: as received, unless the protocol names the model
+        in it."""
+        return data
+
+    def answer(self, call: Call, table: Table, serving: bool) -> tuple[int, bytes]:
+        """The router's own answer to a `Local` call: status and JSON body."""
+        raise RouterError("not_found", f"no route for '{call.tail}'")
+
+    def model_of(self, data: bytes | None) -> tuple[str, str | None]:
+        """The model and pinned version a body names (only for `model_in_body`)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a request target asks for, as its protocol reads it."""
+
+    adapter: Adapter
+    model: str | None  # as named in the path; None when the body names it (OpenAI)
+    pinned: str | None = None  # /versions/<v>/ (or /labels/<v>/)
+    tail: str = "/"  # what follows the model (and version) in the path, with the query
+    local: Local | None = None
+
+    @property
+    def protocol(self) -> ProtocolName:
+        return self.adapter.name
+
+    def target_for(self, model: Model, version: Version) -> str:
+        """The path and query `version` gets."""
+        return self.adapter.target(self, model, version)
+
+    def body_for(self, model: Model, version: Version, data: bytes) -> bytes:
+        """The body held whole as `version` gets it."""
+        return self.adapter.body(self, data, model, version) if self.adapter.model_in_body else data
+
+
+class RouteError(RouterError):
+    """A target that names no route, or a body that names no model; with the model it
+    names, if any, for the log, and the protocol whose error shape answers it."""
+
+    def __init__(self, error: RouterError, model: str | None, adapter: Adapter) -> None:
+        super().__init__(error.code, error.message)
+        self.model = model
+        self.adapter = adapter
+
+
+def upstream_path(prefix: str, model: Model, version: Version) -> str:
+    """`<prefix>/<upstream model>[/versions/<upstream version>]`: how OIP and TF Serving
+    servers name a model, with the version's names on its backend."""
+    name = quote(version.upstream_model or model.name, safe="")
+    if version.upstream_version is None:
+        return f"{prefix}/{name}"
+    return f"{prefix}/{name}/versions/{quote(version.upstream_version, safe='')}"
