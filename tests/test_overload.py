@@ -13,10 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from tests.support.errors import router_error
 from tests.support.metrics import scrape
-from tests.support.running import requests_in, router_process, router_running
+from tests.support.running import requests_in, router_process, router_running, serve
 from tests.support.tables import one_model
 from tests.support.waiting import poll
 
@@ -110,25 +112,86 @@ async def test_no_queue_refuses_at_once(backends: dict[str, str], tmp_path: Path
     assert "max_in_flight" in message
 
 
-async def test_a_client_that_leaves_the_queue_gives_up_its_turn(
-    backends: dict[str, str], tmp_path: Path
+class Held:
+    """A backend that answers `?n=first` only once `release` is set, and notes the order
+    in which requests reach it."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.order: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.order.append(request.query["n"])
+        if request.query["n"] == "first":
+            await self.release.wait()
+        return web.json_response({"n": request.query["n"]})
+
+    async def start(self, aiohttp_server: AiohttpServer) -> dict[str, str]:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        return {"v1": await serve(aiohttp_server, app)}
+
+
+async def _queued(client: aiohttp.ClientSession, admin_url: str, n: int) -> None:
+    """Until exactly `n` requests wait for a place at v1."""
+
+    async def probe() -> bool | None:
+        metrics = await scrape(client, admin_url)
+        return metrics.value("model_router_upstream_queued", model="m", version="v1") == n or None
+
+    await poll(probe, 10, f"{n} requests queued at v1")
+
+
+async def test_waiting_requests_get_places_first_come_first_served(
+    aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
-    table = limited(backends, max_in_flight=1, queue_s=10)
+    """Arrivals staggered: each is in the queue before the next is sent."""
+    held = Held()
+    table = limited(await held.start(aiohttp_server), max_in_flight=1, queue_s=30)
+    async with (
+        router_running(table, tmp_path) as r,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client,
+    ):
+        admin = r.router.admin_url
+        first = asyncio.ensure_future(_get(client, f"{r.url}/models/m/x?n=first"))
+        await _busy(client, admin)
+        later = []
+        for i in range(5):
+            later.append(asyncio.ensure_future(_get(client, f"{r.url}/models/m/x?n={i}")))
+            await _queued(client, admin, i + 1)
+        held.release.set()
+        answers = await asyncio.gather(first, *later)
+    assert [a[0] for a in answers] == [200] * 6
+    assert held.order == ["first", "0", "1", "2", "3", "4"]
+
+
+async def test_a_client_that_leaves_the_queue_gives_up_its_turn(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    held = Held()
+    table = limited(await held.start(aiohttp_server), max_in_flight=1, queue_s=30)
     async with (
         router_running(table, tmp_path) as r,
         aiohttp.ClientSession() as client,
     ):
-        first = asyncio.ensure_future(_get(client, f"{r.url}/models/m/slow?s=0.5"))
-        await _busy(client, r.router.admin_url)
+        admin = r.router.admin_url
+        first = asyncio.ensure_future(_get(client, f"{r.url}/models/m/x?n=first"))
+        await _busy(client, admin)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
-                await _get(client, f"{r.url}/models/m/echo")
+                await _get(client, f"{r.url}/models/m/x?n=left")
+        # It leaves the queue as its client leaves, not when a place next frees: the first
+        # request is still held here.
+        await _queued(client, admin, 0)
+        assert not first.done()
+        held.release.set()
         assert (await first)[0] == 200
         # Its place in the queue is gone: the next request goes at once.
-        assert (await _get(client, f"{r.url}/models/m/echo"))[0] == 200
-        metrics = await scrape(client, r.router.admin_url)
+        assert (await _get(client, f"{r.url}/models/m/x?n=next"))[0] == 200
+        metrics = await scrape(client, admin)
     assert metrics.value("model_router_upstream_queued", model="m", version="v1") == 0
     assert metrics.value("model_router_upstream_in_flight", model="m", version="v1") == 0
+    assert held.order == ["first", "next"]
 
 
 async def test_at_the_open_files_limit_every_client_gets_200_or_503_and_the_version_stays_up(
