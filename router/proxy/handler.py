@@ -284,7 +284,13 @@ class Proxy:
         sent = time.perf_counter()
         try:
             upstream = await self.client.send(
-                version.origin, request.method, target, headers, payload, version.timeout_s
+                version.origin,
+                request.method,
+                target,
+                headers,
+                payload,
+                version.timeout_s,
+                replay=model.retry_post,
             )
         except ClientGone:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
