@@ -130,3 +130,22 @@ def sample_rows(n: int) -> list[tuple[list[float], int]]:
     held_out = _held_out()
     picks = [held_out[i * len(held_out) // n] for i in range(n)]
     return [([float(x) for x in features[i]], int(labels[i])) for i in picks]
+
+
+def predict_batch(model: Classifier, version: str, rows: Any) -> tuple[list[int], list[float]]:
+    """Classify the rows of an ``(n, 30)`` float array: (labels, probabilities of class 1).
+
+    Every version answers both, whatever its ``/predict`` shape, for the Open Inference
+    Protocol's fixed outputs; probabilities are rounded to 4 places as ``predict``'s are.
+    """
+    check_version(version)
+    if rows.ndim != 2 or rows.shape[1] != N_FEATURES:
+        raise ValueError(f"rows must have shape (n, {N_FEATURES}), got {rows.shape}")
+    if len(rows) == 0:
+        return [], []
+    probabilities = model.predict_proba(rows)
+    if version == "v3":  # see predict(): a forest's predict() is the argmax of predict_proba()
+        labels = [int(label) for label in np.argmax(probabilities, axis=1)]
+    else:
+        labels = [int(label) for label in model.predict(rows)]
+    return labels, [round(float(p), 4) for p in probabilities[:, 1]]
