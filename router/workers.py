@@ -4,7 +4,8 @@ Each worker is a whole router (its own event loop, client pool, table holder, fi
 and log writer) bound to the same port with SO_REUSEPORT, so the kernel spreads connections
 over them. The supervisor (this process) holds no public socket; it serves the admin port,
 forwards signals (SIGHUP reloads, SIGUSR1 reopens logs, SIGTERM and SIGINT drain every
-worker), restarts a worker that dies, and aggregates metrics with prometheus-client's
+worker), restarts a worker that dies (with a growing pause when it keeps dying, and on the
+table in force, never on a file it refused), and aggregates metrics with prometheus-client's
 multiprocess mode. Log lines of all workers stay whole: each appends whole lines with one
 `write` per batch to the same O_APPEND file.
 """
@@ -42,17 +43,23 @@ from router.http.text import host_port
 from router.observe.health import HealthBook
 
 START_TIMEOUT_S = 60.0
+WATCH_S = 0.1  # how often the supervisor looks for a worker that died
 _CTX = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop or threads
 
 
-def worker_main(config: str, overrides: Overrides, ready: Any) -> None:
-    """A worker's process: a router on the shared port until SIGTERM or SIGINT."""
+def worker_main(config: str, overrides: Overrides, ready: Any, table: Table | None = None) -> None:
+    """A worker's process: a router on the shared port until SIGTERM or SIGINT.
+
+    `table` is the supervisor's table in force: a worker started in place of one that died
+    serves it rather than the file, which may hold an edit the supervisor refused (issue
+    21: the replacement died on it, and was started again every 0.5 s for ever). The
+    file's state is taken as read, so the worker's watcher leaves a refused file alone.
+    """
 
     async def main() -> int:
         configure_logging()
-        router = Router(
-            overrides(load_apart_now(Path(config))), config, overrides, admin=False, reuse_port=True
-        )
+        start = table if table is not None else load_apart_now(Path(config))
+        router = Router(overrides(start), config, overrides, admin=False, reuse_port=True)
         orphan_watch = asyncio.create_task(_stop_when_orphaned(os.getppid()))
         try:
             await router.start()
@@ -77,12 +84,43 @@ async def _stop_when_orphaned(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+@dataclasses.dataclass(slots=True)
+class Backoff:
+    """The pause before a dead worker's replacement starts, as systemd's `RestartSec` with
+    steps or Kubernetes' CrashLoopBackOff: `first_s`, doubled each time the replacement
+    dies young, up to `max_s`; a worker that lived `steady_s` was well, and the next
+    pause starts from `first_s` again. Pure: the caller says how long the worker lived."""
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+    steady_s: float = 10.0
+    next_s: float = 0.5
+
+    def after(self, lived_s: float) -> float:
+        """The pause before replacing a worker that died after `lived_s` seconds."""
+        if lived_s >= self.steady_s:
+            self.next_s = self.first_s
+        pause = self.next_s
+        self.next_s = min(pause * 2, self.max_s)
+        return pause
+
+
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    """One of the N workers: its process, when it started, and its restart pauses."""
+
+    proc: BaseProcess
+    started: float
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+    due: float | None = None  # monotonic time its replacement starts, once it died
+
+
 class Supervisor:
     def __init__(self, table: Table, source: str, overrides: Overrides, workers: int) -> None:
         self.source = source
         self.overrides = overrides
         self.count = workers
-        self.procs: list[BaseProcess] = []
+        self.slots: list[_Slot] = []
         self.ready: Any = _CTX.Queue()
         self.stopping = False
         quiet = structlog.wrap_logger(
@@ -125,10 +163,15 @@ class Supervisor:
             ) from exc
         return Address(address.host, self._placeholder.getsockname()[1])
 
+    @property
+    def procs(self) -> list[BaseProcess]:
+        return [slot.proc for slot in self.slots]
+
     def _spawn(self) -> BaseProcess:
+        """A worker on the table in force here (see worker_main)."""
         proc = _CTX.Process(
             target=worker_main,
-            args=(self.source, self.worker_overrides, self.ready),
+            args=(self.source, self.worker_overrides, self.ready, self.tables.current),
             name="model-router-worker",
         )
         proc.start()
@@ -156,7 +199,7 @@ class Supervisor:
                 os.kill(proc.pid, signum)
 
     async def start(self) -> None:
-        self.procs = [self._spawn() for _ in range(self.count)]
+        self.slots = [_Slot(self._spawn(), time.monotonic()) for _ in range(self.count)]
         deadline = time.monotonic() + START_TIMEOUT_S
         started = 0
         while started < self.count:
@@ -176,19 +219,39 @@ class Supervisor:
         await listen_on(web.TCPSite(self.admin, admin.host, admin.port).start, "admin", admin)
 
     async def watch_workers(self) -> None:
-        """Restart a worker that exits on its own, as nginx's master does."""
-        while True:
-            await asyncio.sleep(0.5)
-            for i, proc in enumerate(self.procs):
-                if not proc.is_alive() and not self.stopping:
-                    print(
-                        f"model-router: worker {proc.pid} exited with {proc.exitcode}; "
-                        "starting another",
-                        file=sys.stderr,
-                    )
-                    if proc.pid is not None:
-                        multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # untyped upstream
-                    self.procs[i] = self._spawn()
+        """Replace a worker that exits on its own, as nginx's master does, after its slot's
+        pause (Backoff): a worker that keeps dying is not restarted in a tight loop."""
+        while not self.stopping:
+            await asyncio.sleep(WATCH_S)
+            self._forget_ready()
+            now = time.monotonic()
+            for slot in self.slots:
+                if self.stopping:
+                    return
+                if slot.due is None and not slot.proc.is_alive():
+                    self._died(slot, now)
+                elif slot.due is not None and now >= slot.due:
+                    slot.proc, slot.started, slot.due = self._spawn(), now, None
+
+    def _died(self, slot: _Slot, now: float) -> None:
+        lived = now - slot.started
+        pause = slot.backoff.after(lived)
+        slot.due = now + pause
+        proc = slot.proc
+        print(
+            f"model-router: worker {proc.pid} exited with {proc.exitcode} after {lived:.1f} s; "
+            f"starting another in {pause:g} s",
+            file=sys.stderr,
+        )
+        if proc.pid is not None:
+            multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # untyped upstream
+
+    def _forget_ready(self) -> None:
+        """Empty the queue a replacement says it is ready on: nobody waits for it, and a
+        full pipe would hold a worker's exit (its queue's feeder thread is joined then)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.ready.get_nowait()
 
     async def stop(self) -> None:
         self.stopping = True
