@@ -1,0 +1,169 @@
+"""OpenAI-compatible APIs on the stable URL (contract section 11): the body's `"model"`
+picks the model and may pin a version, the version's server gets its own model name in
+that one string and every other byte as sent, a body field may be the user id, and the
+router's errors come in the shape OpenAI's SDKs parse. Echo backends show what arrived."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from router.routing.choose import bucket
+from tests.support.running import RunningRouter, router_running
+
+SALT = "llm-salt"
+CHAT = "/v1/chat/completions"
+
+
+def llm(backends: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "llm": {
+            "salt": SALT,
+            "user_id": [{"body": "user"}, {"header": "X-User-ID"}],
+            "versions": {
+                "v1": {"url": backends["v1"], "upstream_model": "org/llama-3-8b"},
+                "v2": {"url": backends["v2"], "upstream_model": "llama-3.1-8b"},
+            },
+            "split": {"v1": 50, "v2": 50},
+            **extra,
+        }
+    }
+
+
+@pytest.fixture
+async def router(backends: dict[str, str], tmp_path: Path) -> AsyncIterator[RunningRouter]:
+    async with router_running(llm(backends), tmp_path) as running:
+        yield running
+
+
+UPSTREAM = {"v1": b'"org/llama-3-8b"', "v2": b'"llama-3.1-8b"'}
+
+
+async def post(
+    url: str, body: bytes, path: str = CHAT, **headers: str
+) -> tuple[int, Any, dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url + path,
+            data=io.BytesIO(body),
+            headers={"Content-Type": "application/json", **headers},
+        ) as resp,
+    ):
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+def body_with(model: str, user: str = "alice", padding: str = "") -> bytes:
+    """A body as a client may write it: odd spacing, escapes, a float spelled its way."""
+    return (
+        b'{ "messages" :[ {"role":"user", "content":"the \\"model\\": is not this one%s"}],\n'
+        b'  "model" :  "%s", "temperature":0.70, "user":"%s"}'
+        % (padding.encode(), model.encode(), user.encode())
+    )
+
+
+async def test_the_body_model_is_rewritten_to_the_versions_name_and_nothing_else(
+    router: RunningRouter,
+) -> None:
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
+        body = body_with("llm", user)
+        status, echoed, headers = await post(router.url, body)
+        assert status == 200
+        version = "v1" if bucket(user, SALT) < 5000 else "v2"
+        assert echoed["version"] == headers["X-Model-Version"] == version
+        assert echoed["target"] == CHAT
+        sent = body.replace(b'"llm"', UPSTREAM[version])
+        assert echoed["body_sha256"] == hashlib.sha256(sent).hexdigest()
+        assert echoed["body_bytes"] == len(sent)
+    await router.router.stop()
+    records = router.records()
+    assert {r["assigned_by"] for r in records} == {"split"}
+    assert all(r["protocol"] == "openai" and r["model"] == "llm" for r in records)
+    assert [r["bucket"] for r in records] == [
+        bucket(u, SALT) for u in ("alice", "bob", "carol", "dave", "erin", "frank")
+    ]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_model_colon_version_pins(router: RunningRouter, version: str) -> None:
+    body = body_with(f"llm:{version}")
+    status, echoed, _ = await post(router.url, body, "/v1/completions")
+    assert (status, echoed["version"], echoed["target"]) == (200, version, "/v1/completions")
+    sent = body.replace(f'"llm:{version}"'.encode(), UPSTREAM[version])
+    assert echoed["body_sha256"] == hashlib.sha256(sent).hexdigest()
+    await router.router.stop()
+    assert [r["assigned_by"] for r in router.records()] == ["pinned"]
+
+
+async def test_x_model_version_pins_too(router: RunningRouter) -> None:
+    status, echoed, _ = await post(
+        router.url, body_with("llm"), "/v1/embeddings", **{"X-Model-Version": "v2"}
+    )
+    assert (status, echoed["version"]) == (200, "v2")
+
+
+async def test_a_body_user_id_is_read_only_from_a_json_object_held_whole(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    async with router_running(llm(backends), tmp_path, max_body_mb=4) as running:
+        big = body_with("llm", "alice", padding="x" * (1 << 20))  # over 1 MiB: no body id
+        status, echoed, _ = await post(running.url, big, **{"X-User-ID": "from-header"})
+        assert status == 200
+        assert (
+            echoed["body_sha256"]
+            == hashlib.sha256(big.replace(b'"llm"', UPSTREAM[echoed["version"]])).hexdigest()
+        )
+        await post(running.url, body_with("llm", "alice"), **{"X-User-ID": "from-header"})
+        await running.router.stop()
+    first, second = running.records()
+    assert first["bucket"] == bucket("from-header", SALT)
+    assert second["bucket"] == bucket("alice", SALT)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"messages": []}', 400, "bad_request"),
+        (b'{"model": 7}', 400, "bad_request"),
+        (b"not json", 400, "bad_request"),
+        (b'{"model": "nope"}', 404, "unknown_model"),
+        (b'{"model": "llm:v9"}', 404, "unknown_version"),
+    ],
+)
+async def test_errors_come_in_openais_shape(
+    router: RunningRouter, body: bytes, status: int, code: str
+) -> None:
+    got, error, headers = await post(router.url, body)
+    assert got == status
+    assert headers["X-Router-Error"] == code
+    assert list(error) == ["error"]
+    assert set(error["error"]) == {"message", "type", "code", "param"}
+    assert (error["error"]["type"], error["error"]["code"], error["error"]["param"]) == (
+        code,
+        code,
+        None,
+    )
+    assert error["error"]["message"]
+    await router.router.stop()
+    (record,) = router.records()
+    assert (record["status"], record["outcome"], record["protocol"]) == (
+        status,
+        "rejected",
+        "openai",
+    )
+
+
+async def test_the_model_list_is_the_tables(router: RunningRouter) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{router.url}/v1/models") as resp:
+        assert resp.status == 200
+        listed = await resp.json()
+    assert listed == {
+        "object": "list",
+        "data": [{"id": "llm", "object": "model", "owned_by": "model-router"}],
+    }
