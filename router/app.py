@@ -50,12 +50,14 @@ class Router:
         `limits` are the public port's (nginx's defaults if not given)."""
         self.reuse_port = reuse_port
         self.limits = limits
+        self.metrics = Metrics()
         try:
-            self.sink = LogSink(table.log.path)
+            self.sink = LogSink(
+                table.log.path, table.log.buffer_bytes, self.metrics.log_records_dropped
+            )
         except OSError as exc:
             raise ServeError(f"cannot open the log {table.log.path}: {exc.strerror}") from exc
         self.log = make_logger(self.sink)
-        self.metrics = Metrics()
         self.tables = TableHolder(table, source, self.log, self.metrics.count_reload, overrides)
         book = HealthBook(lambda key, up: self.metrics.set_up(key[0], key[1], up))
         self.tables.on_swap.append(lambda t, changed: self.metrics.track(t, book.is_down, changed))
@@ -115,7 +117,17 @@ class Router:
             site = web.TCPSite(self.admin, server.admin_listen.host, server.admin_listen.port)
             await listen_on(site.start, "admin", server.admin_listen)
         self.tables.announce()  # once listening: a log never names a table that never served
+        self.sink.on_new_file = self._announce_from_thread(asyncio.get_running_loop())
         keep_out_of_gc()  # the table read at start, and the process's modules
+
+    def _announce_from_thread(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """The log writer re-created a removed file: it too starts by naming the table."""
+
+        def announce() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to say
+                loop.call_soon_threadsafe(self.tables.announce, "log re-created")
+
+        return announce
 
     def reopen_log(self) -> None:
         """SIGUSR1: a new log file, which starts by saying which table is in force."""

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from router.config.model import Table
 from router.observe.series import IN_FLIGHT, LATENCY, QUEUED, REQUESTS, UP, SeriesBook
+from router.observe.sink import DROP_REASONS, DropReason
 
 MULTIPROCESS = values.ValueClass is not values.MutexValue  # PROMETHEUS_MULTIPROC_DIR is set
 if MULTIPROCESS:
@@ -53,6 +54,7 @@ class Metrics:
         self.build.labels(package_version("model-router"), platform.python_version()).set(1)
         self._shadow_and_rollout(r)
         self._admission(r)
+        self._log(r)
 
     def _shadow_and_rollout(self, r: CollectorRegistry) -> None:
         self.shadow_requests = Counter(
@@ -92,6 +94,22 @@ class Metrics:
             ["model", "version", "reason"],
             registry=r,
         )
+
+    def _log(self, r: CollectorRegistry) -> None:
+        # Contract section 13: every record the log could not keep is counted here.
+        self.log_dropped = Counter(
+            "model_router_log_records_dropped",
+            "Routing-log records lost, by reason: buffer_full (the log could not be written "
+            "and log.buffer_mb was full: the oldest went), shutdown (still unwritten at exit).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DROP_REASONS:  # shown from the start: 0 is not "unknown"
+            self.log_dropped.labels(reason)
+
+    def log_records_dropped(self, reason: DropReason, count: int) -> None:
+        """Called from the log's writer thread, or the loop's: prometheus-client locks."""
+        self.log_dropped.labels(reason).inc(count)
 
     def in_flight(self, key: tuple[str, str, str], change: int) -> None:
         self.versions.in_flight(key[0], key[1], change)

@@ -1,0 +1,396 @@
+"""The routing log's writer: lines kept in order, in bounded memory, written off the event
+loop, through disk faults (contract section 13).
+
+Handlers only append a rendered line to a queue; one writer thread per process takes lines
+off in batches and appends each batch with one `os.write`. The file is opened with O_APPEND,
+so several worker processes share it and lines stay whole.
+
+When the file cannot be written (disk full, I/O error, its directory removed), the lines
+wait in memory, in order, up to `log.buffer_mb`; beyond that the oldest are dropped, each
+one counted by reason. The thread tries again every RETRY_S, says on stderr what failed (at
+most once a minute), and re-creates a file that was removed or renamed away. Nothing it
+meets ends it: a writer that died would leave the router serving with no evidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Literal
+
+DropReason = Literal["buffer_full", "shutdown"]
+DROP_REASONS: Final[tuple[DropReason, ...]] = ("buffer_full", "shutdown")
+
+FLUSH_S: Final = 0.05  # lines reach the file within this long after they are logged
+RETRY_S: Final = 0.5  # while writing fails, tried again this often (the contract: <= 1 s)
+CHECK_S: Final = 1.0  # an idle writer looks this often whether its file is still there
+# A file renamed away is written on for this long before a new one is made at its name:
+# logrotate renames, then sends SIGUSR1, and lines logged before the signal belong in the
+# rotated file. CHECK_S + AWAY_S stays below the contract's 5 s.
+AWAY_S: Final = 2.0
+WARN_EVERY_S: Final = 60.0  # at most one stderr line a minute while the fault lasts
+CLOSE_S: Final = 5.0  # at exit, a failing disk is tried this long before the rest is lost
+BATCH_BYTES: Final = 1 << 20  # taken off the queue at a time, to keep the lock short
+# What a queued line costs beyond its text: the bytes object's header and its deque slot.
+LINE_OVERHEAD: Final = sys.getsizeof(b"") + 8
+
+_REOPEN: Final = object()
+
+Dropped = Callable[[DropReason, int], None]
+
+
+class LogSink:
+    """A structlog logger that hands rendered lines to a writer thread.
+
+    `msg` appends to a queue under a lock held for a few operations: a stalled disk costs
+    memory (at most `buffer_bytes`), never request latency. The thread wakes every FLUSH_S
+    and writes what is there, one `os.write` per batch. `close()` writes everything it can.
+    """
+
+    def __init__(
+        self, path: str, buffer_bytes: int = 64 << 20, on_drop: Dropped | None = None
+    ) -> None:
+        """`on_drop(reason, count)` is told of every line dropped (a metrics counter);
+        `on_new_file`, if set, is called from the writer thread after the file was
+        re-created at its path by the writer itself (not after `reopen`)."""
+        self.path = path
+        self.buffer_bytes = buffer_bytes
+        self.on_drop = on_drop
+        self.on_new_file: Callable[[], None] | None = None
+        self.dropped: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._lock = threading.Lock()
+        # Lines, and REOPEN marks in their place among them: lines logged before a reopen
+        # go to the old file, lines logged after it to the new one.
+        self._pending: deque[bytes | object] = deque()
+        self._size = 0  # what the lines in _pending cost, LINE_OVERHEAD each included
+        self._reopen_due = False  # a REOPEN mark went with the lines dropped before it
+        self._wake = threading.Event()
+        self._stop = False
+        self._deadline = math.inf  # set by close()
+        self._file = _File(path)  # raises OSError: the router cannot start
+        self._failure: str | None = None  # what failed last, while it lasts
+        self._warned_at = -math.inf
+        self._said_failure = False  # the fault in progress was said on stderr
+        self._warned_drops = 0
+        self._thread = threading.Thread(target=self._run, name="routing-log", daemon=True)
+        self._thread.start()
+
+    def msg(self, line: bytes) -> None:
+        shed = 0
+        with self._lock:
+            self._pending.append(line)
+            self._size += len(line) + LINE_OVERHEAD
+            if self._size > self.buffer_bytes:
+                shed = self._shed()
+        if shed:
+            self._count("buffer_full", shed)
+
+    info = warning = error = critical = debug = msg
+
+    def reopen(self) -> None:
+        """Open the file again under its name, after logrotate has moved it away."""
+        with self._lock:
+            self._pending.append(_REOPEN)
+        self._wake.set()
+
+    def close(self, timeout: float = CLOSE_S) -> None:
+        """Write what is queued; a disk still failing after `timeout` loses the rest, counted."""
+        self._deadline = time.monotonic() + timeout
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout + 1.0)
+        if self._thread.is_alive():  # a write stuck in the kernel (say, a hung NFS server)
+            self._lose_rest("a write did not return")
+
+    def held(self) -> tuple[int, int]:
+        """Lines waiting to be written (one a failed write cut short included), and what
+        those queued cost in bytes."""
+        with self._lock:
+            count = sum(isinstance(i, bytes) for i in self._pending)
+            return count + (self._file.tail is not None), self._size
+
+    # --- the queue, under the lock ---
+
+    def _shed(self) -> int:
+        """Drop the oldest lines until the queue fits its bound again (lock held)."""
+        shed = 0
+        pending = self._pending
+        while self._size > self.buffer_bytes and pending:
+            item = pending.popleft()
+            if isinstance(item, bytes):
+                self._size -= len(item) + LINE_OVERHEAD
+                shed += 1
+            else:
+                self._reopen_due = True  # every line it stood behind is gone: reopen next
+        return shed
+
+    def _take(self) -> tuple[list[bytes], bool]:
+        """The next batch of lines, and whether the file is to be reopened after them."""
+        lines: list[bytes] = []
+        taken = 0
+        with self._lock:
+            pending = self._pending
+            if self._reopen_due:
+                self._reopen_due = False
+                return lines, True
+            while pending and taken < BATCH_BYTES:
+                item = pending.popleft()
+                if not isinstance(item, bytes):
+                    break
+                lines.append(item)
+                taken += len(item) + LINE_OVERHEAD
+            else:
+                self._size -= taken
+                return lines, False
+            self._size -= taken
+            return lines, True
+
+    def _put_back(self, lines: list[bytes]) -> None:
+        """Lines a failed write did not reach the file with go back to the front, in order."""
+        with self._lock:
+            self._pending.extendleft(reversed(lines))
+            self._size += sum(len(line) + LINE_OVERHEAD for line in lines)
+            shed = self._shed() if self._size > self.buffer_bytes else 0
+        if shed:
+            self._count("buffer_full", shed)
+
+    def _count(self, reason: DropReason, n: int) -> None:
+        with self._lock:
+            self.dropped[reason] += n
+        if self.on_drop is not None:
+            self.on_drop(reason, n)
+
+    # --- the writer thread ---
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(RETRY_S if self._failure else FLUSH_S)
+            self._wake.clear()
+            stopping = self._stop
+            try:
+                self._flush()
+            except OSError as exc:
+                self._failed(_describe(exc))
+            except Exception as exc:  # a bug must not end the log: it is said, and tried again
+                self._failed(f"{type(exc).__name__}: {exc}")
+            if stopping and (self._empty() or time.monotonic() > self._deadline):
+                self._lose_rest(self._failure or "the writer stopped")
+                self._file.close()
+                return
+
+    def _flush(self) -> None:
+        """Write every batch queued; a failure raises OSError, the rest kept for later."""
+        with self._lock:
+            busy = bool(self._pending) or self._reopen_due
+        if self._file.check(busy or self._file.tail is not None) and self.on_new_file:
+            self.on_new_file()
+        self._file.finish_tail()
+        while True:
+            lines, reopen = self._take()
+            if lines:
+                try:
+                    self._file.write(lines)
+                except _Unwritten as unwritten:
+                    self._put_back(unwritten.lines)
+                    raise unwritten.error from None
+            if reopen:
+                self._file.reopen()
+            elif not lines:
+                break
+        self._recovered()
+
+    def _empty(self) -> bool:
+        with self._lock:
+            return not self._pending and self._file.tail is None
+
+    def _lose_rest(self, why: str) -> None:
+        """At exit: count what is still unwritten as lost, and say so."""
+        with self._lock:
+            lost = sum(isinstance(i, bytes) for i in self._pending)
+            self._pending.clear()
+            self._size = 0
+        lost += self._file.tail is not None
+        self._file.tail = None
+        if lost:
+            self._count("shutdown", lost)
+            _say(f"log {self.path}: {lost} records could not be written before exit ({why})")
+
+    def _failed(self, what: str) -> None:
+        self._failure = what
+        if self._warn(f"cannot write: {what}"):
+            self._said_failure = True
+
+    def _recovered(self) -> None:
+        """Say that writing works again, if the fault was said (two lines a minute at most,
+        however often a disk flaps between full and not)."""
+        if self._failure is not None and self._said_failure:
+            _say(f"log {self.path}: writing again, after: {self._failure}; {self._drops()}")
+        self._failure, self._said_failure = None, False
+        if self.dropped["buffer_full"] != self._warned_drops:  # a disk too slow, not failing
+            self._warn("the writer fell behind")
+
+    def _warn(self, what: str) -> bool:
+        """Say `what`, with the state of the queue, unless something was said < a minute ago."""
+        now = time.monotonic()
+        if now - self._warned_at < WARN_EVERY_S:
+            return False
+        self._warned_at = now
+        self._warned_drops = self.dropped["buffer_full"]
+        count, size = self.held()
+        _say(
+            f"log {self.path}: {what}; holding {count} records "
+            f"({size / 2**20:.1f} of {self.buffer_bytes / 2**20:g} MB, log.buffer_mb), "
+            f"the oldest dropped beyond; {self._drops()}; retrying every {RETRY_S:g} s"
+        )
+        return True
+
+    def _drops(self) -> str:
+        return f"{self.dropped['buffer_full']} records dropped so far (buffer full)"
+
+
+class _Unwritten(Exception):
+    """A write failed: `lines` did not reach the file (the first perhaps in part)."""
+
+    def __init__(self, error: OSError, lines: list[bytes]) -> None:
+        super().__init__(error)
+        self.error = error
+        self.lines = lines
+
+
+class _Short(Exception):
+    """A write stopped: `rest` of the data did not reach the file."""
+
+    def __init__(self, error: OSError, rest: bytes) -> None:
+        super().__init__(error)
+        self.error = error
+        self.rest = rest
+
+
+class _File:
+    """The writer thread's file: opened O_APPEND, re-created when removed or moved away.
+
+    `tail` is the rest of a line whose start reached the file before a write failed: it
+    is written first, before any other line, so that the line ends whole.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tail: bytes | None = None
+        self._line = b""  # the whole line `tail` ends
+        self._checked = time.monotonic()
+        self._away_since: float | None = None
+        self._fd: int | None = self._open()
+
+    def _open(self) -> int:
+        if self.path == "-":
+            return os.dup(1)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def check(self, busy: bool) -> bool:
+        """Open the file if it is not; re-create it if it was removed (at once: what is
+        written to a removed file is lost) or moved away (after AWAY_S). Looked at before
+        every write, and every CHECK_S when idle. True when a new file was made."""
+        now = time.monotonic()
+        if self._fd is not None and not busy and now - self._checked < CHECK_S:
+            return False
+        self._checked = now
+        if self._fd is None:
+            self._fd = self._open()
+            return True
+        if self.path == "-" or not self._moved(now):
+            return False
+        self.reopen()
+        return True
+
+    def _moved(self, now: float) -> bool:
+        assert self._fd is not None
+        mine = os.fstat(self._fd)
+        if mine.st_nlink == 0:
+            return True  # removed: every line written to it from here would be lost
+        try:
+            there = os.stat(self.path)
+            elsewhere = (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino)
+        except (FileNotFoundError, NotADirectoryError):
+            elsewhere = True
+        if not elsewhere:
+            self._away_since = None
+            return False
+        if self._away_since is None:
+            self._away_since = now
+        return now - self._away_since >= AWAY_S
+
+    def reopen(self) -> None:
+        """A new file at the path; a line begun in the old one is ended there if it can be,
+        else written whole to the new one."""
+        if self.tail is not None:
+            try:
+                self.finish_tail()
+            except OSError:
+                self.tail = self._line
+        self.close()
+        self._away_since = None
+        self._fd = self._open()
+
+    def finish_tail(self) -> None:
+        """End the line a failed write cut short, before anything else is written."""
+        if self.tail is not None:
+            try:
+                self._send(self.tail)
+            except _Short as short:
+                self.tail = short.rest
+                raise short.error from None
+            self.tail = None
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append `lines` with one write; _Unwritten names those that did not get there."""
+        data = b"\n".join(lines) + b"\n"
+        try:
+            self._send(data)
+        except _Short as short:
+            # The disk took part: the line cut short is ended first, the rest go back.
+            done, end = len(data) - len(short.rest), 0
+            for i, line in enumerate(lines):
+                end += len(line) + 1
+                if end > done:
+                    begun = end - len(line) - 1 < done  # its start is in the file
+                    if begun:
+                        self.tail, self._line = data[done:end], line + b"\n"
+                    raise _Unwritten(short.error, lines[i + begun :]) from None
+
+    def _send(self, data: bytes) -> None:
+        """Write all of `data`, or raise _Short with what is left unwritten."""
+        if self._fd is None:
+            raise _Short(OSError(errno.EBADF, "the log file is not open"), data)
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except OSError as exc:
+                raise _Short(exc, bytes(view)) from None
+            if written == 0:
+                raise _Short(OSError(errno.EIO, "the write took nothing"), bytes(view))
+            view = view[written:]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            # An error reported at close (NFS) is not acted on: the writes were checked.
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _describe(exc: OSError) -> str:
+    return f"{exc.strerror or exc} (errno {exc.errno})" if exc.errno else str(exc)
+
+
+def _say(text: str) -> None:
+    print(f"model-router: {text}", file=sys.stderr, flush=True)
