@@ -5,6 +5,7 @@ router's errors come in the shape OpenAI's SDKs parse. Echo backends show what a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from collections.abc import AsyncIterator
@@ -13,9 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from openai import AsyncOpenAI, NotFoundError
+from pytest_aiohttp import AiohttpServer
 
+from backends.llm import create_app as create_llm_app
 from router.routing.choose import bucket
-from tests.support.running import RunningRouter, router_running
+from tests.support.running import RunningRouter, base_url, router_running
 
 SALT = "llm-salt"
 CHAT = "/v1/chat/completions"
@@ -167,3 +172,108 @@ async def test_the_model_list_is_the_tables(router: RunningRouter) -> None:
         "object": "list",
         "data": [{"id": "llm", "object": "model", "owned_by": "model-router"}],
     }
+
+
+# --- the OpenAI SDK against OpenAI-compatible servers that each serve one model name ---
+
+
+@pytest.fixture
+async def llm_servers(aiohttp_server: AiohttpServer) -> dict[str, str]:
+    """Two example LLM servers (backends/llm.py), each refusing any model but its own."""
+    return {
+        "v1": base_url(await aiohttp_server(create_llm_app("org/llama-3-8b"))),
+        "v2": base_url(await aiohttp_server(create_llm_app("llama-3.1-8b"))),
+    }
+
+
+@pytest.fixture
+async def llm_router(llm_servers: dict[str, str], tmp_path: Path) -> AsyncIterator[RunningRouter]:
+    models = llm(llm_servers, prediction="/choices/0/message/content")
+    async with router_running(models, tmp_path) as running:
+        yield running
+
+
+def sdk(router: RunningRouter) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+
+
+async def test_the_sdk_chats_with_the_version_its_user_is_assigned(
+    llm_router: RunningRouter,
+) -> None:
+    async with sdk(llm_router) as client:
+        for user in ("alice", "bob", "carol", "dave"):
+            answer = await client.chat.completions.create(
+                model="llm", messages=[{"role": "user", "content": "hello"}], user=user
+            )
+            served = "org/llama-3-8b" if bucket(user, SALT) < 5000 else "llama-3.1-8b"
+            assert answer.model == served
+            assert answer.choices[0].message.content == f"{served}: olleh"
+        pinned = await client.completions.create(model="llm:v2", prompt="abc")
+        assert pinned.choices[0].text == "llama-3.1-8b: cba"
+        embedded = await client.embeddings.create(model="llm", input="x", user="alice")
+        assert embedded.model in ("org/llama-3-8b", "llama-3.1-8b")
+        listed = [m.id async for m in client.models.list()]
+        assert listed == ["llm"]
+    await llm_router.router.stop()
+    chats = [r for r in llm_router.records() if r["path"] == CHAT]
+    assert [r["response"]["prediction"].endswith(": olleh") for r in chats] == [True] * 4
+
+
+async def test_the_sdk_streams_through_the_router(llm_router: RunningRouter) -> None:
+    async with sdk(llm_router) as client:
+        stream = await client.chat.completions.create(
+            model="llm:v1",
+            messages=[{"role": "user", "content": "one two three"}],
+            stream=True,
+        )
+        pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+    assert "".join(p or "" for p in pieces) == "org/llama-3-8b: eerht owt eno"
+    assert len(pieces) > 3  # one event per token, not one block
+    await llm_router.router.stop()
+    (record,) = llm_router.records()
+    assert record["outcome"] == "ok"
+    assert 0 < record["first_byte_ms"] <= record["latency_ms"]
+
+
+async def test_unknown_models_raise_the_sdks_own_errors_with_the_routers_message(
+    llm_router: RunningRouter,
+) -> None:
+    async with sdk(llm_router) as client:
+        with pytest.raises(NotFoundError) as caught:
+            await client.chat.completions.create(model="gpt-9", messages=[])
+    assert caught.value.status_code == 404
+    assert caught.value.code == "unknown_model"
+    assert "no model 'gpt-9'" in caught.value.message
+
+
+GATE = web.AppKey("gate", asyncio.Event)
+
+
+async def gated_stream(request: web.Request) -> web.StreamResponse:
+    """One event, then nothing until the test has seen it through the router."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b'data: {"choices": [{"index": 0, "delta": {"content": "first"}}]}\n\n')
+    await request.app[GATE].wait()
+    await response.write(b'data: {"choices": [{"index": 0, "delta": {"content": "last"}}]}\n\n')
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+async def test_each_event_reaches_the_client_before_the_next_is_written(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    app = web.Application()
+    app[GATE] = asyncio.Event()
+    app.router.add_post(CHAT, gated_stream)
+    url = base_url(await aiohttp_server(app))
+    async with (
+        router_running(llm({"v1": url, "v2": url}), tmp_path) as running,
+        sdk(running) as client,
+    ):
+        stream = await client.chat.completions.create(model="llm", messages=[], stream=True)
+        seen = []
+        async for chunk in stream:
+            seen.append(chunk.choices[0].delta.content)
+            app[GATE].set()  # only now does the backend write the second event
+    assert seen == ["first", "last"]
