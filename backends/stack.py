@@ -177,6 +177,21 @@ def curl_examples(router_url: str) -> list[str]:
     return [f"{curl} {base}/predict", f"{curl} {base}/versions/v2/predict"]
 
 
+def tritonclient_example(router_url: str) -> list[str]:
+    """Python lines that send the first row to the model with tritonclient.http, over the
+    Open Inference Protocol (``tritonclient[http]`` is in the dev extra)."""
+    features, _label = sample_rows(1)[0]
+    return [
+        "import numpy as np, tritonclient.http as httpclient",
+        f"client = httpclient.InferenceServerClient({urlsplit(router_url).netloc!r})",
+        f"row = httpclient.InferInput('input-0', [1, {len(features)}], 'FP64')",
+        f"row.set_data_from_numpy(np.array([{features}]), binary_data=False)",
+        f"answer = client.infer({MODEL_NAME!r}, [row], headers={{'X-User-ID': 'alice'}})",
+        "print(answer.get_response()['model_version'], answer.as_numpy('predict'))",
+        "client.close()",
+    ]
+
+
 def stopped_by_ctrl_c(backends: list[tuple[str, int]]) -> str:
     """What the banner's Ctrl-C line stops: "all three" for make run's two backends."""
     if not backends:
@@ -271,6 +286,9 @@ def run(args: argparse.Namespace, supervisor: Supervisor) -> None:
     first, pinned = curl_examples(url_of(listen))
     print(f"Try it (traffic split by X-User-ID):\n  {first}")
     print(f"Or pin a version:\n  {pinned}")
+    snippet = "\n".join(tritonclient_example(url_of(listen)))
+    python = shlex.quote(sys.executable)
+    print(f"Or with tritonclient (Open Inference Protocol):\n  {python} - <<'EOF'\n{snippet}\nEOF")
     print(f"Ctrl-C stops {stopped_by_ctrl_c(backends)}.", flush=True)
     supervisor.wait_for(lambda: False, None, "")
 

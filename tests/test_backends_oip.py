@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 import pytest
-import tritonclient.http as httpclient  # type: ignore[import-untyped]  # ships no stubs
+import tritonclient.http as httpclient
 from pytest_aiohttp import AiohttpServer
-from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+from tritonclient.utils import InferenceServerException
 
 from backends.app import VERSION_HEADER, Faults, create_app
 from backends.model import VERSIONS, Classifier, predict, sample_rows, train
+from backends.stack import tritonclient_example
 from tests.support.running import serve
 
 T = TypeVar("T")
@@ -263,3 +264,13 @@ async def test_faults_apply_to_infer(
         return str(failed.value)
 
     assert await session(url, calls) == "[500] v2: fails 100% of predictions with a 500"
+
+
+async def test_the_snippet_make_run_prints_works(
+    models: dict[str, Classifier], aiohttp_server: AiohttpServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = await serve(aiohttp_server, create_app("v2", models["v2"]))
+    code = "\n".join(tritonclient_example(url))
+    await asyncio.to_thread(exec, code, {})
+    expected = predict(models["v2"], "v2", ROWS[0][0])["prediction"]
+    assert capsys.readouterr().out == f"v2 [{expected}]\n"
