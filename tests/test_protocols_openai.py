@@ -20,7 +20,7 @@ from pytest_aiohttp import AiohttpServer
 
 from backends.llm import create_app as create_llm_app
 from router.routing.choose import bucket
-from tests.support.running import RunningRouter, base_url, router_running
+from tests.support.running import RunningRouter, base_url, read_log, router_running
 
 SALT = "llm-salt"
 CHAT = "/v1/chat/completions"
@@ -277,3 +277,23 @@ async def test_each_event_reaches_the_client_before_the_next_is_written(
             seen.append(chunk.choices[0].delta.content)
             app[GATE].set()  # only now does the backend write the second event
     assert seen == ["first", "last"]
+
+
+async def test_a_shadow_copy_carries_the_shadows_own_model_name(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    # The echo backends answer with the digest of the body they got: a pointer logs it.
+    models = llm(backends, shadow={"version": "v2"}, log_response=["/body_sha256"])
+    models["llm"]["split"] = {"v1": 100, "v2": 0}
+    body = body_with("llm", "alice")
+    async with router_running(models, tmp_path) as running:
+        status, echoed, _ = await post(running.url, body)
+        assert (status, echoed["version"]) == (200, "v1")
+    records = read_log(running.log_path)
+    (primary,) = [r for r in records if r["event"] == "request"]
+    (copy,) = [r for r in records if r["event"] == "shadow"]
+    digest = {v: hashlib.sha256(body.replace(b'"llm"', UPSTREAM[v])).hexdigest() for v in UPSTREAM}
+    assert primary["response"] == {"/body_sha256": digest["v1"]}
+    assert (copy["version"], copy["outcome"]) == ("v2", "ok")
+    assert copy["response"] == {"/body_sha256": digest["v2"]}
+    assert copy["agree"] is False  # the two versions got different bodies
