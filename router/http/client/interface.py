@@ -8,12 +8,23 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
+from router.http.client.errors import BadResponse
+
 CONNECT_S = 5.0  # the longest connect, whatever the timeout
 
 # Methods a client may send twice with the effect of once (RFC 9110 9.2.2): the only ones a
 # transport sends again on its own once they may have reached the backend (aiohttp's client
 # retries the same set on a kept-alive connection that failed).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def not_replayed(failure: Exception, method: str) -> BadResponse:
+    """The error of a request written to a kept-alive connection that failed, and not sent
+    again: it says why, and what would allow it."""
+    return BadResponse(
+        f"{failure}, after the {method} was written to a kept-alive connection; {method} is"
+        " not idempotent, so it was not sent again (the model's retry_post: true allows it)"
+    )
 
 
 def connect_timeout(timeout_s: float) -> float:

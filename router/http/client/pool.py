@@ -23,7 +23,7 @@ from router.http.client.errors import (
     ResponseTimeout,
     connect_error,
 )
-from router.http.client.interface import IDEMPOTENT, connect_timeout
+from router.http.client.interface import IDEMPOTENT, connect_timeout, not_replayed
 from router.http.flow import FlowControl, Pause
 from router.http.origin import Origin
 
@@ -286,7 +286,7 @@ class Pool:
             if not reused or exc.received:
                 raise
             if exc.sent and not replay and method not in IDEMPOTENT:
-                raise _not_replayed(exc, method) from exc
+                raise not_replayed(exc, method) from exc
             conn, _ = await self._connection(host, port, connect_s, reuse=False)
             await self._send(conn, data, deadline)
         return PoolResponse(conn, timeout_s)
@@ -396,11 +396,3 @@ class Pool:
             conn.close()
         self._idle.clear()
         await asyncio.sleep(0)
-
-
-def _not_replayed(exc: _Unanswered, method: str) -> BadResponse:
-    """The error of a request not sent again: it says why, and what would allow it."""
-    return BadResponse(
-        f"{exc}, after the {method} was written to a kept-alive connection; {method} is not"
-        " idempotent, so it was not sent again (the model's retry_post: true allows it)"
-    )
