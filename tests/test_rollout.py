@@ -250,10 +250,10 @@ def test_a_person_s_edit_meanwhile_is_never_overwritten(tmp_path: Path) -> None:
 
     c._apply = edit_meanwhile  # type: ignore[method-assign]
     (line,) = c.evaluate()
-    assert line["applied"] is False
-    assert "changed meanwhile" in line["reason"]
-    assert "step_s: 90" in config.read_text()
-    assert "v2: 0" in config.read_text()
+    assert "edited meanwhile" in line["reason"]
+    assert "step_s: 90" in config.read_text()  # kept; and the decision, made again on it:
+    assert line["applied"] is True
+    assert "v2: 5" in config.read_text()
 
 
 def test_once_dry_run_prints_a_line_and_writes_nothing(tmp_path: Path) -> None:

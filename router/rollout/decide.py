@@ -108,6 +108,8 @@ def decide(rollout: Rollout, split: Split, step: Step, now: float, interval_s: f
     if c.users < rollout.min_users:
         return hold(f"{name} has {c.users:,} users of the {rollout.min_users:,} a step needs",
                     guards)  # fmt: skip
+    if current < 100 and (unseen := [g for g in rollout.guardrails if g not in guards]):
+        return hold(f"no evidence yet for: {', '.join(_unseen(g) for g in unseen)}", guards)
     if waiting := [g for g, v in guards.items() if not v.within]:
         return hold(f"not yet shown within the margin: {', '.join(waiting)}", guards)
     later = [s for s in rollout.steps if s > current]
@@ -118,9 +120,17 @@ def decide(rollout: Rollout, split: Split, step: Step, now: float, interval_s: f
                     f"the step passed: {name} goes to {fmt(later[0])}%", guards)  # fmt: skip
 
 
+def _unseen(name: str) -> str:
+    """A guardrail that cannot be computed yet (too few users on an arm, no labels yet for
+    accuracy) has shown nothing: it holds the step, never lets it pass; this says why."""
+    need = "labelled users" if name == "accuracy" else "users"
+    return f"{name} (each arm needs {MIN_ARM_USERS} {need})"
+
+
 def guardrails(rollout: Rollout, step: Step, current: Decimal) -> dict[str, Guard]:
     """Each configured guardrail on the step's evidence; the family shares `alpha`. A
-    guardrail without evidence (too few users, no labels yet) is left out."""
+    guardrail without evidence (too few users, no labels yet) is left out (and `decide`
+    holds the step until it has some)."""
     alpha = rollout.alpha / len(rollout.guardrails)
     # Tightest when the candidate reaches min_users at its share of the traffic.
     t_opt = rollout.min_users * 100 / float(current)

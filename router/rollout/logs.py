@@ -12,7 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import gzip
+import math
 import os
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,44 +52,74 @@ class Records:
     labels: dict[str, tuple[float, Any]] = field(default_factory=dict)  # request id -> label
     tables: dict[tuple[float, Any, str], Loaded] = field(default_factory=dict)
     newest: float | None = None
+    # One copy of each version, digest and user pseudonym, however many requests name it:
+    # a step of millions of requests keeps about half the memory (docs/rollout.md).
+    _strings: dict[str, str] = field(default_factory=dict)
 
-    def add(self, record: dict[str, Any], models: set[str]) -> None:
+    def add(self, record: dict[str, Any], models: set[str]) -> bool:
+        """Take one record in; False if it is garbage (a known event whose fields have the
+        wrong types), which the caller counts: it is skipped, never fatal."""
         at = epoch(record.get("ts"))
         if at is None:
-            return
-        self.newest = at if self.newest is None else max(self.newest, at)
+            return False
         event = record.get("event")
         if event == "request":
-            self._request(record, at, models)
-        elif event == "feedback" and isinstance(rid := record.get("request_id"), str):
-            if rid not in self.labels or at >= self.labels[rid][0]:  # the latest wins
-                self.labels[rid] = (at, record.get("label"))
-        elif event == "config_loaded" and isinstance(record.get("config"), str):
-            splits = {
-                name: dict(entry.get("split") or {})
-                for name, entry in (record.get("models") or {}).items()
-                if isinstance(entry, dict)
-            }
-            key = (at, record.get("pid"), record["config"])
-            self.tables[key] = Loaded(at, record["config"], splits)
+            ok = self._request(record, at, models)
+        elif event == "feedback":
+            ok = self._feedback(record, at)
+        elif event == "config_loaded":
+            ok = self._loaded(record, at)
+        else:
+            ok = True  # an event the controller does not use
+        if ok:
+            self.newest = at if self.newest is None else max(self.newest, at)
+        return ok
 
-    def _request(self, record: dict[str, Any], at: float, models: set[str]) -> None:
+    def _feedback(self, record: dict[str, Any], at: float) -> bool:
+        rid = record.get("request_id")
+        if not isinstance(rid, str):
+            return False
+        if rid not in self.labels or at >= self.labels[rid][0]:  # the latest wins
+            self.labels[rid] = (at, record.get("label"))
+        return True
+
+    def _loaded(self, record: dict[str, Any], at: float) -> bool:
+        config, models = record.get("config"), record.get("models") or {}
+        if not isinstance(config, str) or not isinstance(models, dict):
+            return False
+        splits: dict[str, dict[str, float]] = {}
+        for name, entry in models.items():
+            split = entry.get("split") if isinstance(entry, dict) else None
+            if split is None:
+                continue
+            if not isinstance(split, dict) or not all(_number(p) for p in split.values()):
+                return False
+            splits[name] = dict(split)
+        self.tables[(at, record.get("pid"), config)] = Loaded(at, config, splits)
+        return True
+
+    def _request(self, record: dict[str, Any], at: float, models: set[str]) -> bool:
         model, rid = record.get("model"), record.get("request_id")
         version = record.get("assigned_version")
-        if model not in models or not isinstance(rid, str) or not isinstance(version, str):
-            return
-        if record.get("assigned_by") not in RANDOMISED:
-            return
+        if model not in models or record.get("assigned_by") not in RANDOMISED:
+            return True  # not evidence for a rollout in progress
+        latency = record.get("latency_ms")
+        if not isinstance(rid, str) or not isinstance(version, str):
+            return False
+        if latency is not None and not _number(latency):
+            return False
         response = record.get("response")
+        once = self._strings.setdefault
         self.requests.setdefault(model, {})[rid] = Request(
             at=at,
-            version=version,
-            config=str(record.get("config")),
-            unit=str(record.get("user") or rid),
+            version=once(version, version),
+            config=once(config := str(record.get("config")), config),
+            unit=once(unit := str(record.get("user") or rid), unit),
             error=record.get("outcome") in ERROR_OUTCOMES,
-            latency_ms=record.get("latency_ms"),
+            latency_ms=latency,
             prediction=response.get("prediction") if isinstance(response, dict) else None,
         )
+        return True
 
     def forget_before(self, at: dict[str, float]) -> None:
         """Keep only what the current steps can use: each model's requests since its step
@@ -101,6 +134,10 @@ class Records:
         if at:
             first = min(at.values())
             self.labels = {rid: label for rid, label in self.labels.items() if label[0] >= first}
+        self._strings.clear()  # copies still in use stay alive where they are used
+
+
+BLOCK = 1 << 20  # bytes read at a time: memory holds one block and one line, whatever the log
 
 
 @dataclass
@@ -111,22 +148,37 @@ class _File:
     rest: bytes = b""
 
 
+@dataclass
+class Garbage:
+    """Lines that are not a JSON object, counted per read, with the first one's place."""
+
+    lines: int = 0
+    first: str = ""
+
+    def saw(self, path: str, line: bytes) -> None:
+        if not self.lines:
+            shown = line[:60].decode("utf-8", "replace")
+            self.first = f"{path}: {shown!r}"
+        self.lines += 1
+
+
 class LogFollower:
-    """New lines of every file the patterns name, each file followed by its inode."""
+    """New lines of every file the patterns name, each file followed by its inode, read a
+    block at a time (the first read of a day's log is gigabytes: never held whole)."""
 
     def __init__(self, patterns: list[str]) -> None:
         self.patterns = patterns
         self._files: dict[tuple[int, int], _File] = {}
+        self.garbage = Garbage()  # of the last read
 
-    def read(self) -> list[dict[str, Any]]:
-        """The records added since the last call (all of them, the first time)."""
-        out: list[dict[str, Any]] = []
+    def read(self) -> Iterator[dict[str, Any]]:
+        """The records added since the last call (all of them, the first time), one by one."""
+        self.garbage = Garbage()
         for path in self._paths():
             try:
-                out.extend(self._read(path))
-            except (OSError, EOFError, gzip.BadGzipFile):
+                yield from self._read(path)
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
                 continue  # rotated away meanwhile, or a .gz still being written
-        return out
 
     def _paths(self) -> list[str]:
         found: list[str] = []
@@ -136,38 +188,48 @@ class LogFollower:
                     found.append(path)
         return found
 
-    def _read(self, path: str) -> list[dict[str, Any]]:
+    def _read(self, path: str) -> Iterator[dict[str, Any]]:
         st = os.stat(path)
         state = self._files.setdefault((st.st_dev, st.st_ino), _File())
-        if path.endswith(".gz"):  # read whole, again only if it changed
+        if path.endswith(".gz"):  # read all of it, again only if it changed
             if (st.st_size, st.st_mtime) == (state.size, state.mtime):
-                return []
+                return
             state.size, state.mtime = st.st_size, st.st_mtime
             with gzip.open(path, "rb") as f:
-                return _parse(f.read().split(b"\n"))
+                rest = b""
+                while block := f.read(BLOCK):
+                    lines = (rest + block).split(b"\n")
+                    rest = lines.pop()
+                    yield from self._parse(path, lines)
+                yield from self._parse(path, [rest])
+            return
         if st.st_size < state.offset:  # truncated (copytruncate): from the start again
             state.offset, state.rest = 0, b""
         with open(path, "rb") as f:
             f.seek(state.offset)
-            data = f.read()
-        state.offset += len(data)
-        lines = (state.rest + data).split(b"\n")
-        state.rest = lines.pop()  # a line still being written
-        return _parse(lines)
+            while block := f.read(BLOCK):
+                state.offset += len(block)
+                lines = (state.rest + block).split(b"\n")
+                state.rest = lines.pop()  # a line still being written
+                yield from self._parse(path, lines)
+
+    def _parse(self, path: str, lines: list[bytes]) -> Iterator[dict[str, Any]]:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self.garbage.saw(path, line)
+                continue
+            if isinstance(record, dict):
+                yield record
+            else:
+                self.garbage.saw(path, line)
 
 
-def _parse(lines: list[bytes]) -> list[dict[str, Any]]:
-    out = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def epoch(ts: Any) -> float | None:
