@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from router.config.holder import ReloadResult, TableHolder
+from router.config.model import Table
 from router.errors import RouterError, error_body
 from router.http.clock import iso_utc
 from router.http.request import new_request_id
@@ -21,7 +22,9 @@ from router.observe.health import HealthBook
 
 TABLES = web.AppKey("tables", TableHolder)
 METRICS: web.AppKey[Callable[[], AsyncIterator[bytes]]] = web.AppKey("metrics")
-HEALTH = web.AppKey("health", HealthBook)
+# `model/version` of each version of a table that is down, as this process knows it.
+Down = Callable[[Table], Awaitable[list[str]]]
+DOWN: web.AppKey[Down] = web.AppKey("down")
 TOKEN = web.AppKey("token", str)  # empty: POST endpoints are open
 NOT_READY: web.AppKey[Callable[[], str | None]] = web.AppKey("not_ready")
 RELOAD: web.AppKey[Callable[[], Awaitable[ReloadResult]]] = web.AppKey("reload")
@@ -32,15 +35,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_admin_app(
     tables: TableHolder,
     metrics: Callable[[], AsyncIterator[bytes]],
-    health: HealthBook,
+    down: Down,
     not_ready: Callable[[], str | None],
     reload_all: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
-    """`metrics` writes the /metrics body in chunks; `not_ready` gives the reason the
-    process is not ready, or None; `reload_all` defaults to reloading `tables` (a
-    supervisor passes one that reaches its workers too)."""
+    """`metrics` writes the /metrics body in chunks; `down` names the versions down (a
+    supervisor's come from its workers); `not_ready` gives the reason the process is not
+    ready, or None; `reload_all` defaults to reloading `tables` (a supervisor passes one
+    that reaches its workers too)."""
     app = web.Application(middlewares=[_json_errors])
-    app[TABLES], app[METRICS], app[HEALTH] = tables, metrics, health
+    app[TABLES], app[METRICS], app[DOWN] = tables, metrics, down
     app[NOT_READY] = not_ready
     app[RELOAD] = reload_all or (lambda: tables.reload("admin"))
     env = tables.current.server.admin_token_env
@@ -51,6 +55,20 @@ def create_admin_app(
     app.router.add_post("/admin/reload", reload)
     app.router.add_get("/metrics", metrics_text)
     return app
+
+
+def down_in(book: HealthBook) -> Down:
+    """The versions of a table that this process's health book has down."""
+
+    async def down(table: Table) -> list[str]:
+        return [
+            f"{model.name}/{version.name}"
+            for model in table.models.values()
+            for version in model.versions.values()
+            if book.is_down((model.name, version.name, version.url))
+        ]
+
+    return down
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -103,13 +121,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def config(request: web.Request) -> web.Response:
     holder = request.app[TABLES]
-    health = request.app[HEALTH]
-    down = [
-        f"{model.name}/{version.name}"
-        for model in holder.current.models.values()
-        for version in model.versions.values()
-        if health.is_down((model.name, version.name, version.url))
-    ]
+    down = await request.app[DOWN](holder.current)
     return _json(
         {
             "config": holder.current.digest,

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from router.admin import create_admin_app
+from router.admin import create_admin_app, down_in
 from router.config.holder import TableHolder, keep_out_of_gc, watching
 from router.config.model import Address, Table
 from router.errors import error_body
@@ -27,6 +27,7 @@ from router.observe import health
 from router.observe.health import HealthBook
 from router.observe.log import LogSink, Pseudonymizer, make_logger
 from router.observe.metrics import Metrics
+from router.observe.removed import Removals, Removed
 from router.proxy.handler import Proxy
 
 
@@ -61,6 +62,8 @@ class Router:
         self.tables = TableHolder(table, source, self.log, self.metrics.count_reload, overrides)
         book = HealthBook(lambda key, up: self.metrics.set_up(key[0], key[1], up))
         self.tables.on_swap.append(lambda t, changed: self.metrics.track(t, book.is_down, changed))
+        removals = Removals(table)  # after track: a version moved to a new url stays shown
+        self.tables.on_swap.append(lambda t, changed: self._forget(removals.after(t, changed)))
         self.metrics.track(table, book.is_down)
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
@@ -75,10 +78,19 @@ class Router:
             app = create_admin_app(
                 self.tables,
                 self.metrics.exposition,
-                book,
+                down_in(book),
                 lambda: "draining" if self.draining[0] else None,
             )
             self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
+
+    def _forget(self, removed: Removed) -> None:
+        """A reload removed versions: they leave the health and admission books and
+        /metrics (contract section 13)."""
+        for key in removed.keys:
+            self.proxy.health.forget(key)
+            self.proxy.admission.forget(key)
+        for model, version in removed.versions:
+            self.metrics.forget(model, version)
 
     @property
     def url(self) -> str:

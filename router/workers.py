@@ -40,7 +40,7 @@ from router.config.holder import ReloadResult, TableHolder
 from router.config.model import Address, Overrides, Table
 from router.http.limits import raise_open_files
 from router.http.text import host_port
-from router.observe.health import HealthBook
+from router.observe.pooled import InForce, versions_down
 
 START_TIMEOUT_S = 60.0
 WATCH_S = 0.1  # how often the supervisor looks for a worker that died
@@ -130,14 +130,18 @@ class Supervisor:
         # with its result. The workers log the events; this one stays quiet.
         self.tables = TableHolder(table, source, quiet, None, overrides)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+        # The workers' values; each version's series only for the versions in force.
+        registry.register(InForce(lambda: self.tables.current))
 
         async def metrics() -> AsyncIterator[bytes]:
             # Summing the workers' files is seconds of Python on a table of thousands of
             # versions: in a thread, so that signals and reloads are not held up meanwhile.
             yield await asyncio.to_thread(generate_latest, registry)
 
-        app = create_admin_app(self.tables, metrics, HealthBook(), self._not_ready, self.reload)
+        async def down(table: Table) -> list[str]:
+            return await asyncio.to_thread(versions_down, table)  # the workers' view
+
+        app = create_admin_app(self.tables, metrics, down, self._not_ready, self.reload)
         self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
         self.listen = self._reserve(table.server.listen)
         # Workers bind the port resolved here (port 0 becomes a real one), on every reload.

@@ -8,7 +8,8 @@ traffic goes straight to the fallback, without waiting for a timeout.
 Active: a version with `health: {path, interval_s}` is asked `GET path` every interval; a
 failed check counts as a failure, a passing one marks the version up at once.
 
-Health is kept per (model, version, url), so it survives a reload that keeps the version.
+Health is kept per (model, version, url), so it survives a reload that keeps the version,
+and is forgotten when a reload removes the version or moves it to another url.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class HealthBook:
         del self._states[key]
         if was_down and self._on_change is not None:
             self._on_change(key, True)
+
+    def forget(self, key: Key) -> None:
+        """A version no longer in force: its state goes (a version brought back starts up)."""
+        self._states.pop(key, None)
 
     def failure(self, key: Key, threshold: int, cooloff_s: float) -> None:
         state = self._states.setdefault(key, _State())

@@ -7,6 +7,7 @@ and two increments, not a label resolution each time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
@@ -163,6 +164,10 @@ class Metrics:
     def set_up(self, model: str, version: str, up: bool) -> None:
         self.versions.set_up(model, version, up)
 
+    def forget(self, model: str, version: str) -> None:
+        """A version a reload removed leaves /metrics (contract section 13)."""
+        self.versions.forget(model, version)
+
 
 class _Children:
     """The per-version families as prometheus-client children, for workers: their values
@@ -178,12 +183,25 @@ class _Children:
         self.in_flights = Gauge(*_help(IN_FLIGHT), labels, registry=r, multiprocess_mode="livesum")
         self.queues = Gauge(*_help(QUEUED), labels, registry=r, multiprocess_mode="livesum")
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}  # children by version
 
     def _child(self, metric: Any, *labels: str) -> Any:
         child = self._children.get((metric, *labels))
         if child is None:
             child = self._children[metric, *labels] = metric.labels(*labels)
+            self._of.setdefault((labels[0], labels[1]), []).append((metric, *labels))
         return child
+
+    def forget(self, model: str, version: str) -> None:
+        """Let a removed version's children go from this process. Their values stay in
+        the files (prometheus-client cannot take a value out of them); the supervisor shows
+        only the versions of the table in force (pooled.py). A request still in flight
+        there makes its child again, from the value in the file: the gauges stay right."""
+        for key in self._of.pop((model, version), []):
+            del self._children[key]
+            metric, *labels = key
+            with contextlib.suppress(KeyError):  # removed already
+                metric.remove(*labels)
 
     def observe(self, model: str, version: str, outcome: str, seconds: float) -> None:
         self._child(self.requests, model, version, outcome).inc()

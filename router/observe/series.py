@@ -55,13 +55,18 @@ class Series:
 
 
 class SeriesBook:
-    """The records of every version seen, by (model, version); never forgotten, so that a
-    version a reload drops and brings back keeps counting from where it was."""
+    """The records of every version seen, by (model, version), until a reload removes the
+    version: then it leaves the text (contract section 13), at once if nothing is in
+    flight at it, else when the last request held there is done (so that the gauges never
+    go below 0). A version brought back starts from 0, which Prometheus reads as a counter
+    reset. A request begun on the old table and answered after the removal is still
+    counted, under the removed version, as what it was."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self._les = [_number(b) for b in bounds] + ["+Inf"]
         self._by_key: dict[tuple[str, str], Series] = {}
+        self._leaving: set[tuple[str, str]] = set()  # removed, requests still in flight
 
     def get(self, model: str, version: str) -> Series:
         series = self._by_key.get((model, version))
@@ -77,16 +82,41 @@ class SeriesBook:
 
     def track(self, model: str, version: str, up: bool) -> None:
         """A version of the table in force: its gauges are shown from now on."""
+        self._leaving.discard((model, version))
         self.get(model, version).up = int(up)
+
+    def forget(self, model: str, version: str) -> None:
+        """A version a reload removed: its lines go, now or once nothing is in flight."""
+        series = self._by_key.get((model, version))
+        if series is None:
+            return
+        series.up = None  # its gauges leave the text now
+        if series.in_flight or series.queued:
+            self._leaving.add((model, version))
+        else:
+            del self._by_key[model, version]
 
     def set_up(self, model: str, version: str, up: bool) -> None:
-        self.get(model, version).up = int(up)
+        series = self._by_key.get((model, version))
+        if series is not None and series.up is not None:  # a removed version stays out
+            series.up = int(up)
 
     def in_flight(self, model: str, version: str, change: int) -> None:
-        self.get(model, version).in_flight += change
+        series = self.get(model, version)
+        series.in_flight += change
+        if self._leaving:
+            self._left(model, version, series)
 
     def queued(self, model: str, version: str, change: int) -> None:
-        self.get(model, version).queued += change
+        series = self.get(model, version)
+        series.queued += change
+        if self._leaving:
+            self._left(model, version, series)
+
+    def _left(self, model: str, version: str, series: Series) -> None:
+        if not series.in_flight and not series.queued and (model, version) in self._leaving:
+            self._leaving.discard((model, version))
+            del self._by_key[model, version]
 
     def chunks(self) -> Iterator[bytes]:
         """The exposition of every family, family by family, in chunks of at most about

@@ -37,11 +37,28 @@ class _Gate:
 
 class Admission:
     """The gates of every version of the tables in force; a version's gate outlives a
-    reload that keeps its url, so requests begun on the old table still count."""
+    reload that keeps its url, so requests begun on the old table still count. A gate a
+    reload removes goes once nobody holds or awaits a place at it."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._gates: dict[Key, _Gate] = {}
+        self._leaving: set[Key] = set()  # removed, and still held: dropped when idle
+
+    def forget(self, key: Key) -> None:
+        """A version a reload removed (or moved to another url): its gate goes now if idle,
+        else when the last place held at it is given back."""
+        gate = self._gates.get(key)
+        if gate is None:
+            return
+        if gate.in_flight or gate.waiting:
+            self._leaving.add(key)
+        else:
+            del self._gates[key]
+
+    def __len__(self) -> int:
+        """How many gates are kept: one per version that had traffic and is in force."""
+        return len(self._gates)
 
     def enter(self, key: Key, version: Version) -> asyncio.Future[None] | None:
         """A place now (None), or a future to `wait` on; raises Overloaded when the version
@@ -89,6 +106,9 @@ class Admission:
                 return
         gate.in_flight -= 1
         self.metrics.in_flight(key, -1)
+        if not gate.in_flight and self._leaving and key in self._leaving:
+            self._leaving.discard(key)
+            del self._gates[key]
 
     def _expire(self, key: Key, gate: _Gate, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
