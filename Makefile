@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow bench-overload bench-conformance bench-tables calibration calibration-rollout clean
+.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow bench-overload bench-conformance bench-tables bench-protocols calibration calibration-rollout clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ demo: $(STAMP)
 rollout-demo: $(STAMP)
 	$(BIN)/python -m examples.rollout_demo
 
-## test: the whole suite, on real servers on loopback ports
-test: $(STAMP)
+# Seldon's MLServer for the suite's test against a real model server: a virtualenv of its own,
+# since it pins FastAPI, uvicorn and protobuf versions the router must not be bound to.
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+$(MLSERVER_STAMP):
+	test -d $(MLSERVER_VENV) || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet 'mlserver==1.7.1' 'mlserver-sklearn==1.7.1'
+	touch $(MLSERVER_STAMP)
+
+## test: the whole suite, on real servers on loopback ports (MLServer in a virtualenv of its own)
+test: $(STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m pytest
 
 ## browser: Debian's chromium for the headless browser test (installed if missing and we are root)
@@ -83,6 +92,12 @@ bench-tables: $(STAMP)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
 	$(BIN)/python bench/table_bench.py
 
+## bench-protocols: OIP infer and time to first token of a streamed OpenAI answer, through the router against direct (installs wrk if missing)
+bench-protocols: $(STAMP)
+	command -v wrk >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/python bench/protocols_bench.py
+
 ## calibration: the statistics engine's false-positive rates, power and coverage, by simulation
 calibration: $(STAMP)
 	$(BIN)/python -m tests.test_stats_calibration
@@ -92,4 +107,4 @@ calibration-rollout: $(STAMP)
 	$(BIN)/python -m tests.test_rollout_calibration 500 100
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache .mypy_cache .ruff_cache

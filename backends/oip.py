@@ -220,9 +220,8 @@ def parse_outputs(body: dict[str, Any]) -> list[str]:
     asked = body.get("outputs")
     if asked is None:
         return list(OUTPUTS)
-    if not isinstance(asked, list):
-        asked = [asked]
-    names = [o.get("name") if isinstance(o, dict) else None for o in asked or [None]]
+    items = asked if isinstance(asked, list) else [None]
+    names = [o.get("name") if isinstance(o, dict) else None for o in items]
     if not names or not all(name in OUTPUTS for name in names):
         raise InferError(
             400, f'"outputs" must name some of {", ".join(OUTPUTS)}, got {json.dumps(asked)}'
