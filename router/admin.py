@@ -6,6 +6,7 @@ It runs on its own port (loopback by default), so the public port never serves t
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -28,6 +29,8 @@ DOWN: web.AppKey[Down] = web.AppKey("down")
 TOKEN = web.AppKey("token", str)  # empty: POST endpoints are open
 NOT_READY: web.AppKey[Callable[[], str | None]] = web.AppKey("not_ready")
 RELOAD: web.AppKey[Callable[[], Awaitable[ReloadResult]]] = web.AppKey("reload")
+
+_log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,6 +97,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             raise
         code = "not_found" if exc.status == 404 else "method_not_allowed"
         return _error(exc.status, code, f"{request.method} {request.path}: {exc.reason}")
+    except Exception:  # a bug: its traceback on stderr, the contract's JSON to the caller
+        _log.exception("admin %s %s failed", request.method, request.path)
+        message = f"{request.method} {request.path} failed; the traceback is on stderr"
+        return _error(500, "internal_error", message)
 
 
 def _authorize(request: web.Request) -> None:

@@ -228,7 +228,10 @@ async def until_stopped(
     reloads: set[asyncio.Task[Any]] = set()
 
     async def hup() -> None:
-        await on_hup()
+        try:
+            await on_hup()
+        except Exception:  # said now, not kept for a gather at exit that would discard it
+            logging.getLogger(__name__).exception("the reload on SIGHUP failed")
 
     def reload() -> None:
         task = loop.create_task(hup())

@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -287,12 +287,15 @@ async def supervise(
     configure_logging()
     supervisor = Supervisor(table, source, overrides, workers)
     open_files = raise_open_files()  # before the workers start: they inherit it
-    watcher: asyncio.Future[Any] | None = None
+    watchers: list[asyncio.Task[None]] = []
     try:
         await supervisor.start()
         # Restart dead workers; and follow the table file, as the workers do, so that the
         # admin view and a reload's answer describe the table in force.
-        watcher = asyncio.gather(supervisor.watch_workers(), supervisor.tables.watch())
+        watchers = [
+            asyncio.create_task(_kept_running("the worker watcher", supervisor.watch_workers)),
+            asyncio.create_task(_kept_running("the table watcher", supervisor.tables.watch)),
+        ]
         print(
             f"model-router: serving on {supervisor.url} (admin {supervisor.admin_url}), "
             f"config {table.digest}, log {table.log.path}, {workers} workers, "
@@ -305,11 +308,23 @@ async def supervise(
         )
         print("model-router: stopping; workers let requests in flight finish", file=sys.stderr)
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in watchers:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                await task
         await supervisor.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+async def _kept_running(name: str, watch: Callable[[], Awaitable[None]]) -> None:
+    """Run `watch` for as long as the supervisor runs: one that fails is said on stderr
+    with its traceback and started again, never left dead, its exception never kept for a
+    gather at exit that would discard it (issue 21)."""
+    while True:
+        try:
+            await watch()
+        except Exception:
+            logging.getLogger(__name__).exception("%s failed; starting it again", name)
+            await asyncio.sleep(1.0)

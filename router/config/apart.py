@@ -38,18 +38,30 @@ class Loaded:
     known: bytes  # what the next reload tells its child of this table (see `known`)
 
 
-async def load_apart(path: Path, current: Table | None = None, told: bytes = b"") -> Loaded | None:
+async def load_apart(
+    path: Path, current: Table | None = None, told: bytes = b"", limit_s: float | None = None
+) -> Loaded | None:
     """The table in `path`, read and validated in a child process; ConfigError if refused,
     None if it is `current` as it stands. Models that `current` has as written are not sent
     back: the new table shares them, so a reload costs what it changed. `told` is
-    `known(current)`, if the caller has it already (the last reload's `Loaded.known`)."""
+    `known(current)`, if the caller has it already (the last reload's `Loaded.known`).
+
+    A reader that cannot start (EMFILE at the open-files limit the router nears on purpose)
+    or does not answer within `limit_s` seconds (a file on a hung mount, a FIFO) is a
+    refusal too, ConfigError naming the cause (contract section 13): the child is killed."""
     # Started by subprocess (vfork: 0.3 ms), not by the event loop: uvloop forks, which
     # copies the page tables of the whole heap first (7.5 ms at 200 MB) while the loop waits.
     pipe = subprocess.PIPE
-    child = subprocess.Popen(_command(path), stdin=pipe, stdout=pipe, stderr=pipe)  # noqa: ASYNC220
     try:
-        out, err = await asyncio.to_thread(child.communicate, told or known(current))
-    except asyncio.CancelledError:  # the router is stopping: the parse is not wanted
+        child = subprocess.Popen(_command(path), stdin=pipe, stdout=pipe, stderr=pipe)  # noqa: ASYNC220
+    except OSError as exc:
+        raise _cannot_read(path, f"the reader process could not start: {exc}") from exc
+    try:
+        out, err = await asyncio.to_thread(_answer, child, told or known(current), limit_s)
+    except subprocess.TimeoutExpired as exc:
+        reason = f"the reader did not answer within server.reload_timeout_s ({limit_s:g} s)"
+        raise _cannot_read(path, f"{reason}; it was stopped") from exc
+    except BaseException:  # the router is stopping (cancelled): the parse is not wanted
         child.kill()
         raise
     unpacked = _unpack(path, child.returncode, out, err)
@@ -75,6 +87,23 @@ async def load_apart(path: Path, current: Table | None = None, told: bytes = b""
         gc.freeze()
     changed = tuple(name for name, blob in parts if blob is not None)
     return Loaded(table, changed, next_known)
+
+
+def _answer(
+    child: subprocess.Popen[bytes], told: bytes, timeout: float | None
+) -> tuple[bytes, bytes]:
+    """The child's output; a child still running after `timeout` is killed and reaped,
+    and TimeoutExpired raised."""
+    try:
+        return child.communicate(told, timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise
+
+
+def _cannot_read(path: Path, reason: str) -> ConfigError:
+    return ConfigError(str(path), [Problem(None, "", f"the table could not be read: {reason}")])
 
 
 def load_apart_now(path: Path) -> Table:
@@ -110,9 +139,11 @@ def _unpack(
     if it is the known table, or its refusal raised as ConfigError."""
     if returncode != 0 or not out:
         message = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        problem = Problem(None, "", f"the table could not be read: {message[0]}")
-        raise ConfigError(str(path), [problem])
-    kind, payload = pickle.loads(out)
+        raise _cannot_read(path, message[0])
+    try:
+        kind, payload = pickle.loads(out)
+    except Exception as exc:  # any bytes at all: pickle raises what the garbage leads it to
+        raise _cannot_read(path, f"the reader's answer is not readable: {exc!r}") from exc
     if kind == "unchanged":
         return None
     if kind == "refused":

@@ -9,9 +9,11 @@ that fails validation is refused whole: the old one stays in force.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import gc
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
@@ -29,6 +31,9 @@ from router.config.model import ConfigError, Model, Table
 from router.http.clock import iso_utc
 
 WATCH_INTERVAL_S = 0.5  # a changed file is in force within about two intervals
+RETRY_S = 5.0  # after the watcher itself failed (a bug, no thread to be had), it waits this
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +106,16 @@ class TableHolder:
         if self.path is None:
             return ReloadResult("unchanged", self.current.digest)
         async with self._lock:
-            # Taken before the read: a file changed during it is read again by the watcher.
-            self._read = await asyncio.to_thread(_signature, self.path)
             try:
-                loaded = await load_apart(self.path, self.current, self._known)
+                # Taken before the read: a file changed during it is read again by the watcher.
+                self._read = await asyncio.to_thread(_signature, self.path)
+                limit_s = self.current.server.reload_timeout_s
+                loaded = await load_apart(self.path, self.current, self._known, limit_s)
             except ConfigError as exc:
                 return self._refuse(exc.messages(), reason)
+            except Exception as exc:  # a reload that cannot run is refused, never lost (§13)
+                _log.exception("reload (%s) of %s failed", reason, self.path)
+                return self._refuse([f"the reload could not run: {exc!r}"], reason)
             if loaded is None:  # the file says what the table in force says
                 return self._unchanged()
             await asyncio.sleep(0)  # requests first: the swap's bookkeeping is a few ms more
@@ -202,13 +211,22 @@ class TableHolder:
         assert self.path is not None
         while True:
             await asyncio.sleep(interval)
-            now = await asyncio.to_thread(_signature, self.path)
-            if now == self._read or now is None:
-                continue
-            await asyncio.sleep(interval)
-            if await asyncio.to_thread(_signature, self.path) != now or now == self._read:
-                continue  # still being written, or read meanwhile
-            await self.reload("file changed")
+            try:
+                await self._look(interval)
+            except Exception:  # the watcher outlives anything: said, and the next change tried
+                _log.exception("watching %s failed; looking again in %g s", self.path, RETRY_S)
+                await asyncio.sleep(RETRY_S)
+
+    async def _look(self, interval: float) -> None:
+        """One look at the file: reload it if it changed and has since held still."""
+        assert self.path is not None
+        now = await asyncio.to_thread(_signature, self.path)
+        if now == self._read or now is None:
+            return
+        await asyncio.sleep(interval)
+        if await asyncio.to_thread(_signature, self.path) != now or now == self._read:
+            return  # still being written, or read meanwhile
+        await self.reload("file changed")
 
 
 @asynccontextmanager
@@ -222,7 +240,9 @@ async def watching(holder: TableHolder) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # Only the cancellation is expected: anything else the watcher raised surfaces here.
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def keep_out_of_gc() -> None:
