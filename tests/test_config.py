@@ -313,6 +313,49 @@ BAD_TABLES = [
         ["routes.yaml:2: models.cancer.split: is missing; give each version its percent of users"],
         id="split-missing",
     ),
+    # the inference protocols' keys (contract section 11)
+    pytest.param(
+        MODEL + SPLIT + "    prediction: outputs/0/data\n",
+        [
+            "routes.yaml:10: models.cancer.prediction: 'outputs/0/data' is not a JSON pointer: "
+            "it starts with /, like /outputs/0/data/0"
+        ],
+        id="prediction-not-a-pointer",
+    ),
+    pytest.param(
+        MODEL + SPLIT + "    log_response: [prediction, /a~2b]\n",
+        [
+            "routes.yaml:10: models.cancer.log_response[1]: '/a~2b' is not a JSON pointer: "
+            "'~' is written ~0 and '/' in a name ~1"
+        ],
+        id="log-response-bad-pointer",
+    ),
+    pytest.param(
+        MODEL.replace('9002"}', '9002", upstream_model: "my model"}') + SPLIT,
+        [
+            "routes.yaml:5: models.cancer.versions.v2.upstream_model: 'my model' cannot name a "
+            "model on its backend: use letters, digits and ._:@+/-"
+        ],
+        id="upstream-model-with-a-space",
+    ),
+    pytest.param(
+        MODEL.replace('9002"}', '9002", upstream_version: [1]}') + SPLIT,
+        [
+            "routes.yaml:5: models.cancer.versions.v2.upstream_version: "
+            "must be a non-empty string, not [1]"
+        ],
+        id="upstream-version-not-a-name",
+    ),
+    pytest.param(
+        MODEL + SPLIT + "    user_id: [{body: ''}]\n",
+        ["routes.yaml:10: models.cancer.user_id[0].body: must be a non-empty string, not ''"],
+        id="body-user-id-empty",
+    ),
+    pytest.param(
+        MODEL + SPLIT + "    retry_post: yes please\n",
+        ["routes.yaml:10: models.cancer.retry_post: must be true or false, not 'yes please'"],
+        id="retry-post-not-a-boolean",
+    ),
     # unknown keys, at each level
     pytest.param(
         MODEL + SPLIT.replace("split:", "spilt:"),
@@ -1086,3 +1129,24 @@ def test_libyaml_and_the_python_parser_read_the_same_values_and_lines(text: str)
     fast = yaml.load(text, Loader=yamlmarks._FastLoader)
     plain = yaml.load(text, Loader=yamlmarks._Loader)
     assert _marks(fast) == _marks(plain)
+
+
+def test_the_protocol_keys_are_read_as_written() -> None:
+    table = parse_text(
+        MODEL.replace('9002"}', '9002", upstream_model: "org/llm-b", upstream_version: 007}')
+        + SPLIT
+        + "    prediction: /outputs/0/data/0\n"
+        + "    log_response: [prediction, /usage/total_tokens, /a~1b~0c]\n"
+        + "    user_id: [{body: user}, {header: X-User-ID}]\n",
+        SOURCE,
+    )
+    cancer = table.models["cancer"]
+    v2 = cancer.versions["v2"]
+    assert (v2.upstream_model, v2.upstream_version) == ("org/llm-b", "007")  # as written
+    assert cancer.versions["v1"].upstream_model is None
+    assert cancer.picks == (
+        ("prediction", ("outputs", "0", "data", "0")),  # `prediction` wins over the field
+        ("/usage/total_tokens", ("usage", "total_tokens")),
+        ("/a~1b~0c", ("a/b~c",)),
+    )
+    assert cancer.user_id == (UserIdSource("body", "user"), UserIdSource("header", "X-User-ID"))
