@@ -383,26 +383,42 @@ async def test_an_active_check_added_by_a_reload_runs_and_one_removed_stops(
     backends: dict[str, str], backend_servers: dict[str, TestServer], tmp_path: Path
 ) -> None:
     """The check loop follows the table in force: it works out the checked versions once
-    per table, not each tick, so it must notice a reload that adds or removes a check."""
-    plain = two_versions(backends, fallback="v2", outlier={"failures": 1, "cooloff_s": 30})
-    checked = two_versions(backends, fallback="v2", outlier={"failures": 1, "cooloff_s": 30})
+    per table, not each tick, so it must notice a reload that adds or removes a check.
+
+    Each table gives v2 a passing check of its own (`/echo?plain`, `/echo?checked`): the
+    loop's ticks on a table are seen at v2, so "no check of v1" is asserted after the loop
+    has run on the table several times, never after a fixed sleep."""
+    outlier = {"failures": 1, "cooloff_s": 30}
+    plain = two_versions(backends, fallback="v2", outlier=outlier)
+    checked = two_versions(backends, fallback="v2", outlier=outlier)
+    plain["m"]["versions"]["v2"]["health"] = {"path": "/echo?plain", "interval_s": 0.1}
+    checked["m"]["versions"]["v2"]["health"] = {"path": "/echo?checked", "interval_s": 0.1}
     checked["m"]["versions"]["v1"]["health"] = {"path": "/status/500", "interval_s": 0.1}
-    seen = backend_servers["v1"].app[SEEN]
+    seen, ticks = backend_servers["v1"].app[SEEN], backend_servers["v2"].app[SEEN]
 
     async def reload_to(models: dict[str, Any]) -> None:
         config.write_text(yaml.safe_dump(table_data(models, tmp_path / "routing.jsonl")))
         async with client.post(f"{router.admin_url}/admin/reload") as resp:
             assert (await resp.json())["result"] == "loaded"
 
+    async def more_ticks(marker: str, n: int) -> None:
+        """Until the loop has checked v2 `n` more times on the table with `marker`."""
+        target = ticks.count(marker) + n
+
+        async def probe() -> bool | None:
+            return ticks.count(marker) >= target or None
+
+        await poll(probe, 5, f"{n} more checks {marker}")
+
     async with started(tmp_path, plain) as (router, config), aiohttp.ClientSession() as client:
-        await asyncio.sleep(0.3)
+        await more_ticks("/echo?plain", 5)
         assert "/status/500" not in seen
         await reload_to(checked)
         await wait_upstream_up(client, router.admin_url, "m", "v1", 0, within=2.0)
         await reload_to(plain)
-        await asyncio.sleep(0.3)  # a check under way when the table changed may still land
+        await more_ticks("/echo?plain", 2)  # the loop is on the new table: what it had out landed
         checks = seen.count("/status/500")
-        await asyncio.sleep(0.5)  # five intervals of the removed check
+        await more_ticks("/echo?plain", 5)  # five intervals of the removed check
         assert seen.count("/status/500") == checks
 
 

@@ -26,6 +26,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from router.cli import main
+from router.config.holder import WATCH_INTERVAL_S
 from router.config.validate import load_table
 from tests.support.client import get_json
 from tests.support.metrics import scrape
@@ -281,7 +282,9 @@ async def test_the_watcher_does_not_read_again_a_file_the_admin_read(
         rename_over(config, table_text(log_path, backends, {"v1": 100, "v2": 0}))
         status, body = await post_reload(client, router.admin_url)  # within the settle time
         assert (status, body["result"]) == (200, "loaded")
-        await asyncio.sleep(3 * 0.5)  # three of the watcher's intervals
+        # A negative ("no second read") needs a bound: one interval beyond the watcher's own
+        # (it acts within IN_FORCE_WITHIN_S), not three intervals, which were shorter.
+        await asyncio.sleep(IN_FORCE_WITHIN_S + WATCH_INTERVAL_S)
         metrics = await scrape(client, router.admin_url)
     reloads = {
         result: metrics.value("model_router_reloads", "model_router_reloads_total", result=result)
