@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from tests.support.tables import one_model
 from tests.support.waiting import poll
 
 DROPPED = "model_router_log_records_dropped", "model_router_log_records_dropped_total"
+LOST_AT_EXIT = re.compile(r"(\d+) records could not be written before exit")
 RECREATED_WITHIN_S = 5.0  # contract section 13
 RESUMED_WITHIN_S = 5.0  # retried at least every second; a margin for a loaded machine
 
@@ -228,3 +230,25 @@ async def test_drops_are_counted_on_the_supervisors_metrics_under_workers(
         assert await proc.wait() == 0
     finally:
         proc.stop()
+
+
+async def test_sigterm_on_a_full_disk_exits_and_says_what_was_lost(
+    backends: dict[str, str], small_disk: Path, tmp_path: Path
+) -> None:
+    log_path = small_disk / "routing.jsonl"
+    config = tmp_path / "routes.yaml"
+    config.write_text(yaml.safe_dump(table_data(one_model(backends), log_path)))
+    proc = RouterProcess(config, log_path)
+    try:
+        await started(log_path)
+        fill(small_disk)
+        async with aiohttp.ClientSession() as client:
+            await send(client, proc.url, range(300))
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0  # within the writer's bounded wait, not for ever
+    finally:
+        proc.stop()
+    said = [m for line in proc.stderr if (m := LOST_AT_EXIT.search(line))]
+    assert len(said) == 1, proc.stderr
+    lost = int(said[0].group(1))
+    assert len(whole_requests(log_path)) + lost == 300
