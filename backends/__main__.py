@@ -1,8 +1,8 @@
 """Run one example backend: ``python -m backends --version v1 --port 9001 [--host 127.0.0.1]``.
 
 ``--fail-rate F`` and ``--delay-ms N`` make it faulty on purpose (a share F of predictions
-answered with a 500, every /predict answer N ms late), for rollout demos; off by default.
-The failures are drawn from ``--fault-seed``, so a run repeats.
+answered with a 500, every /predict and OIP infer answer N ms late), for rollout demos;
+off by default. The failures are drawn from ``--fault-seed``, so a run repeats.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_milliseconds,
         default=0.0,
         metavar="N",
-        help="extra milliseconds before every /predict answer (default 0)",
+        help="extra milliseconds before every /predict and infer answer (default 0)",
     )
     faults.add_argument(
         "--fault-seed",
