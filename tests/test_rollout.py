@@ -280,7 +280,7 @@ def test_records_keep_only_what_the_current_steps_can_use() -> None:
             r = {**logs.request(i, version="v1", user="u", model=model), "ts": ts,
                  "request_id": f"{model}-{i}"}  # fmt: skip
             records.add(r, {"cancer", "books"})
-        records.add({**logs.feedback(f"cancer-{i}", 1), "ts": ts}, set())
+        records.add({**logs.feedback(f"cancer-{i}", 1), "ts": ts}, {"cancer"})
     step = log_time() + 1800  # cancer's step began between the two; books is finished
     records.forget_before({"cancer": step})
     assert list(records.requests) == ["cancer"]

@@ -66,7 +66,7 @@ class Records:
         if event == "request":
             ok = self._request(record, at, models)
         elif event == "feedback":
-            ok = self._feedback(record, at)
+            ok = self._feedback(record, at, models)
         elif event == "config_loaded":
             ok = self._loaded(record, at)
         else:
@@ -75,10 +75,12 @@ class Records:
             self.newest = at if self.newest is None else max(self.newest, at)
         return ok
 
-    def _feedback(self, record: dict[str, Any], at: float) -> bool:
+    def _feedback(self, record: dict[str, Any], at: float, models: set[str]) -> bool:
         rid = record.get("request_id")
         if not isinstance(rid, str):
             return False
+        if record.get("model") not in models:  # a label for a model not being ramped
+            return True
         if rid not in self.labels or at >= self.labels[rid][0]:  # the latest wins
             self.labels[rid] = (at, record.get("label"))
         return True
