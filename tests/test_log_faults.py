@@ -157,9 +157,9 @@ async def test_records_beyond_the_buffer_drop_the_oldest_and_are_counted(
     written = ids(requests_in(log_path))
     assert written == sorted(written)  # in order
     assert len(written) + dropped == n  # the counter explains every gap
-    lost = sorted(set(range(n)) - set(written))
-    assert lost == list(range(lost[0], lost[-1] + 1))  # the oldest held went, in one run
-    assert written[-1] == n - 1  # the newest were kept
+    # The oldest went: the newest, as many as the buffer holds, are all there. (Records
+    # ahead of them may be too: the log file's last page had room for a few.)
+    assert written[-20:] == list(range(n - 20, n))
 
 
 @pytest.mark.parametrize(

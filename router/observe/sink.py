@@ -70,7 +70,9 @@ class LogSink:
         # Lines, and REOPEN marks in their place among them: lines logged before a reopen
         # go to the old file, lines logged after it to the new one.
         self._pending: deque[bytes | object] = deque()
-        self._size = 0  # what the lines in _pending cost, LINE_OVERHEAD each included
+        self._size = 0  # what the lines held cost, LINE_OVERHEAD each included (see _shed)
+        self._batch: list[bytes] = []  # the lines being written, out of _pending
+        self._given_up = 0  # how many of the batch's first lines the bound gave up
         self._reopen_due = False  # a REOPEN mark went with the lines dropped before it
         self._wake = threading.Event()
         self._stop = False
@@ -115,15 +117,28 @@ class LogSink:
         those queued cost in bytes."""
         with self._lock:
             count = sum(isinstance(i, bytes) for i in self._pending)
+            count += len(self._batch) - self._given_up
             return count + (self._file.tail is not None), self._size
 
     # --- the queue, under the lock ---
+    #
+    # `_size` counts the queued lines and those of the batch being written, but for the
+    # batch's first `_given_up`: lines the bound wanted gone while the writer had them. If the
+    # write succeeds they reached the file anyway; if it fails they are dropped then. So the
+    # oldest lines always go first, and the bound holds but for one batch in flight.
 
     def _shed(self) -> int:
-        """Drop the oldest lines until the queue fits its bound again (lock held)."""
+        """Give up the oldest lines until the queue fits its bound again (lock held); the
+        number dropped from the queue (the batch's are counted when its write ends)."""
         shed = 0
-        pending = self._pending
-        while self._size > self.buffer_bytes and pending:
+        pending, batch = self._pending, self._batch
+        while self._size > self.buffer_bytes:
+            if self._given_up < len(batch):
+                self._size -= len(batch[self._given_up]) + LINE_OVERHEAD
+                self._given_up += 1
+                continue
+            if not pending:
+                break
             item = pending.popleft()
             if isinstance(item, bytes):
                 self._size -= len(item) + LINE_OVERHEAD
@@ -134,9 +149,10 @@ class LogSink:
 
     def _take(self) -> tuple[list[bytes], bool]:
         """The next batch of lines, and whether the file is to be reopened after them."""
-        lines: list[bytes] = []
         taken = 0
         with self._lock:
+            lines: list[bytes] = []
+            self._batch, self._given_up = lines, 0
             pending = self._pending
             if self._reopen_due:
                 self._reopen_due = False
@@ -144,23 +160,24 @@ class LogSink:
             while pending and taken < BATCH_BYTES:
                 item = pending.popleft()
                 if not isinstance(item, bytes):
-                    break
+                    return lines, True
                 lines.append(item)
-                taken += len(item) + LINE_OVERHEAD
-            else:
-                self._size -= taken
-                return lines, False
-            self._size -= taken
-            return lines, True
+                taken += len(item)
+            return lines, False
 
-    def _put_back(self, lines: list[bytes]) -> None:
-        """Lines a failed write did not reach the file with go back to the front, in order."""
+    def _written(self, unwritten: list[bytes]) -> None:
+        """The batch's write ended with `unwritten` (its last lines) not in the file: those
+        the bound gave up are dropped now, the others go back to the front, in order."""
+        batch = self._batch
+        done = len(batch) - len(unwritten)
         with self._lock:
-            self._pending.extendleft(reversed(lines))
-            self._size += sum(len(line) + LINE_OVERHEAD for line in lines)
-            shed = self._shed() if self._size > self.buffer_bytes else 0
-        if shed:
-            self._count("buffer_full", shed)
+            kept_from = max(done, self._given_up)
+            dropped = kept_from - done
+            self._size -= sum(len(line) + LINE_OVERHEAD for line in batch[self._given_up : done])
+            self._pending.extendleft(reversed(batch[kept_from:]))
+            self._batch, self._given_up = [], 0
+        if dropped:
+            self._count("buffer_full", dropped)
 
     def _count(self, reason: DropReason, n: int) -> None:
         with self._lock:
@@ -199,8 +216,9 @@ class LogSink:
                 try:
                     self._file.write(lines)
                 except _Unwritten as unwritten:
-                    self._put_back(unwritten.lines)
+                    self._written(unwritten.lines)
                     raise unwritten.error from None
+                self._written([])
             if reopen:
                 self._file.reopen()
             elif not lines:
