@@ -266,7 +266,8 @@ class LogSink:
         _say(
             f"log {self.path}: {what}; holding {count} records "
             f"({size / 2**20:.1f} of {self.buffer_bytes / 2**20:g} MB, log.buffer_mb), "
-            f"the oldest dropped beyond; {self._drops()}; retrying every {RETRY_S:g} s"
+            f"the oldest dropped beyond; {self._drops()}"
+            + (f"; retrying every {RETRY_S:g} s" if self._failure else "")
         )
         return True
 
