@@ -2,7 +2,7 @@
 
     python bench/gen_logs.py OUT [--records N] [--seed S] [--gzip] [--models cancer,books]
                                  [--bad-lines K] [--feedback-share 0.3] [--v2-error-rate 0.012]
-                                 [--srm] [--users 200000]
+                                 [--srm] [--users 200000] [--first-byte]
 
 What a day of traffic through the router looks like in its log:
 
@@ -20,6 +20,12 @@ What a day of traffic through the router looks like in its log:
 - outcomes and statuses as the router maps them, a lognormal latency per version, predictions
   in `response`, and `feedback` events for a share of the answered requests, whose labels agree
   with the predictions of v1 ~93% and of v2 ~95% of the time.
+
+`--first-byte` adds `first_byte_ms` to each request record (contract section 11: the time to the
+first byte of the answer's body, the first token of a streamed one; null without an answer from
+a backend), after `config` (`Exchange.record` also writes `protocol` between them, which this
+generator leaves out); v2 sends its first byte later in its answer than v1. Without the flag
+the records are byte for byte those of earlier versions of this generator.
 
 `--srm` drops the v2 records of 5% of v2's split users (as if their client broke on v2), so
 the observed split no longer matches the split in force. `--bad-lines K` adds K lines that are
@@ -84,6 +90,9 @@ CLIENT_ERROR_RATE, TIMEOUT_RATE, UNAVAILABLE_RATE, CLIENT_CLOSED_RATE = 0.02, 0.
 # Per version, by index (v1, v2, v3): what the backends are like.
 LATENCY_MEDIAN_MS = (10.0, 12.0, 11.0)
 LATENCY_SIGMA = 0.35
+# Per version: the share of the backend's time spent before the first byte of its answer
+# (--first-byte): a streamed answer's first token comes early, v2's a little later.
+FIRST_BYTE_SHARE = (0.25, 0.35, 0.3)
 ACCURACY = (0.93, 0.95, 0.94)
 SERVER_ERROR_RATE = (0.010, 0.012, 0.011)  # v2's is --v2-error-rate
 POSITIVE_SHARE = 0.627  # share of label 1 (benign) in scikit-learn's breast-cancer data
@@ -181,6 +190,7 @@ class Settings:
     srm: bool
     users: int
     gzip: bool
+    first_byte: bool = False
 
 
 @dataclass
@@ -200,6 +210,7 @@ class Requests:
     outcome: I8
     latency_us: I64
     upstream_us: I64
+    first_byte_us: I64
     config: I8
     truth: I8
     prediction: I8
@@ -215,7 +226,8 @@ class Requests:
             bucket=np.full(n, -1, dtype=np.int16), user=np.full(n, -1, dtype=np.int32),
             path=np.full(n, -1, dtype=np.int32), status=np.zeros(n, dtype=np.int16),
             outcome=np.full(n, OK, dtype=np.int8), latency_us=np.zeros(n, dtype=np.int64),
-            upstream_us=np.full(n, -1, dtype=np.int64), config=(ts >= switch_ms).astype(np.int8),
+            upstream_us=np.full(n, -1, dtype=np.int64),
+            first_byte_us=np.full(n, -1, dtype=np.int64), config=(ts >= switch_ms).astype(np.int8),
             truth=nulls.copy(), prediction=nulls.copy(),
         )  # fmt: skip
 
@@ -421,6 +433,16 @@ def draw_latency(rng: np.random.Generator, r: Requests, specs: Sequence[ModelSpe
     r.latency_us = np.minimum(r.latency_us, 999_999_999)
 
 
+def draw_first_byte(r: Requests) -> None:
+    """Time to the first byte of an answer, in µs: the router's overhead and the share of
+    the backend's time its version spends before its first byte; -1 (null) without an
+    answer from a backend or after a timeout. No draw: the other fields stay as they were."""
+    share = np.array(FIRST_BYTE_SHARE)[np.maximum(r.version, 0)]
+    rest = np.round(np.maximum(r.upstream_us, 0) * (1 - share)).astype(np.int64)
+    answered = (r.upstream_us >= 0) & (r.outcome != TIMEOUT)
+    r.first_byte_us = np.where(answered, np.maximum(r.latency_us - rest, 1), -1)
+
+
 def draw_predictions(rng: np.random.Generator, r: Requests) -> None:
     """A true label per request, and the answering version's prediction on ok answers."""
     n = len(r)
@@ -460,6 +482,7 @@ def draw(
     refuse(rng, r, paths)
     draw_outcomes(rng, r, specs, s.v2_error_rate)
     draw_latency(rng, r, specs)
+    draw_first_byte(r)
     draw_predictions(rng, r)
     return r, draw_feedback(rng, r, s.feedback_share), switch_ms
 
@@ -548,10 +571,11 @@ class Tables:
     outcome: U8
     config: U8
     response: U8
+    first_byte: bool  # write first_byte_ms (--first-byte)
 
     @classmethod
     def of(cls, specs: Sequence[ModelSpec], pseudonyms: Sequence[str], paths: Paths,
-           digests: Sequence[str]) -> Tables:  # fmt: skip
+           digests: Sequence[str], first_byte: bool = False) -> Tables:  # fmt: skip
         return cls(
             model=quoted([m.name for m in specs]),
             version=quoted(["v1", "v2", "v3"]),
@@ -561,6 +585,7 @@ class Tables:
             outcome=quoted([*OUTCOMES, "rejected"]),
             config=quoted(digests),
             response=table([b',"response":{"prediction":0}', b',"response":{"prediction":1}', b""]),
+            first_byte=first_byte,
         )
 
 
@@ -583,9 +608,18 @@ def request_rows(r: Requests, rows: I64, t: Tables) -> U8:
         const(b',"outcome":', n), t.outcome[r.outcome[rows]],
         const(b',"latency_ms":', n), millis(r.latency_us[rows]),
         const(b',"upstream_ms":', n), nullable(millis(np.maximum(upstream, 0)), upstream < 0),
-        const(b',"config":', n), t.config[r.config[rows]],
+        const(b',"config":', n), t.config[r.config[rows]], *first_byte_field(r, rows, t),
         t.response[r.prediction[rows]], const(b"}\n", n),
     ])  # fmt: skip
+
+
+def first_byte_field(r: Requests, rows: I64, t: Tables) -> list[U8]:
+    """`,"first_byte_ms":12.5` (or null) with --first-byte, else nothing."""
+    if not t.first_byte:
+        return []
+    first = r.first_byte_us[rows]
+    n = len(rows)
+    return [const(b',"first_byte_ms":', n), nullable(millis(np.maximum(first, 0)), first < 0)]
 
 
 def feedback_rows(r: Requests, fb: Feedback, rows: I64, t: Tables) -> U8:
@@ -794,7 +828,7 @@ def generate(s: Settings) -> Written:
     ids = user_ids(s.users)
     r, fb, switch_ms = draw(rng, s, specs, bucket_table(specs, ids))
     digests, config_lines = config_events(specs, switch_ms)
-    tables = Tables.of(specs, [pseudonym(u) for u in ids], Paths(specs), digests)
+    tables = Tables.of(specs, [pseudonym(u) for u in ids], Paths(specs), digests, s.first_byte)
     bad_slots = np.sort(bad_rng.integers(0, len(r) + len(fb.ts) + 1, s.bad_lines))
     unfinished = s.out.with_name(s.out.name + ".tmp")
     sink = Sink(unfinished, s.gzip)
@@ -824,6 +858,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--srm", action="store_true",
                         help="lose the v2 records of 5%% of v2's split users")  # fmt: skip
     parser.add_argument("--users", type=int, default=200_000, help="size of the user pool")
+    parser.add_argument("--first-byte", action="store_true",
+                        help="records carry first_byte_ms (contract section 11)")  # fmt: skip
     a = parser.parse_args(argv)
     models = tuple(m for m in a.models.split(",") if m)
     if a.records < 2 or a.users < 1 or a.bad_lines < 0 or not models:
@@ -834,7 +870,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     out = a.out if not compress or a.out.suffix == ".gz" else a.out.with_name(a.out.name + ".gz")
     return Settings(
         out, a.records, a.seed, models, a.bad_lines, a.feedback_share, a.v2_error_rate, a.srm,
-        a.users, compress,
+        a.users, compress, a.first_byte,
     )  # fmt: skip
 
 

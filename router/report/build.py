@@ -123,6 +123,7 @@ def _versions(
                count(*) FILTER (WHERE r.outcome = 'timeout') AS timeouts,
                count(DISTINCT r.user_h) AS users,
                quantile_cont(r.latency_ms, [0.5, 0.95, 0.99]) AS q,
+               quantile_cont(r.first_byte_ms, [0.5, 0.95]) AS first_byte,
                count(f.label) AS labelled,
                count(f.label) FILTER (WHERE {SAME_LABEL}) AS correct,
                avg({ABS_ERROR}) AS mae,
@@ -136,7 +137,7 @@ def _versions(
     ).fetchall()
     total = sum(row[1] for row in rows)
     versions: dict[str, dict[str, Any]] = {}
-    for name, n, errors, timeouts, users, q, labelled, correct, mae, rmse, _ in rows:
+    for name, n, errors, timeouts, users, q, first_byte, labelled, correct, mae, rmse, _ in rows:
         p50, p95, p99 = q if q is not None else (None, None, None)
         versions[name] = {
             "requests": n,
@@ -146,15 +147,19 @@ def _versions(
             "error_rate": errors / n,
             "timeout_rate": timeouts / n,
             "latency_ms": {"p50": _f(p50), "p95": _f(p95), "p99": _f(p99)},
+            # Only with values, i.e. when the version streams (contract section 11).
+            "first_byte_ms": None
+            if first_byte is None
+            else {"p50": _f(first_byte[0]), "p95": _f(first_byte[1])},
             "accuracy": correct / labelled if labelled else None,
             "mae": _f(mae),
             "rmse": _f(rmse),
             "labelled": labelled,
         }
     labels = None
-    if any(row[10] for row in rows):
+    if any(row[-1] for row in rows):
         labels = "real"
-    elif any(row[6] for row in rows):
+    elif any(row[7] for row in rows):
         labels = "categorical"
     return versions, labels
 

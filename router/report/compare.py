@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from router.report.users import IN_RANDOMISED, Users
+from router.report.users import IN_RANDOMISED, QUANTILES, TIMINGS, Users, timing_column
 from router.stats import Z95
 from router.stats.compare import Comparison, compare, holm
 from router.stats.quantile import probabilities, quantile_from
@@ -24,6 +24,7 @@ _VERDICT_ALPHA = 0.05
 Periods = dict[str, Estimate]  # config digest -> one version's estimate in that period
 Pooled = dict[str, np.ndarray]  # column -> per-user sums of one version (Users.pooled)
 Estimator = Callable[[np.ndarray, np.ndarray], Estimate]
+Quantiles = dict[str, dict[str, dict[str, Estimate]]]  # timing -> version -> "p50" -> estimate
 
 # Quality from feedback: categorical labels give accuracy, real-valued ones mean absolute
 # error: (numerator, denominator, estimator) over the per-user columns of users.py.
@@ -54,14 +55,15 @@ def analyse(
     intervals = {name: _intervals(p) for name, p in pooled.items()}
     if base is None:
         return Analysis(intervals, {}, None)
-    quantiles = _quantiles(con, model, pooled, versions)
-    vs, adjustment = _comparisons(users, quantiles, base, quality, t_opt)
+    quantiles = {t: _quantiles(con, model, pooled, versions, t) for t in users.timings}
+    vs, adjustment = _comparisons(users, list(versions), quantiles, base, quality, t_opt)
     return Analysis(intervals, vs, adjustment)
 
 
 def _comparisons(
     users: Users,
-    quantiles: dict[str, dict[str, Estimate]],
+    in_order: list[str],
+    quantiles: Quantiles,
     base: str,
     quality: str | None,
     t_opt: float,
@@ -70,13 +72,13 @@ def _comparisons(
     errors = _per_period(users, "errors", "n", proportion)
     scores = _per_period(users, *QUALITY[quality]) if quality else {}
     found: dict[str, tuple[Comparison, Comparison | None, dict[str, Any]]] = {}
-    for name in quantiles:
+    for name in in_order:
         if name == base:
             continue
         error = compare(_paired(errors.get(base, {}), errors.get(name, {})), t_opt=t_opt)
         both = _paired(scores.get(base, {}), scores.get(name, {}))
-        latency = _latency(quantiles[base], quantiles[name])
-        found[name] = (error, compare(both) if both else None, latency)
+        timed = {t: _differences(quantiles.get(t, {}), base, name) for t in TIMINGS}
+        found[name] = (error, compare(both) if both else None, timed)
     adjust = len(found) >= 2
     names = list(found)
     fixed = _holm([found[n][0].p_value for n in names], adjust)
@@ -84,7 +86,7 @@ def _comparisons(
     quality_p = _holm([s.p_value if (s := found[n][1]) else math.nan for n in names], adjust)
     out = {}
     for i, name in enumerate(names):
-        error, scored, latency = found[name]
+        error, scored, timed = found[name]
         p, av = _finite(fixed[i]), _finite(always[i])
         out[name] = {
             "error_rate_diff": _finite(error.diff),
@@ -94,7 +96,7 @@ def _comparisons(
             "significant": bool(av is not None and av < _VERDICT_ALPHA),  # always valid
             "adjusted": adjust,
             "users": error.units,
-            "latency_ms": latency,
+            **timed,  # latency_ms, and first_byte_ms (null unless both versions have it)
         }
         for metric in QUALITY:
             mine = scored if metric == quality else None
@@ -179,27 +181,29 @@ def _quantiles(
     model: str,
     pooled: dict[str, Pooled],
     versions: dict[str, dict[str, Any]],
+    timing: str,
 ) -> dict[str, dict[str, Estimate]]:
-    """Per version, p50 and p95 over all its randomised requests with users as units: the
-    values the table shows (so a difference is the difference of the table's), intervals
-    from the per-user counts at or below them."""
+    """Per version that has values of `timing` (one of users.TIMINGS), its p50 and p95
+    over all its randomised requests with users as units: the values the table shows (so a
+    difference is the difference of the table's), intervals from the per-user counts at or
+    below them."""
     ends: dict[str, dict[str, tuple[float, float] | None]] = {}
     units: dict[str, int] = {}
-    for version in versions:
-        timed = pooled[version]["timed"]
+    shown = {version: s[timing] for version, s in versions.items() if s[timing] is not None}
+    for version in shown:
+        timed = pooled[version][timing_column(timing, "timed")]
         seen = timed > 0
         units[version] = int(seen.sum())
         ends[version] = {
-            name: probabilities(q, pooled[version][name][seen], timed[seen])
-            for name, q in (("p50", 0.5), ("p95", 0.95))
+            name: probabilities(q, pooled[version][timing_column(timing, name)][seen], timed[seen])
+            for name, q in QUANTILES
         }
-    at = _quantiles_at(con, model, ends)
+    at = _quantiles_at(con, model, ends, timing)
     out: dict[str, dict[str, Estimate]] = {}
-    for version, shown in versions.items():
+    for version, values in shown.items():
         out[version] = {}
-        for name in ("p50", "p95"):
-            value = shown["latency_ms"][name]
-            pair = ends[version][name]
+        for name, _ in QUANTILES:
+            value, pair = values[name], ends[version][name]
             if value is None or pair is None:
                 nan = float("nan")
                 out[version][name] = Estimate(nan if value is None else value, nan, units[version])
@@ -213,14 +217,17 @@ def _quantiles_at(
     con: duckdb.DuckDBPyConnection,
     model: str,
     ends: dict[str, dict[str, tuple[float, float] | None]],
+    timing: str,
 ) -> dict[str, dict[float, float]]:
-    """The latency at each probability the intervals need, per version, in one query."""
+    """`timing` at each probability the intervals need, per version, in one query."""
+    if timing not in TIMINGS:  # a column name spliced into SQL: only ours, never the log's
+        raise ValueError(f"no timing {timing!r}; expected one of {', '.join(TIMINGS)}")
     wanted = sorted({p for per in ends.values() for pair in per.values() if pair for p in pair})
     if not wanted:
         return {}
     rows = con.execute(
         f"""
-        SELECT r.assigned_version, quantile_cont(r.latency_ms, $ps) FROM requests r
+        SELECT r.assigned_version, quantile_cont(r.{timing}, $ps) FROM requests r
         WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
         GROUP BY 1
         """,
@@ -233,10 +240,16 @@ def _quantiles_at(
     }
 
 
-def _latency(base: dict[str, Estimate], candidate: dict[str, Estimate]) -> dict[str, Any]:
+def _differences(
+    per_version: dict[str, dict[str, Estimate]], base: str, candidate: str
+) -> dict[str, Any] | None:
+    """p50 and p95 differences of one timing with their intervals; None when either
+    version has no values of it."""
+    if base not in per_version or candidate not in per_version:
+        return None
     out: dict[str, Any] = {}
-    for name in ("p50", "p95"):
-        result = compare([(base[name], candidate[name])])
+    for name, _ in QUANTILES:
+        result = compare([(per_version[base][name], per_version[candidate][name])])
         out[f"{name}_diff"] = _finite(result.diff)
         out[f"{name}_ci95"] = _pair(result.ci95)
     return out

@@ -12,7 +12,14 @@ from typing import Any
 
 from router.report import charts
 from router.report.charts import Estimate, percent
-from router.report.text import feedback_line, shadow_lines, verdicts
+from router.report.text import (
+    FIRST_BYTE_HEADER,
+    feedback_line,
+    first_byte_cells,
+    shadow_lines,
+    streaming,
+    verdicts,
+)
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -175,15 +182,22 @@ def _versions_table(
     versions: dict[str, Any], base: str | None, palette: dict[str, str], labels: str | None
 ) -> str:
     quality = ("MAE [95% CI]", "RMSE") if labels == "real" else ("accuracy [95% CI]",)
+    first_byte = streaming(versions)  # shown only when a version streams
     head = ("version", "requests", "share", "users", "error rate [95% CI]", "timeouts",
-            "p50 ms", "p95 ms", "p99 ms", *quality, "labelled")  # fmt: skip
-    rows = [_version_row(v, s, v == base, palette.get(v, "#888"), len(quality))
+            "p50 ms", "p95 ms", "p99 ms", *(FIRST_BYTE_HEADER if first_byte else ()),
+            *quality, "labelled")  # fmt: skip
+    rows = [_version_row(v, s, v == base, palette.get(v, "#888"), len(quality), first_byte)
             for v, s in versions.items()]  # fmt: skip
     return _table(head, rows)
 
 
 def _version_row(
-    version: str, s: dict[str, Any], is_base: bool, colour: str, quality_cells: int
+    version: str,
+    s: dict[str, Any],
+    is_base: bool,
+    colour: str,
+    quality_cells: int,
+    first_byte: bool,
 ) -> str:
     lat = s["latency_ms"]
     badge = '<span class="badge">baseline</span>' if is_base else ""
@@ -198,6 +212,7 @@ def _version_row(
         _td(f"{s['requests']:,}"), _td(percent(s["share"])), _td(f"{s['users']:,}"),
         _with_ci(s["error_rate"], s["error_rate_ci95"], 2), _td(percent(s["timeout_rate"], 2)),
         _td(_ms(lat["p50"])), _td(_ms(lat["p95"])), _td(_ms(lat["p99"])),
+        *(_td(cell) for cell in (first_byte_cells(s) if first_byte else ())),
         *quality, _td(f"{s['labelled']:,}"),
     ]  # fmt: skip
     return "<tr>" + "".join(cells) + "</tr>"

@@ -33,6 +33,7 @@ COLUMNS = {
     "outcome": "VARCHAR",
     "latency_ms": "DOUBLE",
     "config": "VARCHAR",
+    "first_byte_ms": "DOUBLE",  # contract section 11; absent from older logs: null
     "response": "JSON",
     "label": "JSON",
     "models": "JSON",
@@ -89,7 +90,7 @@ def load(patterns: list[str]) -> Loaded:
                    hash(request_id) AS rid,
                    model, version, assigned_version, assigned_by, bucket,
                    CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
-                   status, outcome, latency_ms, config,
+                   status, outcome, latency_ms, config, first_byte_ms,
                    json_extract(response, '$.prediction')::VARCHAR AS prediction,
                    CASE WHEN json_type(response, '$.prediction') IN {_NUMBER}
                         THEN json_extract(response, '$.prediction')::DOUBLE END

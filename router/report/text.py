@@ -69,15 +69,17 @@ def _comparison(name: str, model: dict[str, Any]) -> list[str]:
              f"baseline {base}"]  # fmt: skip
     quality = ("MAE [95% CI], RMSE (labelled)" if model.get("labels") == "real"
                else "accuracy [95% CI] (labelled)")  # fmt: skip
+    first_byte = FIRST_BYTE_HEADER if streaming(versions) else ()
     header = ("version", "requests", "share", "users", "errors", "timeouts", "p50 ms",
-              "p95 ms", "p99 ms", quality)  # fmt: skip
+              "p95 ms", "p99 ms", *first_byte, quality)  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
     for v, s in versions.items():
         lat = s["latency_ms"]
         rows.append((
             v, f"{s['requests']:,}", f"{s['share']:.1%}", f"{s['users']:,}",
             f"{s['error_rate']:.2%}", f"{s['timeout_rate']:.2%}",
-            _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), quality_cell(s),
+            _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]),
+            *(first_byte_cells(s) if first_byte else ()), quality_cell(s),
         ))  # fmt: skip
     lines.extend("  " + line for line in _table(rows))
     for v, s in versions.items():
@@ -180,16 +182,9 @@ def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[tuple[str, str
         f"[{_pp(low)}, {_pp(high)}], p {_p(vs['p_value'])}{adjusted}; always-valid "
         f"[{_pp(always['ci95'][0])}, {_pp(always['ci95'][1])}], p {_p(always['p_value'])}: {word}"
     ))]  # fmt: skip
-    parts = []
-    latency = vs["latency_ms"]
-    for q in ("p50", "p95"):
-        diff, ci = latency[f"{q}_diff"], latency[f"{q}_ci95"]
-        if diff is None or ci[0] is None:
-            continue
-        flag = " (n.s.)" if ci[0] <= 0 <= ci[1] else ""
-        parts.append(f"{q} {diff:+.1f} ms [{ci[0]:+.1f}, {ci[1]:+.1f}]{flag}")
-    if parts:
-        lines.append(("latency", f"{version} vs {base}: latency " + ", ".join(parts)))
+    for timing, what in TIMED_VERDICTS:
+        if parts := _quantile_diffs(vs.get(timing)):
+            lines.append(("latency", f"{version} vs {base}: {what} " + parts))
     if vs.get("accuracy_diff") is not None:
         low, high = vs["accuracy_ci95"]
         lines.append(("quality", (
@@ -203,6 +198,35 @@ def verdicts(version: str, base: str, vs: dict[str, Any]) -> list[tuple[str, str
             f"[{low:+.4g}, {high:+.4g}], p {_p(vs['mae_p_value'])}{adjusted}"
         )))  # fmt: skip
     return lines
+
+
+# Per timing of a record, what its verdict line calls it (the line is left out without
+# differences: a log without first_byte_ms reads as before).
+TIMED_VERDICTS = (("latency_ms", "latency"), ("first_byte_ms", "first byte"))
+FIRST_BYTE_HEADER = ("first byte p50 ms", "first byte p95 ms")
+
+
+def _quantile_diffs(diffs: dict[str, Any] | None) -> str:
+    """`p50 +1.2 ms [+0.4, +2.0], p95 -0.3 ms [-1.1, +0.5] (n.s.)`, or nothing."""
+    parts = []
+    for q in ("p50", "p95"):
+        diff, ci = (diffs or {}).get(f"{q}_diff"), (diffs or {}).get(f"{q}_ci95")
+        if diff is None or ci is None or ci[0] is None:
+            continue
+        flag = " (n.s.)" if ci[0] <= 0 <= ci[1] else ""
+        parts.append(f"{q} {diff:+.1f} ms [{ci[0]:+.1f}, {ci[1]:+.1f}]{flag}")
+    return ", ".join(parts)
+
+
+def streaming(versions: dict[str, Any]) -> bool:
+    """Whether some version has first_byte_ms values: only then are they shown."""
+    return any(s.get("first_byte_ms") for s in versions.values())
+
+
+def first_byte_cells(s: dict[str, Any]) -> tuple[str, str]:
+    """A version's first-byte p50 and p95, `-` without values."""
+    first = s.get("first_byte_ms") or {}
+    return _ms(first.get("p50")), _ms(first.get("p95"))
 
 
 def quality_cell(s: dict[str, Any]) -> str:

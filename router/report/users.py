@@ -49,21 +49,40 @@ ABS_ERROR = abs_error()
 IS_REAL = "(f.number <> floor(f.number))"
 LABELS = "LEFT JOIN feedback f ON f.rid = r.rid AND r.prediction IS NOT NULL"
 
-COLUMNS = ("n", "errors", "labelled", "correct", "scored", "abs_error", "sq_error",
-           "timed", "p50", "p95")  # fmt: skip
+COLUMNS = ("n", "errors", "labelled", "correct", "scored", "abs_error", "sq_error")
+
+# The times of a request record whose p50 and p95 the report compares, with the user as
+# the unit: the latency, and the time to the answer's first byte (contract section 11: for
+# a streamed answer, the first token), which older logs do not have.
+TIMINGS = ("latency_ms", "first_byte_ms")
+QUANTILES = (("p50", 0.5), ("p95", 0.95))
+
+
+def timing_column(timing: str, part: str) -> str:
+    """The per-user column of `timing` (one of TIMINGS): `timed` (requests with a value),
+    `p50` or `p95` (requests at or below the version's quantile)."""
+    return f"{timing}_{part}"
+
+
+def timings_of(versions: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The timings to compare: the latency always, the first byte when a version has any
+    value of it (when it streams), so a log without it costs nothing more."""
+    return tuple(t for t in TIMINGS if t == "latency_ms" or any(v[t] for v in versions.values()))
 
 
 @dataclass(frozen=True)
 class Users:
     """Rows sorted by version, period and user; `columns` holds, per row: requests, errors,
     labelled and correct requests, scored ones (label and prediction both numbers) with the
-    sum of their absolute and squared errors, timed requests, and those at or below the
-    version's p50 and p95 (for the quantiles' intervals)."""
+    sum of their absolute and squared errors; and for each of `timings`, the requests with
+    a value and those at or below the version's p50 and p95 (for the quantiles' intervals,
+    named by `timing_column`)."""
 
     version: np.ndarray
     config: np.ndarray
     unit: np.ndarray
     columns: dict[str, np.ndarray]
+    timings: tuple[str, ...]
 
     def spans(self) -> list[tuple[str, str, int, int]]:
         """(version, config, start, end) of each run of rows."""
@@ -92,11 +111,15 @@ def per_user(
     con: duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
 ) -> Users:
     """One grouped pass; the p50/p95 thresholds come in as a small table, so no name from
-    the log is ever spliced into SQL."""
-    con.execute("CREATE OR REPLACE TEMP TABLE thresholds (version VARCHAR, p50 DOUBLE, p95 DOUBLE)")
-    rows = [(name, v["latency_ms"]["p50"], v["latency_ms"]["p95"]) for name, v in versions.items()]
-    if rows:
-        con.executemany("INSERT INTO thresholds VALUES (?, ?, ?)", rows)
+    the log is ever spliced into SQL (only the constant names of TIMINGS are)."""
+    timings = timings_of(versions)
+    _thresholds(con, versions, timings)
+    counts = []
+    for timing in timings:
+        counts.append(f"count(r.{timing}) AS {timing_column(timing, 'timed')}")
+        for q, _ in QUANTILES:
+            column = timing_column(timing, q)
+            counts.append(f"count(*) FILTER (WHERE r.{timing} <= t.{column}) AS {column}")
     data = con.execute(
         f"""
         SELECT r.assigned_version AS version, coalesce(r.config, '') AS config, {UNIT} AS unit,
@@ -104,9 +127,7 @@ def per_user(
                count(f.label) AS labelled, count(*) FILTER (WHERE {SAME_LABEL}) AS correct,
                count({ABS_ERROR}) AS scored, coalesce(sum({ABS_ERROR}), 0) AS abs_error,
                coalesce(sum({ABS_ERROR} * {ABS_ERROR}), 0) AS sq_error,
-               count(r.latency_ms) AS timed,
-               count(*) FILTER (WHERE r.latency_ms <= t.p50) AS p50,
-               count(*) FILTER (WHERE r.latency_ms <= t.p95) AS p95
+               {", ".join(counts)}
         FROM requests r
         {LABELS}
         LEFT JOIN thresholds t ON t.version = r.assigned_version
@@ -115,9 +136,28 @@ def per_user(
         """,
         {"model": model},
     ).fetchnumpy()
+    parts = ("timed", *(q for q, _ in QUANTILES))
+    names = [*COLUMNS, *(timing_column(t, part) for t in timings for part in parts)]
     return Users(
         np.asarray(data["version"], dtype=object),
         np.asarray(data["config"], dtype=object),
         np.asarray(data["unit"]),
-        {name: np.asarray(data[name], dtype=np.float64) for name in COLUMNS},
+        {name: np.asarray(data[name], dtype=np.float64) for name in names},
+        timings,
     )
+
+
+def _thresholds(
+    con: duckdb.DuckDBPyConnection, versions: dict[str, dict[str, Any]], timings: tuple[str, ...]
+) -> None:
+    """The `thresholds` table: per version, each timing's p50 and p95 as the table shows
+    them (null for a version without values)."""
+    names = [timing_column(t, q) for t in timings for q, _ in QUANTILES]
+    columns = ", ".join(f"{name} DOUBLE" for name in names)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE thresholds (version VARCHAR, {columns})")
+    rows = [
+        (name, *((v[t] or {}).get(q) for t in timings for q, _ in QUANTILES))
+        for name, v in versions.items()
+    ]
+    if rows:
+        con.executemany(f"INSERT INTO thresholds VALUES (?{', ?' * len(names)})", rows)

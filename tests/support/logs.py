@@ -30,7 +30,10 @@ def request(
     config: str = "cfg1",
     answered_by: str | None = None,
     prediction: Any = None,
+    first_byte_ms: float | None = None,
 ) -> dict[str, Any]:
+    """A `request` record; `first_byte_ms` (contract section 11) is left out unless given,
+    as in the logs written before it."""
     status = {"ok": 200, "client_error": 404, "server_error": 500, "timeout": 504,
               "unavailable": 502, "rejected": 400, "client_closed": 499}[outcome]  # fmt: skip
     ts = f"2026-11-25T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000Z"
@@ -42,6 +45,8 @@ def request(
         "outcome": outcome, "latency_ms": latency_ms, "upstream_ms": latency_ms - 0.2,
         "config": config,
     }  # fmt: skip
+    if first_byte_ms is not None:
+        record["first_byte_ms"] = first_byte_ms
     if prediction is not None:
         record["response"] = {"prediction": prediction}
     return record
