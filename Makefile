@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo rollout-demo test browser lint check bench soak bench-report bench-shadow bench-overload bench-conformance bench-tables bench-protocols calibration calibration-rollout clean
+.PHONY: run demo rollout-demo test browser lint check bench soak soak-faults bench-report bench-shadow bench-overload bench-conformance bench-tables bench-protocols calibration calibration-rollout clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ soak: $(STAMP)
 	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
 	$(BIN)/python bench/soak.py
+
+## soak-faults: load through 2 workers while faults strike (disk full on a tmpfs, a backend killed, a worker SIGKILLed, SIGHUP storms, 500 slowloris feedback posts): every answer has one record or is counted as dropped; no leak
+soak-faults: $(STAMP)
+	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
+	$(BIN)/python bench/soak_faults.py
 
 ## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan
 bench-report: $(STAMP)
