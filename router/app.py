@@ -69,6 +69,8 @@ class Router:
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
         self.draining = [False]
         self.server: Server | None = None
+        self.grpc: Any = None  # grpc.aio.Server when server.grpc_listen is set
+        self.grpc_port = 0
         # Set up in order in start(), torn down in reverse in stop(): the upstream client
         # (one pooled aiohttp session and the lean pool), the active health checks that use
         # it, the table file watcher.
@@ -124,6 +126,8 @@ class Router:
             "public",
             address,
         )
+        if server.grpc_listen is not None:
+            await self._serve_grpc(server.grpc_listen, server.max_body_bytes)
         if self.admin is not None:
             await self.admin.setup()
             site = web.TCPSite(self.admin, server.admin_listen.host, server.admin_listen.port)
@@ -131,6 +135,29 @@ class Router:
         self.tables.announce()  # once listening: a log never names a table that never served
         self.sink.on_new_file = self._announce_from_thread(asyncio.get_running_loop())
         keep_out_of_gc()  # the table read at start, and the process's modules
+
+    async def _serve_grpc(self, address: Address, max_message: int) -> None:
+        """The gRPC listener (router/rpc/), on the proxy's books, with one channel per
+        version address for the way up; grpcio is the `grpc` extra."""
+        from router.protocols.oip import router_version
+        from router.proxy.grpc_call import GrpcProxy
+        from router.rpc.channels import Channels
+        from router.rpc.server import serve
+
+        channels = Channels()
+        self._lifecycles.push_async_callback(channels.close)
+        handler = GrpcProxy(self.proxy, channels, router_version())
+
+        async def start() -> None:
+            self.grpc, self.grpc_port = await serve(
+                address.host,
+                address.port,
+                handler.handle,
+                reuse_port=self.reuse_port,
+                max_message=max_message,
+            )
+
+        await listen_on(start, "gRPC", address)
 
     def _announce_from_thread(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         """The log writer re-created a removed file: it too starts by naming the table."""
@@ -152,6 +179,9 @@ class Router:
         self.proxy.serving = False  # /v2/health/ready says so from here
         drain_s = self.tables.current.server.drain_s
         deadline = asyncio.get_running_loop().time() + drain_s
+        # gRPC calls in flight get drain_s too, beside the HTTP requests; then they are
+        # cancelled, each logging its record.
+        grpc_stopped = self.grpc.stop(drain_s) if self.grpc is not None else None
         try:
             if self.server is not None:
                 # New connections are refused from here; idle keep-alive ones close.
@@ -162,6 +192,8 @@ class Router:
                     await self.server.drained(1.0)
                 self.server.close()
                 await asyncio.sleep(0)  # the connections' ends run, and log what they held
+            if grpc_stopped is not None:
+                await grpc_stopped
             # Shadow copies get what is left of drain_s, then are cancelled (and logged).
             await self.proxy.shadows.drain(deadline - asyncio.get_running_loop().time())
             await self._lifecycles.aclose()
@@ -179,9 +211,9 @@ async def listen_on(start: Callable[[], Awaitable[None]], what: str, address: Ad
     try:
         await start()
     except OSError as exc:
-        flag = "--listen" if what == "public" else "--admin-listen"
+        flag = {"public": "--listen", "admin": "--admin-listen"}.get(what, "server.grpc_listen")
         raise ServeError(
-            f"cannot listen on {address} ({what}): {exc.strerror}; "
+            f"cannot listen on {address} ({what}): {exc.strerror or exc}; "
             f"free it or choose another with {flag}"
         ) from exc
 

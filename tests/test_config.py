@@ -377,7 +377,7 @@ BAD_TABLES = [
             "routes.yaml:2: server.listn: unknown key (did you mean 'listen'?)",
             "routes.yaml:3: server.port: unknown key (expected one of: listen, admin_listen, "
             "admin_token_env, max_body_mb, drain_s, body_timeout_s, max_connections, "
-            "request_buffering, feedback_token_env, reload_timeout_s)",
+            "request_buffering, feedback_token_env, reload_timeout_s, grpc_listen)",
         ],
         id="unknown-server-keys",
     ),
@@ -476,7 +476,7 @@ BAD_TABLES = [
         MODEL.replace('url: "http://127.0.0.1:9000", ', "") + SPLIT,
         [
             "routes.yaml:6: models.cancer.versions.v0.url: "
-            "is missing (for example url: http://127.0.0.1:9001)"
+            "is missing (for example url: http://127.0.0.1:9001, or a grpc_url)"
         ],
         id="url-missing",
     ),

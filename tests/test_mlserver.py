@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 
 from router.routing.choose import bucket
@@ -68,8 +69,9 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """MLServer on free loopback ports, serving `iris-linear` (v1) and `iris-tree` (7)."""
+def mlserver_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """MLServer on free loopback ports, serving `iris-linear` (v1) and `iris-tree` (7):
+    its REST url and its gRPC address."""
     home = tmp_path_factory.mktemp("mlserver")
     python = str(VENV / "bin" / "python")
     subprocess.run([python, "-c", TRAIN, home / "linear.joblib", home / "tree.joblib"], check=True)
@@ -81,11 +83,11 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "parameters": {"uri": str(home / f"{pickle}.joblib"), "version": version},
         }
         (home / name / "model-settings.json").write_text(json.dumps(settings))
-    http_port = _free_port()
+    http_port, grpc_port = _free_port(), _free_port()
     server = {
         "host": LOOPBACK,
         "http_port": http_port,
-        "grpc_port": _free_port(),
+        "grpc_port": grpc_port,
         "metrics_port": _free_port(),
         "parallel_workers": 0,
     }
@@ -102,7 +104,7 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             assert process.poll() is None, (home / "mlserver.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "MLServer did not get ready"
             time.sleep(0.2)
-        yield url
+        yield url, f"{LOOPBACK}:{grpc_port}"
     finally:
         process.terminate()
         try:
@@ -113,20 +115,32 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-@pytest.fixture
-async def router(mlserver: str, tmp_path: Path) -> AsyncIterator[RunningRouter]:
-    models = {
+@pytest.fixture(scope="module")
+def mlserver(mlserver_ports: tuple[str, str]) -> str:
+    return mlserver_ports[0]
+
+
+def iris(rest: str, grpc: str) -> dict[str, Any]:
+    """Model `iris` over both of MLServer's models, by REST and by gRPC."""
+    v1 = {"upstream_model": "iris-linear", "upstream_version": "v1"}
+    return {
         "iris": {
             "salt": "iris",
             "versions": {
-                "v1": {"url": mlserver, "upstream_model": "iris-linear", "upstream_version": "v1"},
-                "v2": {"url": mlserver, "upstream_model": "iris-tree"},
+                "v1": {"url": rest, "grpc_url": grpc, **v1},
+                "v2": {"url": rest, "grpc_url": grpc, "upstream_model": "iris-tree"},
             },
             "split": {"v1": 50, "v2": 50},
             "prediction": "/outputs/0/data/0",
         }
     }
-    async with router_running(models, tmp_path) as running:
+
+
+@pytest.fixture
+async def router(mlserver_ports: tuple[str, str], tmp_path: Path) -> AsyncIterator[RunningRouter]:
+    async with router_running(
+        iris(*mlserver_ports), tmp_path, grpc_listen=f"{LOOPBACK}:0"
+    ) as running:
         yield running
 
 
@@ -180,3 +194,90 @@ async def test_mlservers_own_errors_pass_through(router: RunningRouter) -> None:
     await router.router.stop()
     (record,) = router.records()
     assert (record["status"], record["outcome"], record["version"]) == (500, "server_error", "v1")
+
+
+# --- the Open Inference Protocol over gRPC: tritonclient.grpc, through the router ---
+
+
+def grpc_infer(address: str, version: str = "", user: str = "u") -> tuple[int, str]:
+    client = triton_grpc.InferenceServerClient(url=address)
+    try:
+        x = triton_grpc.InferInput("x", [1, 4], "FP64")
+        x.set_data_from_numpy(np.array([ROW]))
+        result = client.infer("iris", [x], model_version=version, headers={"x-user-id": user})
+        response = result.get_response()
+        return int(result.as_numpy("predict").ravel()[0]), response.model_name
+    finally:
+        client.close()
+
+
+def grpc_address(router: RunningRouter) -> str:
+    return f"{LOOPBACK}:{router.router.grpc_port}"
+
+
+async def test_tritonclient_grpc_reaches_mlserver_through_the_split_and_the_pins(
+    router: RunningRouter,
+) -> None:
+    expected = {"v1": (2, "iris-linear"), "v2": (1, "iris-tree")}
+    users = [f"user-{i}" for i in range(12)]
+    for user in users:
+        version = "v1" if bucket(user, "iris") < 5000 else "v2"
+        got = await asyncio.to_thread(grpc_infer, grpc_address(router), user=user)
+        assert got == expected[version], user
+    for version in ("v1", "v2"):
+        got = await asyncio.to_thread(grpc_infer, grpc_address(router), version)
+        assert got == expected[version]
+    await router.router.stop()
+    records = router.records()
+    assert len(records) == len(users) + 2
+    for record in records:
+        assert (record["protocol"], record["grpc_status"], record["status"]) == ("grpc", "OK", 200)
+        assert record["path"] == "/inference.GRPCInferenceService/ModelInfer"
+    assert [r["assigned_by"] for r in records[-2:]] == ["pinned", "pinned"]
+
+
+def server_calls(address: str) -> dict[str, Any]:
+    client = triton_grpc.InferenceServerClient(url=address)
+    try:
+        return {
+            "live": client.is_server_live(),
+            "ready": client.is_server_ready(),
+            "name": client.get_server_metadata().name,
+            "model_ready": client.is_model_ready("iris", "v2"),
+            "metadata": client.get_model_metadata("iris", "v1").name,
+        }
+    finally:
+        client.close()
+
+
+async def test_server_calls_are_the_routers_and_model_calls_reach_mlserver(
+    router: RunningRouter,
+) -> None:
+    calls = await asyncio.to_thread(server_calls, grpc_address(router))
+    assert calls == {
+        "live": True,
+        "ready": True,
+        "name": "model-router",
+        "model_ready": True,
+        "metadata": "iris-linear",  # MLServer's own name for v1's model
+    }
+
+
+def grpc_error(address: str, model: str, version: str = "") -> Any:
+    client = triton_grpc.InferenceServerClient(url=address)
+    try:
+        x = triton_grpc.InferInput("x", [1, 4], "FP64")
+        x.set_data_from_numpy(np.array([ROW]))
+        with pytest.raises(triton_grpc.InferenceServerException) as caught:
+            client.infer(model, [x], model_version=version)
+        return caught.value
+    finally:
+        client.close()
+
+
+async def test_tritonclient_grpc_shows_the_routers_errors(router: RunningRouter) -> None:
+    unknown = await asyncio.to_thread(grpc_error, grpc_address(router), "nope")
+    assert unknown.status() == "StatusCode.NOT_FOUND"
+    assert "no model 'nope'" in unknown.message()
+    version = await asyncio.to_thread(grpc_error, grpc_address(router), "iris", "v9")
+    assert "no version 'v9'" in version.message()

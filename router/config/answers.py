@@ -12,6 +12,10 @@ from router.config.reader import Reader, join
 class AnswersReader(Reader):
     """The keys that point into a model's JSON answers."""
 
+    def answers(self, section: dict[Any, Any], path: str) -> tuple[tuple[str, ...], str | None]:
+        """`log_response` and `prediction`."""
+        return self.log_response(section, path), self.pointer(section, "prediction", path)
+
     def log_response(self, section: dict[Any, Any], path: str) -> tuple[str, ...]:
         """Top-level field names, or JSON pointers (`/outputs/0/data`) into the answer."""
         if "log_response" not in section:

@@ -86,6 +86,8 @@ class ServerSettings:
     feedback_token_env: str | None = None
     # The longest a reload's reader process may take before the reload is refused.
     reload_timeout_s: float = 120.0
+    # Where gRPC (HTTP/2 cleartext) is served, if anywhere (contract section 12).
+    grpc_listen: Address | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -144,6 +146,8 @@ class Version:
     # section 11): the table's model name and the unversioned path by default.
     upstream_model: str | None = None
     upstream_version: str | None = None
+    # Where it answers gRPC: "HOST:PORT", or "grpcs://HOST:PORT" over TLS.
+    grpc_url: str | None = None
     # The url taken apart once, for the upstream client; derived from `url`, so left out
     # of comparisons.
     origin: Origin = field(
@@ -268,6 +272,8 @@ class Model:
     # Send a POST to its version again on a new connection when a kept-alive one failed
     # after it was written (contract section 13): only for backends where that is safe.
     retry_post: bool = False
+    # gRPC services (`package.Service`) whose calls go to this model (contract section 12).
+    grpc_services: tuple[str, ...] = ()
     # What a JSON answer's record copies (`response`): (name, pointer tokens) pairs worked
     # out from `log_response` and `prediction` at load time.
     picks: tuple[tuple[str, tuple[str, ...]], ...] = field(
@@ -292,6 +298,10 @@ class Table:
     # The table as written, rendered as JSON once, for the admin view: a few bytes per key,
     # where the parsed data with its line marks took kilobytes per rule.
     written: bytes = field(default=b"{}", compare=False, repr=False, metadata=DERIVED)
+    # Each gRPC service of a model's `grpc_services`, and that model.
+    grpc_services: Mapping[str, str] = field(
+        default_factory=lambda: frozen({}), compare=False, metadata=DERIVED
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import yaml
 
 from router.config import yamlmarks
 from router.config.answers import AnswersReader
+from router.config.grpc import GrpcReader
 from router.config.model import (
     MATCH_KEYS,
     NAME,
@@ -37,6 +38,7 @@ from router.config.model import (
     UserIdSource,
     Version,
     default_of,
+    frozen,
     yaml_keys,
 )
 from router.config.pointer import picks_of
@@ -120,7 +122,7 @@ _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
 
-class _TableReader(RolloutReader, AnswersReader):
+class _TableReader(RolloutReader, AnswersReader, GrpcReader):
     """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
@@ -144,10 +146,14 @@ class _TableReader(RolloutReader, AnswersReader):
                 model = self.model(found, name)
                 if model is not None:
                     models[str(name)] = model
+        services = self.grpc_index(data, models)
+        self.grpc_extra(data, models)
         written = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS, default=str)
         # The table's digest stands on its models' (each section is walked once).
         shown = {**data, "models": {name: model.digest for name, model in models.items()}}
-        return Table(server, log, MappingProxyType(models), digest_of(shown), written)
+        return Table(
+            server, log, MappingProxyType(models), digest_of(shown), written, frozen(services)
+        )
 
     def server(self, data: dict[Any, Any]) -> ServerSettings:
         defaults = ServerSettings()
@@ -179,6 +185,7 @@ class _TableReader(RolloutReader, AnswersReader):
             reload_timeout_s=self.number(
                 section, "reload_timeout_s", "server", defaults.reload_timeout_s, positive=True
             ),
+            grpc_listen=self.grpc_listen(section),
         )
 
     def log(self, data: dict[Any, Any]) -> LogSettings:
@@ -213,8 +220,7 @@ class _TableReader(RolloutReader, AnswersReader):
         fallback = self.string(section, "fallback", path)
         if fallback is not None:
             self.version_ref(section, "fallback", path, versions, what="a fallback")
-        log_response = self.log_response(section, path)
-        prediction = self.pointer(section, "prediction", path)
+        log_response, prediction = self.answers(section, path)
         retry_post = self.boolean(section, "retry_post", path, default_of(Model, "retry_post"))
         outlier = self.outlier(section, path)
         shadow = self.shadow(section, path, versions, split)
@@ -234,6 +240,7 @@ class _TableReader(RolloutReader, AnswersReader):
             prediction=prediction,
             picks=picks_of(log_response, prediction),
             retry_post=retry_post,
+            grpc_services=self.grpc_services(section, path),
             outlier=outlier,
             shadow=shadow,
             rollout=rollout,

@@ -17,6 +17,7 @@ from router.config.model import (
     Problem,
     Version,
     default_of,
+    parse_address,
     yaml_keys,
 )
 from router.config.reader import Reader, join, show
@@ -78,7 +79,10 @@ class VersionsReader(Reader):
         section = self.mapping(found, name, path, _VERSION)
         if section is None:
             return None
-        url = self.url(section, path, yamlmarks.line_of(found, name))
+        grpc_url = self.grpc_url(section, path)
+        url = None
+        if "url" in section or "grpc_url" not in section:
+            url = self.url(section, path, yamlmarks.line_of(found, name))
         state = self.choice(section, "state", path, STATES) or default_of(Version, "state")
         successor = self.string(section, "successor", path)
         sunset = self.sunset(section, path)
@@ -104,6 +108,7 @@ class VersionsReader(Reader):
             queue_s=self.number(section, "queue_s", path, _QUEUE_S, positive=False),
             upstream_model=self.upstream_name(section, "upstream_model", path),
             upstream_version=self.upstream_name(section, "upstream_version", path),
+            grpc_url=grpc_url,
             origin=Origin.of(parts),
         )
 
@@ -154,9 +159,23 @@ class VersionsReader(Reader):
         cooloff = self.number(found, "cooloff_s", where, defaults.cooloff_s, positive=True)
         return Outlier(failures, cooloff)
 
+    def grpc_url(self, section: dict[Any, Any], path: str) -> str | None:
+        """`HOST:PORT` or `grpcs://HOST:PORT`: where the version answers gRPC."""
+        text = self.string(section, "grpc_url", path)
+        if text is None:
+            return None
+        address = text.removeprefix("grpcs://")
+        try:
+            parse_address(address)
+        except ValueError:
+            message = f"'{text}' is not HOST:PORT or grpcs://HOST:PORT (for example 127.0.0.1:9011)"
+            self.fail(section, "grpc_url", f"{path}.grpc_url", message)
+            return None
+        return text
+
     def url(self, section: dict[Any, Any], path: str, line: int | None) -> str | None:
         if "url" not in section:
-            message = "is missing (for example url: http://127.0.0.1:9001)"
+            message = "is missing (for example url: http://127.0.0.1:9001, or a grpc_url)"
             self.problems.append(Problem(line, f"{path}.url", message))
             return None
         text = self.string(section, "url", path)

@@ -43,8 +43,11 @@ class Exchange:
     upstream_ms: float | None = None
     response: dict[str, Any] | None = None
     protocol: str = "rest"  # the protocol its path belongs to (contract section 11)
-    # The answer sent, whose first body byte gives first_byte_ms.
+    # The answer sent, whose first body byte gives first_byte_ms; or, for a gRPC call,
+    # when its first message went out (`time.perf_counter()`).
     answer: StreamResponse | None = None
+    first_byte: float | None = None
+    grpc_status: str | None = None  # a gRPC call's status name (contract section 12)
     feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
     # Resolved once the record is written (the request is over): a shadow copy waits on it
     # to compare its answer with this one. None unless a copy asked for it.
@@ -70,12 +73,14 @@ class Exchange:
             "protocol": self.protocol,
             "first_byte_ms": self.first_byte_ms(),
         }
+        if self.grpc_status is not None:
+            fields["grpc_status"] = self.grpc_status
         if self.response is not None:
             fields["response"] = self.response
         return fields
 
     def first_byte_ms(self) -> float | None:
-        first = self.answer.first_byte if self.answer is not None else None
+        first = self.answer.first_byte if self.answer is not None else self.first_byte
         return None if first is None else round((first - self.started) * 1000, 3)
 
 

@@ -20,7 +20,7 @@ from router.protocols.base import Adapter, Call, Local, upstream_path
 _LOCAL: dict[str, Local] = {"": "server", "health/live": "live", "health/ready": "ready"}
 
 
-def _router_version() -> str:
+def router_version() -> str:
     try:
         return version("model-router")
     except PackageNotFoundError:  # run from a checkout that was never installed
@@ -30,7 +30,7 @@ def _router_version() -> str:
 class OpenInference(Adapter):
     name = "oip"
     server_metadata = orjson.dumps(
-        {"name": "model-router", "version": _router_version(), "extensions": []}
+        {"name": "model-router", "version": router_version(), "extensions": []}
     )
 
     def call(self, path: str, query: str) -> Call | None:

@@ -142,7 +142,7 @@ class Proxy:
                         await self._send(request, response, ex)
             finally:
                 if not ex.feedback:
-                    self._record(ex)
+                    self.record(ex)
         return response
 
     def refused(self, status: int, request: Request | None = None) -> str:
@@ -150,7 +150,7 @@ class Proxy:
         oversized head), or `OPTIONS *`; returns the id its answer carries."""
         ex = self._exchange(self.tables.current, request)
         ex.status = status
-        self._record(ex)
+        self.record(ex)
         return ex.request_id
 
     def dropped(self, request: Request, by_router: bool) -> None:
@@ -162,9 +162,9 @@ class Proxy:
             ex.status, ex.outcome = 503, "unavailable"
         else:
             ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
-        self._record(ex)
+        self.record(ex)
 
-    def _record(self, ex: Exchange) -> None:
+    def record(self, ex: Exchange) -> None:
         record = ex.record()
         self.log.info("request", **record)
         if ex.finished is not None:  # a shadow copy waits to compare

@@ -1,0 +1,296 @@
+"""A gRPC call through the router (contract section 12): the same choice, admission,
+health, fallback and record as an HTTP request, with messages relayed one by one in both
+directions and the backend's status, details and metadata passed back unchanged.
+
+What a call names and how its messages are rewritten is `protocols/grpc.py`'s; the wire
+(grpcio's server and channels) is `rpc/`'s. The router's own errors end the call with the
+contract's status and `x-router-error` in the trailing metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Final
+
+import grpc
+import grpc.aio
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from router.config.model import Model, Version
+from router.errors import RouterError
+from router.http.clock import now_rfc3339
+from router.http.text import printable
+from router.observe.record import CLIENT_CLOSED, Exchange, Outcome
+from router.protocols import grpc as calls
+from router.protocols.grpc import GrpcCall
+from router.proxy.handler import Proxy
+from router.proxy.headers import request_id
+from router.routing.choose import choose
+from router.routing.paths import find_model
+from router.rpc.channels import Channels
+from router.rpc.server import Context
+
+# Metadata the transport sets itself, or the router does: never copied from a call to the
+# next hop (HTTP/2 pseudo-headers, gRPC's reserved `grpc-*` keys, the content type).
+_RESERVED: Final = frozenset(
+    {"te", "content-type", "user-agent", "x-model-version", "x-request-id"}
+)
+
+
+class _Unreachable(Exception):
+    """No answer from the version; a unary call may go to the fallback."""
+
+    def __init__(self, error: RouterError, outcome: Outcome) -> None:
+        super().__init__(error.message)
+        self.error, self.outcome = error, outcome
+
+
+class _Headers:
+    """A call's metadata as `choose` reads headers: no cookies, no query."""
+
+    cookies: dict[str, str] = {}  # noqa: RUF012 (read-only: nothing writes it)
+    query: dict[str, str] = {}  # noqa: RUF012
+
+    def __init__(self, headers: CIMultiDictProxy[str]) -> None:
+        self.headers = headers
+
+
+def _forwardable(metadata: Iterable[Any]) -> list[tuple[str, str | bytes]]:
+    return [
+        (key, value)
+        for key, value in metadata
+        if key not in _RESERVED and not key.startswith((":", "grpc-"))
+    ]
+
+
+class GrpcProxy:
+    """The gRPC listener's one handler; shares the HTTP proxy's books and log."""
+
+    def __init__(self, proxy: Proxy, channels: Channels, version: str) -> None:
+        self.proxy = proxy
+        self.channels = channels
+        self.version = version  # the router's, for ServerMetadata
+
+    async def handle(
+        self, method: str, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
+        table = self.proxy.tables.current
+        metadata = list(context.invocation_metadata() or ())
+        texts = CIMultiDict((k, v) for k, v in metadata if isinstance(v, str))
+        ex = Exchange(
+            now_rfc3339(),
+            time.perf_counter(),
+            request_id(texts.get("x-request-id")),
+            "POST",
+            printable(method),
+            table.digest,
+            user=self.proxy.pseudonymize.fields(None),
+            protocol="grpc",
+        )
+        try:
+            call = calls.call_of(method, table.grpc_services)
+            messages = self._dispatch(call, requests, context, CIMultiDictProxy(texts), ex)
+            async for message in messages:
+                if ex.first_byte is None:
+                    ex.first_byte = time.perf_counter()
+                yield message
+        except RouterError as error:
+            self._refuse(error, context, ex)
+        except asyncio.CancelledError:  # the caller cancelled, went away, or ran out of time
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:  # its deadline: the backend's too
+                ex.status, ex.outcome, ex.grpc_status = 504, "timeout", "DEADLINE_EXCEEDED"
+            else:
+                ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
+                ex.grpc_status = "CANCELLED"
+            raise
+        finally:
+            self.proxy.record(ex)
+
+    async def _dispatch(
+        self,
+        call: GrpcCall,
+        requests: AsyncIterator[bytes],
+        context: Context,
+        headers: CIMultiDictProxy[str],
+        ex: Exchange,
+    ) -> AsyncIterator[bytes]:
+        if call.kind == "local":  # ServerLive, ServerReady, ServerMetadata
+            async for _ in requests:
+                pass
+            ex.status, ex.outcome, ex.grpc_status = 200, "ok", "OK"
+            yield calls.local_answer(call, self.proxy.serving, self.version)
+            return
+        first: bytes | None = None
+        if call.kind == "oip":  # the first message names the model
+            first = await anext(aiter(requests), None)
+            if first is None:
+                raise RouterError("bad_request", f"{call.method}: no request message")
+            name, pinned = call.names(first)
+        else:
+            name, pinned = call.model or "", None
+        model = find_model(self.proxy.tables.current, name)
+        ex.model = model.name
+        choice = choose(model, _Headers(headers), pinned)
+        ex.assigned_version, ex.assigned_by, ex.bucket = (
+            choice.version,
+            choice.assigned_by,
+            choice.bucket,
+        )
+        ex.user = self.proxy.pseudonymize.fields(choice.user_id)
+        version = model.versions[choice.version]
+        try:
+            async for message in self._attempt(call, model, version, first, requests, context, ex):
+                yield message
+            return
+        except _Unreachable as failure:
+            fallback = model.fallback
+            explicit = ex.assigned_by in ("pinned", "header")
+            if fallback is None or fallback == version.name or not call.unary or explicit:
+                ex.outcome = failure.outcome
+                raise failure.error from None
+        try:
+            backup = model.versions[fallback]
+            async for message in self._attempt(call, model, backup, first, requests, context, ex):
+                yield message
+        except _Unreachable as failure:
+            ex.outcome = failure.outcome
+            raise failure.error from None
+
+    async def _attempt(
+        self,
+        call: GrpcCall,
+        model: Model,
+        version: Version,
+        first: bytes | None,
+        requests: AsyncIterator[bytes],
+        context: Context,
+        ex: Exchange,
+    ) -> AsyncIterator[bytes]:
+        ex.version = version.name
+        key = (model.name, version.name, f"grpc:{version.grpc_url}")
+        where = f"version '{version.name}' of model '{model.name}'"
+        if not version.grpc_url:
+            error = RouterError("upstream_unavailable", f"{where} has no grpc_url")
+            raise _Unreachable(error, "unavailable")
+        health = self.proxy.health
+        if not health.available(key):
+            error = RouterError("upstream_unavailable", f"{where} is down after failures")
+            raise _Unreachable(error, "unavailable")
+        admission = self.proxy.admission
+        waiting = admission.enter(key, version)  # raises Overloaded: no fallback
+        if waiting is not None:
+            await admission.wait(key, version, waiting)
+        try:
+            async for message in self._relay(call, model, version, first, requests, context, ex):
+                yield message
+        finally:
+            admission.leave(key)
+
+    async def _relay(
+        self,
+        call: GrpcCall,
+        model: Model,
+        version: Version,
+        first: bytes | None,
+        requests: AsyncIterator[bytes],
+        context: Context,
+        ex: Exchange,
+    ) -> AsyncIterator[bytes]:
+        assert version.grpc_url is not None
+        key = (model.name, version.name, f"grpc:{version.grpc_url}")
+        timeout = version.timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:  # the caller's deadline, capped by timeout_s
+            timeout = min(timeout, max(remaining, 0.0))
+        outgoing = _forwardable(context.invocation_metadata() or ())
+        outgoing += [("x-model-version", version.name), ("x-request-id", ex.request_id)]
+        stream = self.channels.stream(version.grpc_url, call.method)
+        upstream = stream(
+            self._upward(call, model, version, first, requests), metadata=outgoing, timeout=timeout
+        )
+        sent = time.perf_counter()
+        answered = False
+        try:
+            async for message in upstream:
+                if not answered:
+                    answered = True
+                    await context.send_initial_metadata(
+                        _forwardable(await upstream.initial_metadata() or ())
+                    )
+                yield message
+            code, details = grpc.StatusCode.OK, await upstream.details() or ""
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+        finally:
+            if not upstream.done():  # the caller went away: so does the call upstream
+                upstream.cancel()
+        ex.upstream_ms = round((time.perf_counter() - sent) * 1000, 3)
+        self._settle(code, details, answered, call, model, version, key, ex)
+        trailing = _forwardable(await upstream.trailing_metadata() or ())
+        context.set_trailing_metadata([*trailing, ("x-request-id", ex.request_id)])
+        context.set_code(code)
+        if details:
+            context.set_details(details)
+
+    def _settle(
+        self,
+        code: grpc.StatusCode,
+        details: str | None,
+        answered: bool,
+        call: GrpcCall,
+        model: Model,
+        version: Version,
+        key: tuple[str, str, str],
+        ex: Exchange,
+    ) -> None:
+        """What the backend's status means for the record and the version's health; an
+        UNAVAILABLE before any answer is `_Unreachable` (the fallback may take it)."""
+        health = self.proxy.health
+        name = code.name
+        if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"):
+            health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
+        else:
+            health.success(key)
+        if name == "UNAVAILABLE" and not answered:
+            message = f"version '{version.name}' of model '{model.name}' could not be reached"
+            error = RouterError("upstream_unavailable", f"{message}: {details}")
+            raise _Unreachable(error, "unavailable")
+        ex.status, ex.grpc_status = 200, name
+        ex.outcome = _outcome(name)
+
+    async def _upward(
+        self,
+        call: GrpcCall,
+        model: Model,
+        version: Version,
+        first: bytes | None,
+        requests: AsyncIterator[bytes],
+    ) -> AsyncIterator[bytes]:
+        """The caller's messages as the version gets them."""
+        if first is not None:
+            yield call.rewrite(first, model, version)
+        async for message in requests:
+            yield call.rewrite(message, model, version)
+
+    @staticmethod
+    def _refuse(error: RouterError, context: Context, ex: Exchange) -> None:
+        """End the call with the router's own status and `x-router-error`."""
+        status = calls.status_of(error)
+        ex.status, ex.grpc_status, ex.version = error.status, status, None
+        context.set_trailing_metadata(
+            [("x-router-error", error.code), ("x-request-id", ex.request_id)]
+        )
+        context.set_code(grpc.StatusCode[status])
+        context.set_details(error.message)
+
+
+def _outcome(status: str) -> Outcome:
+    """A backend's status as a record's outcome (contract section 12)."""
+    if status == "OK":
+        return "ok"
+    if status in calls.CLIENT_ERRORS:
+        return "client_error"
+    return "timeout" if status == "DEADLINE_EXCEEDED" else "server_error"
