@@ -18,7 +18,7 @@ import yaml
 from tests.support.running import LOOPBACK, RouterProcess, table_data
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS_MODULES = ("duckdb", "numpy", "scipy", "sklearn", "uvloop", "pandas")
+EXTRAS_MODULES = ("duckdb", "numpy", "scipy", "sklearn", "uvloop", "pandas", "grpc")
 # Python code that makes the extras unimportable, then runs the command line.
 WITHOUT_EXTRAS = (
     "import sys\n"
@@ -46,6 +46,22 @@ def test_check_works_without_the_extras() -> None:
     done = cli_without_extras("check", "config/routes.yaml")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("cancer: v1 90%, v2 10%")
+
+
+def test_check_names_the_grpc_extra_for_a_table_that_asks_for_grpc(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    models = {"m": {"versions": {"v1": {"grpc_url": "127.0.0.1:9011"}}, "split": {"v1": 100}}}
+    config.write_text(yaml.safe_dump(table_data(models, tmp_path / "log.jsonl")))
+    done = cli_without_extras("check", str(config))
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert "models.m.versions.v1.grpc_url: gRPC needs the extra" in line
+    assert "pip install 'model-router[grpc]'" in line
+    served = {**table_data({}, tmp_path / "log.jsonl", grpc_listen="127.0.0.1:0")}
+    served["models"] = {"m": {"versions": {"v1": {"url": "http://x"}}, "split": {"v1": 100}}}
+    config.write_text(yaml.safe_dump(served))
+    done = cli_without_extras("check", str(config))
+    assert "server.grpc_listen: gRPC needs the extra" in done.stderr
 
 
 def test_report_without_its_extra_says_which_to_install(tmp_path: Path) -> None:
@@ -85,6 +101,8 @@ def _third_party_imports() -> set[str]:
     for path in (ROOT / "router").rglob("*.py"):
         if {"report", "stats", "rollout"} & set(path.relative_to(ROOT / "router").parts):
             continue  # the `report` extra's
+        if "rpc" in path.parts or path.name == "grpc_call.py":
+            continue  # the `grpc` extra's: imported only when a table asks for gRPC
         tree = ast.parse(path.read_text())
         optional = {
             id(node) for t in ast.walk(tree) if isinstance(t, ast.Try) for node in ast.walk(t)

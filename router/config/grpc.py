@@ -54,7 +54,7 @@ class GrpcReader(Reader):
 
     def grpc_extra(self, data: dict[Any, Any], models: dict[str, Model]) -> None:
         """A table that asks for gRPC needs grpcio: say so when `check` reads it."""
-        if importlib.util.find_spec("grpc") is not None:
+        if _installed("grpc"):
             return
         server = data.get("server")
         if isinstance(server, dict) and "grpc_listen" in server:
@@ -67,3 +67,10 @@ class GrpcReader(Reader):
                     where = f"models.{name}.versions.{version.name}.grpc_url"
                     self.problems.append(Problem(line, where, f"gRPC needs the extra: {EXTRA}"))
                     return
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None: made unimportable on purpose
+        return False
