@@ -207,6 +207,11 @@ class ServeError(Exception):
     """The router cannot start: a port is taken, the log cannot be opened."""
 
 
+def grpc_said(address: Address | None, port: int) -> str:
+    """`gRPC HOST:PORT, ` for the start-up line, when the router serves gRPC."""
+    return f"gRPC {host_port(address.host, port or address.port)}, " if address else ""
+
+
 async def listen_on(start: Callable[[], Awaitable[None]], what: str, address: Address) -> None:
     try:
         await start()
@@ -240,6 +245,7 @@ async def serve(table: Table, source: str, overrides: Callable[[Table], Table]) 
         await router.start()
         print(
             f"model-router: serving on {router.url} (admin {router.admin_url}), "
+            f"{grpc_said(router.tables.current.server.grpc_listen, router.grpc_port)}"
             f"config {table.digest}, log {table.log.path}, open files {open_files}",
             file=sys.stderr,
             flush=True,

@@ -35,7 +35,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from router.admin import create_admin_app
-from router.app import Router, ServeError, configure_logging, listen_on, run_loop, until_stopped
+from router.app import (
+    Router,
+    ServeError,
+    configure_logging,
+    grpc_said,
+    listen_on,
+    run_loop,
+    until_stopped,
+)
 from router.config.apart import load_apart_now
 from router.config.holder import ReloadResult, TableHolder
 from router.config.model import Address, Overrides, Table
@@ -145,29 +153,37 @@ class Supervisor:
 
         app = create_admin_app(self.tables, metrics, down, self._not_ready, self.reload)
         self.admin = web.AppRunner(app, handle_signals=False, access_log=None)
-        self.listen = self._reserve(table.server.listen)
-        # Workers bind the port resolved here (port 0 becomes a real one), on every reload.
-        self.worker_overrides = dataclasses.replace(overrides, listen=self.listen)
+        self._placeholders: list[socket.socket] = []
+        self.listen = self._reserve(table.server.listen, "public", "--listen")
+        grpc = table.server.grpc_listen
+        self.grpc_listen = self._reserve(grpc, "gRPC", "server.grpc_listen") if grpc else None
+        # Workers bind the ports resolved here (port 0 becomes a real one), on every reload.
+        self.worker_overrides = dataclasses.replace(
+            overrides, listen=self.listen, grpc_listen=self.grpc_listen
+        )
 
-    def _reserve(self, address: Address) -> Address:
+    def _reserve(self, address: Address, what: str, flag: str) -> Address:
         """Resolve port 0 to a real port the workers can all bind with SO_REUSEPORT.
 
         The supervisor binds without listening (a socket that does not listen gets no
         connections) and keeps it until the workers are up, so nobody else takes the port.
         """
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        self._placeholder = socket.socket(family, socket.SOCK_STREAM)
-        self._placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        placeholder = socket.socket(family, socket.SOCK_STREAM)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            self._placeholder.bind((address.host, address.port))
+            placeholder.bind((address.host, address.port))
         except OSError as exc:
-            self._placeholder.close()
+            placeholder.close()
+            for held in self._placeholders:
+                held.close()
             raise ServeError(
-                f"cannot listen on {address} (public): {exc.strerror}; "
-                "free it or choose another with --listen"
+                f"cannot listen on {address} ({what}): {exc.strerror}; "
+                f"free it or choose another with {flag}"
             ) from exc
-        return Address(address.host, self._placeholder.getsockname()[1])
+        self._placeholders.append(placeholder)
+        return Address(address.host, placeholder.getsockname()[1])
 
     @property
     def procs(self) -> list[BaseProcess]:
@@ -227,7 +243,8 @@ class Supervisor:
                     ) from None
                 if time.monotonic() > deadline:
                     raise ServeError(f"workers did not start in {START_TIMEOUT_S:g} s") from None
-        self._placeholder.close()
+        for placeholder in self._placeholders:
+            placeholder.close()
         await self.admin.setup()
         admin = self.tables.current.server.admin_listen
         await listen_on(web.TCPSite(self.admin, admin.host, admin.port).start, "admin", admin)
@@ -308,6 +325,7 @@ async def supervise(
         ]
         print(
             f"model-router: serving on {supervisor.url} (admin {supervisor.admin_url}), "
+            f"{grpc_said(supervisor.grpc_listen, 0)}"
             f"config {table.digest}, log {table.log.path}, {workers} workers, "
             f"open files {open_files}",
             file=sys.stderr,

@@ -6,6 +6,8 @@ pins by metadata, deadlines, statuses and metadata hold; the router's own errors
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from router.routing.choose import bucket
 from tests.support.grpc_echo import Echo, echo_server
-from tests.support.running import RunningRouter, router_running
+from tests.support.running import RunningRouter, requests_in, router_process, router_running
 
 SERVICE = "echo.Echo"
 
@@ -206,3 +208,28 @@ async def test_a_caller_that_cancels_is_logged_client_closed(stack: Stack) -> No
         "CANCELLED",
         "client_closed",
     )
+
+
+async def test_every_worker_serves_grpc_on_the_shared_port(tmp_path: Path) -> None:
+    async with AsyncExitStack() as exits:
+        addresses = {}
+        for name in ("v1", "v2"):
+            addresses[name], _ = await exits.enter_async_context(echo_server(name))
+        proc = await exits.enter_async_context(
+            router_process(table(addresses), tmp_path, "--workers", "2", grpc_listen="127.0.0.1:0")
+        )
+        found = re.search(r"gRPC (\S+),", proc.banner)
+        assert found, proc.banner
+        # Each channel is one connection, which the kernel gives to one worker or the other.
+        for i in range(16):
+            async with grpc.aio.insecure_channel(found.group(1)) as channel:
+                user = f"w{i}"
+                answer = await unary(channel, f"/{SERVICE}/Unary")(
+                    b"x", metadata=(("x-user-id", user),)
+                )
+                assert answer == f"{assigned(user)}:x".encode()
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    records = requests_in(tmp_path / "routing.jsonl")
+    assert len(records) == 16
+    assert {r["grpc_status"] for r in records} == {"OK"}

@@ -312,12 +312,14 @@ class Overrides:
     listen: Address | None = None
     admin_listen: Address | None = None
     log_path: str | None = None
+    grpc_listen: Address | None = None  # a worker's: the supervisor's resolved port
 
     def __call__(self, table: Table) -> Table:
         server = replace(
             table.server,
             listen=self.listen or table.server.listen,
             admin_listen=self.admin_listen or table.server.admin_listen,
+            grpc_listen=self.grpc_listen or table.server.grpc_listen,
         )
         log = replace(table.log, path=self.log_path or table.log.path)
         return replace(table, server=server, log=log)
