@@ -17,9 +17,16 @@ import grpc
 import grpc.aio
 import pytest
 
+from router.protocols import protowire
 from router.routing.choose import bucket
 from tests.support.grpc_echo import Echo, echo_server
-from tests.support.running import RunningRouter, requests_in, router_process, router_running
+from tests.support.running import (
+    RunningRouter,
+    read_log,
+    requests_in,
+    router_process,
+    router_running,
+)
 
 SERVICE = "echo.Echo"
 
@@ -233,3 +240,41 @@ async def test_every_worker_serves_grpc_on_the_shared_port(tmp_path: Path) -> No
     records = requests_in(tmp_path / "routing.jsonl")
     assert len(records) == 16
     assert {r["grpc_status"] for r in records} == {"OK"}
+
+
+async def test_a_unary_oip_call_is_copied_to_the_shadow_with_its_own_names(
+    tmp_path: Path,
+) -> None:
+    """The copy carries the shadow's upstream_model in the message, X-Shadow, and leaves
+    its own `shadow` record; the caller's answer is the primary's."""
+    async with AsyncExitStack() as exits:
+        (v1, _), (v3, shadow) = [
+            await exits.enter_async_context(echo_server(n)) for n in ("v1", "v3")
+        ]
+        models = {
+            "cancer": {
+                "versions": {
+                    "v1": {"grpc_url": v1},
+                    "v3": {"grpc_url": v3, "upstream_model": "cancer-next"},
+                },
+                "split": {"v1": 100, "v3": 0},
+                "shadow": {"version": "v3"},
+            }
+        }
+        running = await exits.enter_async_context(
+            router_running(models, tmp_path, grpc_listen="127.0.0.1:0")
+        )
+        channel = await exits.enter_async_context(
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.router.grpc_port}")
+        )
+        message = protowire.string_field(1, "cancer") + protowire.string_field(3, "req-1")
+        answer = await unary(channel, "/inference.GRPCInferenceService/ModelInfer")(message)
+        assert answer.startswith(b"v1:")
+        await running.router.stop()
+        (copied,) = shadow.messages
+        assert protowire.strings(copied, (1, 3)) == {1: "cancer-next", 3: "req-1"}
+        assert dict(shadow.calls[0][1])["x-shadow"] == "true"
+    records = read_log(running.log_path)
+    (copy,) = [r for r in records if r["event"] == "shadow"]
+    assert (copy["version"], copy["primary_version"], copy["outcome"]) == ("v3", "v1", "ok")
+    assert copy["agree"] is None

@@ -19,6 +19,7 @@ import grpc.aio
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.config.model import Model, Version
+from router.config.pointer import Pick
 from router.errors import RouterError
 from router.http.clock import now_rfc3339
 from router.http.text import printable
@@ -27,6 +28,7 @@ from router.protocols import grpc as calls
 from router.protocols.grpc import GrpcCall
 from router.proxy.handler import Proxy
 from router.proxy.headers import request_id
+from router.proxy.shadow import ShadowRecord
 from router.routing.choose import choose
 from router.routing.paths import find_model
 from router.rpc.channels import Channels
@@ -34,6 +36,7 @@ from router.rpc.server import Context
 
 # Metadata the transport sets itself, or the router does: never copied from a call to the
 # next hop (HTTP/2 pseudo-headers, gRPC's reserved `grpc-*` keys, the content type).
+SHADOW_BYTES: Final = 1024 * 1024  # a larger request message is not copied (as for HTTP)
 _RESERVED: Final = frozenset(
     {"te", "content-type", "user-agent", "x-model-version", "x-request-id"}
 )
@@ -141,6 +144,8 @@ class GrpcProxy:
         )
         ex.user = self.proxy.pseudonymize.fields(choice.user_id)
         version = model.versions[choice.version]
+        if call.unary and first is not None and model.shadow is not None:
+            self._shadow(call, model, first, headers, ex)
         try:
             async for message in self._attempt(call, model, version, first, requests, context, ex):
                 yield message
@@ -275,6 +280,28 @@ class GrpcProxy:
         async for message in requests:
             yield call.rewrite(message, model, version)
 
+    def _shadow(
+        self,
+        call: GrpcCall,
+        model: Model,
+        first: bytes,
+        headers: CIMultiDictProxy[str],
+        ex: Exchange,
+    ) -> None:
+        """A copy of a unary call to the model's shadow (contract sections 8 and 12)."""
+        shadows = self.proxy.shadows
+        version = shadows.admit(model, ex, len(first) <= SHADOW_BYTES, "grpc_url")
+        if version is None:
+            return
+        metadata = [(k, v) for k, v in headers.items() if k.lower() not in _RESERVED]
+        metadata += [
+            ("x-model-version", version.name),
+            ("x-request-id", ex.request_id),
+            ("x-shadow", "true"),
+        ]
+        message = call.rewrite(first, model, version)
+        shadows.launch(_GrpcCopy(self.channels, version, call.method, metadata, message), model, ex)
+
     @staticmethod
     def _refuse(error: RouterError, context: Context, ex: Exchange) -> None:
         """End the call with the router's own status and `x-router-error`."""
@@ -294,3 +321,47 @@ def _outcome(status: str) -> Outcome:
     if status in calls.CLIENT_ERRORS:
         return "client_error"
     return "timeout" if status == "DEADLINE_EXCEEDED" else "server_error"
+
+
+class _GrpcCopy:
+    """A shadow copy of a unary gRPC call: the request message re-addressed, its answer
+    read and dropped (its status makes the shadow record; protobuf answers are not picked
+    from, so `response` and `agree` stay null)."""
+
+    via = "grpc_url"
+
+    def __init__(
+        self,
+        channels: Channels,
+        version: Version,
+        method: str,
+        metadata: list[tuple[str, str]],
+        message: bytes,
+    ) -> None:
+        self.channels = channels
+        self.version = version
+        self.method = method
+        self.metadata = metadata
+        self.message = message
+
+    async def exchange(self, record: ShadowRecord, picks: tuple[Pick, ...]) -> None:
+        assert self.version.grpc_url is not None
+        stream = self.channels.stream(self.version.grpc_url, self.method)
+        sent = time.perf_counter()
+
+        async def one() -> AsyncIterator[bytes]:
+            yield self.message
+
+        call = stream(one(), metadata=self.metadata, timeout=self.version.timeout_s)
+        try:
+            async for _ in call:
+                pass
+            name = "OK"
+        except grpc.aio.AioRpcError as exc:
+            name = exc.code().name
+        record.upstream_ms = round((time.perf_counter() - sent) * 1000, 3)
+        record.status = 200
+        record.outcome = _outcome(name)
+        record.unreached = name == "UNAVAILABLE"
+        if name == "UNAVAILABLE":
+            record.outcome = "unavailable"

@@ -16,7 +16,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
@@ -112,39 +112,61 @@ class Shadows:
         """Copy this request to the model's shadow if it has one and the draw says so;
         the copy runs on its own. Requests headed to the shadow version itself are not
         copied."""
+        if body.client_gone:
+            return
+        # Larger than 1 MiB, or chunked and never held whole: not copied.
+        held = body.stream is None and len(body.data or b"") <= BUFFER_BYTES
+        version = self.admit(model, ex, held, "url")
+        if version is None:
+            return
+        headers = headers_for(request, version.name, ex.request_id)
+        headers.append(SHADOW_HEADER)
+        target = call.target_for(model, version)
+        data = call.body_for(model, version, body.data) if body.data is not None else None
+        self.launch(_Send(client, version, request.method, target, headers, data), model, ex)
+
+    def admit(self, model: Model, ex: Exchange, held: bool, via: str) -> Version | None:
+        """The shadow version a copy of this request goes to, or None: no shadow, not
+        drawn, headed to the shadow itself, or dropped (and logged) by its limits. `via`
+        names the version's address the copy uses (`url`, `grpc_url`)."""
         shadow = model.shadow
-        if shadow is None or ex.assigned_version == shadow.version or body.client_gone:
-            return
+        if shadow is None or ex.assigned_version == shadow.version:
+            return None
         if shadow.percent < 100 and random.random() * 100 >= shadow.percent:
-            return
-        record = ShadowRecord(
+            return None
+        record = self._record(model, shadow.version, ex)
+        version = model.versions[shadow.version]
+        address = getattr(version, via)
+        if not held:
+            self._drop(record, "body_too_large")
+        elif not address:
+            self._drop(record, "no_address")
+        elif self._down.get((model.name, address), (0, 0.0))[1] > time.monotonic():
+            self._drop(record, "shadow_down")
+        elif self._in_flight.get(model.name, 0) >= shadow.max_in_flight:
+            self._drop(record, "overloaded")
+        else:
+            return version
+        return None
+
+    @staticmethod
+    def _record(model: Model, version: str, ex: Exchange) -> ShadowRecord:
+        return ShadowRecord(
             now_rfc3339(),
             time.perf_counter(),
             ex.request_id,
             model.name,
-            shadow.version,
+            version,
             ex.assigned_version,
             ex.config,
             ex.user,
         )
-        if body.stream is not None or len(body.data or b"") > BUFFER_BYTES:
-            # Larger than 1 MiB, or chunked and never held whole.
-            self._drop(record, "body_too_large")
-            return
-        version = model.versions[shadow.version]
-        if self._down.get((model.name, version.url), (0, 0.0))[1] > time.monotonic():
-            self._drop(record, "shadow_down")
-            return
-        if self._in_flight.get(model.name, 0) >= shadow.max_in_flight:
-            self._drop(record, "overloaded")
-            return
-        headers = headers_for(request, shadow.version, ex.request_id)
-        headers.append(SHADOW_HEADER)
+
+    def launch(self, send: Sender, model: Model, ex: Exchange) -> None:
+        """Run a copy that `admit` let through, as a task of its own."""
+        record = self._record(model, send.version.name, ex)
         if ex.finished is None:
             ex.finished = asyncio.get_running_loop().create_future()
-        target = call.target_for(model, version)
-        data = call.body_for(model, version, body.data) if body.data is not None else None
-        send = _Send(client, version, request.method, target, headers, data)
         self._in_flight[model.name] = self._in_flight.get(model.name, 0) + 1
         task = asyncio.create_task(self._run(send, model, record, ex))
         self._tasks.add(task)
@@ -161,14 +183,14 @@ class Shadows:
         if pending:
             await asyncio.wait(pending)
 
-    async def _run(self, send: _Send, model: Model, record: ShadowRecord, ex: Exchange) -> None:
+    async def _run(self, send: Sender, model: Model, record: ShadowRecord, ex: Exchange) -> None:
         answer: dict[str, Any] | None = None
         try:
             try:
                 answer = await send.exchange(record, model.picks)
             finally:
                 self._in_flight[model.name] -= 1
-            self._reached(model, send.version, not record.unreached)
+            self._reached(model, send.version, not record.unreached, send.via)
             assert ex.finished is not None
             await asyncio.shield(ex.finished)  # the primary's record is written
         except asyncio.CancelledError:
@@ -184,10 +206,10 @@ class Shadows:
                 record.agree = agreement(ex.response, answer)
         self._write(record)
 
-    def _reached(self, model: Model, version: Version, reached: bool) -> None:
+    def _reached(self, model: Model, version: Version, reached: bool, via: str) -> None:
         """Count connection failures in a row; after `outlier.failures` of them, copies are
         dropped (`shadow_down`) for `outlier.cooloff_s`, then tried again."""
-        key = (model.name, version.url)
+        key = (model.name, getattr(version, via))
         if reached:
             self._down.pop(key, None)
             return
@@ -206,6 +228,22 @@ class Shadows:
         self.metrics.shadow(record.model, record.version, record.outcome, record.agree)
 
 
+class Sender(Protocol):
+    """What sends a copy and reads its answer: over HTTP (`_Send`) or gRPC."""
+
+    @property
+    def version(self) -> Version: ...
+    @property
+    def via(self) -> str: ...  # the version's address it uses: "url" or "grpc_url"
+
+    async def exchange(
+        self, record: ShadowRecord, picks: tuple[Pick, ...]
+    ) -> dict[str, Any] | None:
+        """Send the copy, fill in the record's status, outcome and upstream_ms; return the
+        picked fields of an ok JSON answer, or None."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Send:
     """What a copy sends to the shadow: the primary's request, re-addressed."""
@@ -216,6 +254,7 @@ class _Send:
     target: str
     headers: list[tuple[str, str]]
     body: bytes | None
+    via: str = "url"
 
     async def exchange(
         self, record: ShadowRecord, picks: tuple[Pick, ...]

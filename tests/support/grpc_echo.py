@@ -19,6 +19,7 @@ class Echo(grpc.GenericRpcHandler):
     def __init__(self, version: str) -> None:
         self.version = version.encode()
         self.calls: list[tuple[str, dict[str, Any]]] = []  # method, metadata of each call
+        self.messages: list[bytes] = []  # every request message, in order
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
         method = details.method
@@ -41,6 +42,7 @@ class Echo(grpc.GenericRpcHandler):
                 yield me + b":" + message
             return
         received = [m async for m in requests]
+        self.messages.extend(received)
         if name == "ServerStream":
             for i in range(int(received[0])):
                 yield me + b":%d" % i
