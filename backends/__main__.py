@@ -1,5 +1,8 @@
 """Run one example backend: ``python -m backends --version v1 --port 9001 [--host 127.0.0.1]``.
 
+``--grpc-port P`` also serves the Open Inference Protocol over gRPC on port P
+(backends/oip_grpc.py), the same model with the same faults; 0, the default, serves none.
+
 ``--fail-rate F`` and ``--delay-ms N`` make it faulty on purpose (a share F of predictions
 answered with a 500, every /predict and OIP infer answer N ms late), for rollout demos;
 off by default. The failures are drawn from ``--fault-seed``, so a run repeats.
@@ -13,6 +16,7 @@ import sys
 
 from aiohttp import web
 
+from backends import oip_grpc
 from backends.app import Faults, create_app
 from backends.model import VERSIONS
 
@@ -25,6 +29,17 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port from 1 to 65535, got {text!r}")
     return port
+
+
+def _grpc_port(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    try:
+        return _port(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a TCP port from 1 to 65535, or 0 for none, got {text!r}"
+        ) from None
 
 
 def _fraction(text: str) -> float:
@@ -50,11 +65,21 @@ def _milliseconds(text: str) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m backends",
-        description="Serve one version of the example breast-cancer classifier over HTTP.",
+        description=(
+            "Serve one version of the example breast-cancer classifier over HTTP "
+            "(and over gRPC with --grpc-port)."
+        ),
     )
     parser.add_argument("--version", required=True, choices=VERSIONS, help="model version")
     parser.add_argument("--port", required=True, type=_port, help="TCP port to listen on")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument(
+        "--grpc-port",
+        type=_grpc_port,
+        default=0,
+        metavar="P",
+        help="also serve the Open Inference Protocol over gRPC on port P (default 0: none)",
+    )
     faults = parser.add_argument_group("injected faults (for rollout demos; off by default)")
     faults.add_argument(
         "--fail-rate",
@@ -87,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.version, faults=faults)
     host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
     ready = f"backend {args.version} listening on http://{host}:{args.port}"
+    if args.grpc_port:
+        app.cleanup_ctx.append(oip_grpc.cleanup_ctx(args.host, args.grpc_port))
+        ready += f" and grpc {host}:{args.grpc_port}"
     if faults:
         ready += f" (faulty on purpose: {faults.describe()})"
 
@@ -99,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         # run_app turns SIGINT and SIGTERM into a graceful shutdown and then returns.
         web.run_app(app, host=args.host, port=args.port, print=announce)
     except OSError as exc:
+        if exc.strerror is None:  # gRPC's port: grpcio does not say why (see oip_grpc.bind)
+            where, why, flag = f"gRPC on {args.host}:{args.grpc_port}", "", "--grpc-port"
+        else:
+            where, why, flag = f"{args.host}:{args.port}", f": {exc.strerror}", "--port"
         print(
-            f"backend {args.version} cannot listen on {args.host}:{args.port}: {exc.strerror}; "
-            "stop whatever holds the port or pass another --port",
+            f"backend {args.version} cannot listen on {where}{why}; "
+            f"stop whatever holds the port or pass another {flag}",
             file=sys.stderr,
         )
         return 1

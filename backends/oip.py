@@ -75,11 +75,15 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 def check_model(request: web.Request) -> None:
     """Raise InferError(404) unless the path names the model (and version) served here."""
-    name, version = request.app[NAME_KEY], request.app[VERSION_KEY]
-    asked = request.match_info["name"]
+    check_names(request.app, request.match_info["name"], request.match_info.get("version"))
+
+
+def check_names(app: web.Application, asked: str, pinned: str | None) -> None:
+    """Raise InferError(404) unless ``asked`` (and ``pinned``, if not None) are the model
+    name (and version) ``app`` serves; shared by the REST and gRPC faces."""
+    name, version = app[NAME_KEY], app[VERSION_KEY]
     if asked != name:
         raise InferError(404, f"model {asked!r} not found: this backend serves {name!r}")
-    pinned = request.match_info.get("version")
     if pinned is not None and pinned != version:
         raise InferError(
             404, f"model {name!r} has no version {pinned!r}: this backend serves {version!r}"
