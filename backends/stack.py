@@ -3,9 +3,10 @@
     python -m backends.stack [--config config/routes.yaml] [--listen 127.0.0.1:8080]
 
 The routing table says which backends to start: one for each version named v1, v2 or v3 (the
-example model versions) whose url is ``http://127.0.0.1:PORT``, on that port. Other versions
-are left to whatever serves them. config/routes.yaml names v1 and v2 (ports 9001 and 9002);
-examples/demo.yaml adds v3 on port 9003.
+example model versions) whose url is ``http://127.0.0.1:PORT``, on that port, and also serving
+the Open Inference Protocol over gRPC on GPORT when the version's grpc_url is
+``127.0.0.1:GPORT``. Other versions are left to whatever serves them. config/routes.yaml names
+v1 and v2 (ports 9001 and 9002, gRPC 9011 and 9012); examples/demo.yaml adds v3 on port 9003.
 
 A small process supervisor on the standard library alone. Each child runs in its own process
 group, so a Ctrl-C in the terminal reaches only this process, which then stops the children
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from backends.model import VERSIONS, sample_rows
@@ -43,6 +45,26 @@ ROUTER_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.2
 PROBE_TIMEOUT = 0.5
+
+
+class Backend(NamedTuple):
+    """One example backend to start: its version, HTTP port and gRPC port (None: no gRPC)."""
+
+    version: str
+    port: int
+    grpc_port: int | None = None
+
+    def argv(self) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "backends",
+            "--version",
+            self.version,
+            "--port",
+            str(self.port),
+        ]
+        return argv + ([] if self.grpc_port is None else ["--grpc-port", str(self.grpc_port)])
 
 
 class StackFailed(Exception):
@@ -192,7 +214,22 @@ def tritonclient_example(router_url: str) -> list[str]:
     ]
 
 
-def stopped_by_ctrl_c(backends: list[tuple[str, int]]) -> str:
+def tritonclient_grpc_example(address: str) -> list[str]:
+    """Python lines that send the first row to the model with tritonclient.grpc at
+    ``address`` (HOST:PORT), over the Open Inference Protocol's gRPC service."""
+    features, _label = sample_rows(1)[0]
+    return [
+        "import numpy as np, tritonclient.grpc as grpcclient",
+        f"client = grpcclient.InferenceServerClient({address!r})",
+        f"row = grpcclient.InferInput('input-0', [1, {len(features)}], 'FP64')",
+        f"row.set_data_from_numpy(np.array([{features}]))",
+        f"answer = client.infer({MODEL_NAME!r}, [row], headers={{'x-user-id': 'alice'}})",
+        "print(answer.get_response().model_version, answer.as_numpy('predict'))",
+        "client.close()",
+    ]
+
+
+def stopped_by_ctrl_c(backends: list[Backend]) -> str:
     """What the banner's Ctrl-C line stops: "all three" for make run's two backends."""
     if not backends:
         return "the router"
@@ -212,37 +249,65 @@ def example_port(url: str) -> int | None:
     return port if plain and parts.hostname == LOOPBACK and port is not None else None
 
 
-def backends_of(table: Table) -> list[tuple[str, int]]:
-    """(version, port) of each example backend the table names, in the table's order.
+def example_grpc_port(grpc_url: str | None) -> int | None:
+    """The port of a grpc_url ``127.0.0.1:PORT``; None for none, TLS or another host."""
+    host, _, port = (grpc_url or "").rpartition(":")
+    if host != LOOPBACK or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return int(port)
 
-    A version named v1, v2 or v3 at ``http://127.0.0.1:PORT`` is one; the same version on the
-    same port in several models is started once. Two versions on one port cannot both be.
+
+def backends_of(table: Table) -> list[Backend]:
+    """The example backends the table names, in the table's order.
+
+    A version named v1, v2 or v3 at ``http://127.0.0.1:PORT`` is one, serving gRPC too when
+    its grpc_url is ``127.0.0.1:GPORT``; the same version on the same ports in several models
+    is started once. Two versions on one port cannot both be, nor one backend with two gRPC
+    ports.
     """
-    found: dict[int, str] = {}
+    found: dict[int, Backend] = {}
+    owners: dict[int, str] = {}  # every port, HTTP or gRPC: the version it is for
     for model in table.models.values():
         for version in model.versions.values():
             port = example_port(version.url)
             if version.name not in VERSIONS or port is None:
                 continue
-            if found.setdefault(port, version.name) != version.name:
+            backend = Backend(version.name, port, example_grpc_port(version.grpc_url))
+            known = found.setdefault(port, backend)
+            if known.version == backend.version and None in (known.grpc_port, backend.grpc_port):
+                # One model's version with a grpc_url, another's without: one backend, gRPC on.
+                found[port] = known._replace(grpc_port=known.grpc_port or backend.grpc_port)
+            elif known.version == backend.version and known != backend:
                 raise StackFailed(
-                    f"the routing table puts versions {found[port]} and {version.name} both "
-                    f"on port {port}; an example backend serves one version per port"
+                    f"the routing table gives backend {version.name} on port {port} two "
+                    "grpc_urls; an example backend serves gRPC on one port"
                 )
-    return [(version, port) for port, version in found.items()]
+            for taken in (backend.port, backend.grpc_port):
+                if taken is not None and owners.setdefault(taken, version.name) != version.name:
+                    raise StackFailed(
+                        f"the routing table puts versions {owners[taken]} and {version.name} "
+                        f"both on port {taken}; an example backend serves one version per port"
+                    )
+    return list(found.values())
 
 
-def preflight(backends: list[tuple[str, int]], listen: Address) -> None:
+def preflight(backends: list[Backend], listen: Address, grpc_listen: Address | None) -> None:
     """Fail before starting anything if a port is taken."""
-    for version, port in backends:
-        if accepts_tcp(LOOPBACK, port):
-            raise StackFailed(
-                f"port {port} (backend {version}) is already in use, perhaps by a stack left "
-                "from an earlier run; stop that process first"
-            )
+    for backend in backends:
+        for port in (backend.port, backend.grpc_port):
+            if port is not None and accepts_tcp(LOOPBACK, port):
+                raise StackFailed(
+                    f"port {port} (backend {backend.version}) is already in use, perhaps by a "
+                    "stack left from an earlier run; stop that process first"
+                )
     if accepts_tcp(probe_host(listen), listen.port):
         raise StackFailed(
             f"{listen} (the router) is already in use; stop that process or pass --listen HOST:PORT"
+        )
+    if grpc_listen is not None and accepts_tcp(probe_host(grpc_listen), grpc_listen.port):
+        raise StackFailed(
+            f"{grpc_listen} (the router's server.grpc_listen) is already in use; stop that "
+            "process or edit the routing table"
         )
 
 
@@ -253,18 +318,17 @@ def run(args: argparse.Namespace, supervisor: Supervisor) -> None:
     except ConfigError as exc:
         raise StackFailed(f"the routing table has problems:\n{exc}") from exc
     listen: Address = args.listen or table.server.listen
+    grpc_listen = table.server.grpc_listen
     backends = backends_of(table)
-    preflight(backends, listen)
+    preflight(backends, listen, grpc_listen)
     if not backends:
         say(f"{config} names no example backend (v1, v2 or v3 at http://{LOOPBACK}:PORT)")
 
     started = time.monotonic()
-    for version, port in backends:
-        supervisor.spawn(
-            f"backend {version}",
-            [sys.executable, "-m", "backends", "--version", version, "--port", str(port)],
-        )
-    for version, port in backends:
+    for backend in backends:
+        supervisor.spawn(f"backend {backend.version}", backend.argv())
+    # A backend binds its gRPC port before its HTTP one: /health answering means both are up.
+    for version, port, _grpc in backends:
         supervisor.wait_for(
             functools.partial(answers_health, port),
             started + HEALTH_TIMEOUT,
@@ -276,11 +340,14 @@ def run(args: argparse.Namespace, supervisor: Supervisor) -> None:
     if args.listen is not None:
         router_argv += ["--listen", str(args.listen)]
     supervisor.spawn("router", router_argv)
-    supervisor.wait_for(
-        lambda: accepts_tcp(probe_host(listen), listen.port),
-        time.monotonic() + ROUTER_TIMEOUT,
-        f"the router did not accept connections on {listen} within {ROUTER_TIMEOUT:.0f} s",
-    )
+    for address in (listen, grpc_listen):
+        if address is None:
+            continue
+        supervisor.wait_for(
+            functools.partial(accepts_tcp, probe_host(address), address.port),
+            time.monotonic() + ROUTER_TIMEOUT,
+            f"the router did not accept connections on {address} within {ROUTER_TIMEOUT:.0f} s",
+        )
 
     print(f"model-router is up: {url_of(listen)}")
     first, pinned = curl_examples(url_of(listen))
@@ -289,6 +356,10 @@ def run(args: argparse.Namespace, supervisor: Supervisor) -> None:
     snippet = "\n".join(tritonclient_example(url_of(listen)))
     python = shlex.quote(sys.executable)
     print(f"Or with tritonclient (Open Inference Protocol):\n  {python} - <<'EOF'\n{snippet}\nEOF")
+    if grpc_listen is not None:
+        target = f"{probe_host(grpc_listen)}:{grpc_listen.port}"
+        snippet = "\n".join(tritonclient_grpc_example(target))
+        print(f"Or over gRPC (tritonclient.grpc):\n  {python} - <<'EOF'\n{snippet}\nEOF")
     print(f"Ctrl-C stops {stopped_by_ctrl_c(backends)}.", flush=True)
     supervisor.wait_for(lambda: False, None, "")
 
@@ -299,7 +370,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=(
             "Start an example backend for each version v1, v2 or v3 that the routing table "
             f"puts at http://{LOOPBACK}:PORT (v1 on 9001 and v2 on 9002 in config/routes.yaml), "
-            "then the router."
+            f"with gRPC where its grpc_url is {LOOPBACK}:PORT, then the router."
         ),
     )
     parser.add_argument(

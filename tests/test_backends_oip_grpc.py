@@ -28,6 +28,7 @@ from backends import oip_grpc
 from backends.__main__ import parse_args
 from backends.app import Faults, create_app
 from backends.model import VERSIONS, Classifier, predict, sample_rows, train
+from backends.stack import tritonclient_grpc_example
 from tests.support.running import LOOPBACK
 
 T = TypeVar("T")
@@ -351,3 +352,13 @@ def grpc_port_taken() -> Iterator[int]:
         holder.listen()
         port: int = holder.getsockname()[1]
         yield port
+
+
+async def test_the_grpc_snippet_make_run_prints_works(
+    models: dict[str, Classifier], capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with backend("v2", models) as address:
+        code = "\n".join(tritonclient_grpc_example(address))
+        await asyncio.to_thread(exec, code, {})
+    expected = predict(models["v2"], "v2", ROWS[0][0])["prediction"]
+    assert capsys.readouterr().out == f"v2 [{expected}]\n"
