@@ -157,26 +157,42 @@ def infer(url: str, version: str = "", user: str = "u") -> tuple[int, dict[str, 
         client.close()
 
 
+def answer_of(protocol: str, router: RunningRouter, version: str = "", user: str = "u") -> Any:
+    """(prediction, MLServer's model name) by tritonclient.http or tritonclient.grpc."""
+    if protocol == "rest":
+        label, answer = infer(router.url, version, user)
+        return label, answer["model_name"]
+    return grpc_infer(grpc_address(router), version, user)
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
 async def test_tritonclient_reaches_mlserver_through_the_split_and_the_pins(
-    router: RunningRouter,
+    router: RunningRouter, protocol: str
 ) -> None:
     expected = {"v1": (2, "iris-linear"), "v2": (1, "iris-tree")}
     users = [f"user-{i}" for i in range(12)]
     for user in users:
         version = "v1" if bucket(user, "iris") < 5000 else "v2"
-        label, answer = await asyncio.to_thread(infer, router.url, user=user)
-        assert (label, answer["model_name"]) == expected[version], user
+        got = await asyncio.to_thread(answer_of, protocol, router, user=user)
+        assert got == expected[version], user
     for version in ("v1", "v2"):
-        label, answer = await asyncio.to_thread(infer, router.url, version)
-        assert (label, answer["model_name"]) == expected[version]
+        got = await asyncio.to_thread(answer_of, protocol, router, version)
+        assert got == expected[version]
     await router.router.stop()
     records = router.records()
     assert len(records) == len(users) + 2
-    for record in records:
-        assert record["status"] == 200
-        assert record["protocol"] == "oip"
-        assert record["response"] == {"prediction": expected[record["version"]][0]}
     assert {r["version"] for r in records[: len(users)]} == {"v1", "v2"}
+    assert [r["assigned_by"] for r in records[-2:]] == ["pinned", "pinned"]
+    for record in records:
+        assert (record["status"], record["protocol"]) == (
+            200,
+            "oip" if protocol == "rest" else protocol,
+        )
+        if protocol == "rest":
+            assert record["response"] == {"prediction": expected[record["version"]][0]}
+        else:
+            assert record["grpc_status"] == "OK"
+            assert record["path"] == "/inference.GRPCInferenceService/ModelInfer"
 
 
 async def test_mlservers_own_errors_pass_through(router: RunningRouter) -> None:
@@ -213,27 +229,6 @@ def grpc_infer(address: str, version: str = "", user: str = "u") -> tuple[int, s
 
 def grpc_address(router: RunningRouter) -> str:
     return f"{LOOPBACK}:{router.router.grpc_port}"
-
-
-async def test_tritonclient_grpc_reaches_mlserver_through_the_split_and_the_pins(
-    router: RunningRouter,
-) -> None:
-    expected = {"v1": (2, "iris-linear"), "v2": (1, "iris-tree")}
-    users = [f"user-{i}" for i in range(12)]
-    for user in users:
-        version = "v1" if bucket(user, "iris") < 5000 else "v2"
-        got = await asyncio.to_thread(grpc_infer, grpc_address(router), user=user)
-        assert got == expected[version], user
-    for version in ("v1", "v2"):
-        got = await asyncio.to_thread(grpc_infer, grpc_address(router), version)
-        assert got == expected[version]
-    await router.router.stop()
-    records = router.records()
-    assert len(records) == len(users) + 2
-    for record in records:
-        assert (record["protocol"], record["grpc_status"], record["status"]) == ("grpc", "OK", 200)
-        assert record["path"] == "/inference.GRPCInferenceService/ModelInfer"
-    assert [r["assigned_by"] for r in records[-2:]] == ["pinned", "pinned"]
 
 
 def server_calls(address: str) -> dict[str, Any]:

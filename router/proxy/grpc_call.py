@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
@@ -66,6 +67,29 @@ def _forwardable(metadata: Iterable[Any]) -> list[tuple[str, str | bytes]]:
         for key, value in metadata
         if key not in _RESERVED and not key.startswith((":", "grpc-"))
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Leg:
+    """One call on its way to the versions: what every attempt at one needs."""
+
+    call: GrpcCall
+    model: Model
+    first: bytes | None  # an OIP call's first message, held: a unary call can go again
+    requests: AsyncIterator[bytes]  # the rest, as the caller sends them
+    context: Context
+    ex: Exchange
+
+    def key(self, version: Version) -> tuple[str, str, str]:
+        """The version's gRPC address in the health and admission books."""
+        return (self.model.name, version.name, f"grpc:{version.grpc_url}")
+
+    async def upward(self, version: Version) -> AsyncIterator[bytes]:
+        """The caller's messages as `version` gets them."""
+        if self.first is not None:
+            yield self.call.rewrite(self.first, self.model, version)
+        async for message in self.requests:
+            yield self.call.rewrite(message, self.model, version)
 
 
 class GrpcProxy:
@@ -143,45 +167,41 @@ class GrpcProxy:
             choice.bucket,
         )
         ex.user = self.proxy.pseudonymize.fields(choice.user_id)
-        version = model.versions[choice.version]
         if call.unary and first is not None and model.shadow is not None:
             self._shadow(call, model, first, headers, ex)
+        leg = _Leg(call, model, first, requests, context, ex)
+        async for message in self._forward(leg, model.versions[choice.version]):
+            yield message
+
+    async def _forward(self, leg: _Leg, version: Version) -> AsyncIterator[bytes]:
+        """To the chosen version; a unary call it cannot reach goes to the fallback."""
+        model, ex = leg.model, leg.ex
         try:
-            async for message in self._attempt(call, model, version, first, requests, context, ex):
+            async for message in self._attempt(leg, version):
                 yield message
             return
         except _Unreachable as failure:
             fallback = model.fallback
             explicit = ex.assigned_by in ("pinned", "header")
-            if fallback is None or fallback == version.name or not call.unary or explicit:
+            if fallback is None or fallback == version.name or not leg.call.unary or explicit:
                 ex.outcome = failure.outcome
                 raise failure.error from None
         try:
-            backup = model.versions[fallback]
-            async for message in self._attempt(call, model, backup, first, requests, context, ex):
+            async for message in self._attempt(leg, model.versions[fallback]):
                 yield message
         except _Unreachable as failure:
             ex.outcome = failure.outcome
             raise failure.error from None
 
-    async def _attempt(
-        self,
-        call: GrpcCall,
-        model: Model,
-        version: Version,
-        first: bytes | None,
-        requests: AsyncIterator[bytes],
-        context: Context,
-        ex: Exchange,
-    ) -> AsyncIterator[bytes]:
-        ex.version = version.name
-        key = (model.name, version.name, f"grpc:{version.grpc_url}")
-        where = f"version '{version.name}' of model '{model.name}'"
+    async def _attempt(self, leg: _Leg, version: Version) -> AsyncIterator[bytes]:
+        """The call at one version, holding a place at its gate."""
+        leg.ex.version = version.name
+        key = leg.key(version)
+        where = f"version '{version.name}' of model '{leg.model.name}'"
         if not version.grpc_url:
             error = RouterError("upstream_unavailable", f"{where} has no grpc_url")
             raise _Unreachable(error, "unavailable")
-        health = self.proxy.health
-        if not health.available(key):
+        if not self.proxy.health.available(key):
             error = RouterError("upstream_unavailable", f"{where} is down after failures")
             raise _Unreachable(error, "unavailable")
         admission = self.proxy.admission
@@ -189,33 +209,23 @@ class GrpcProxy:
         if waiting is not None:
             await admission.wait(key, version, waiting)
         try:
-            async for message in self._relay(call, model, version, first, requests, context, ex):
+            async for message in self._relay(leg, version):
                 yield message
         finally:
             admission.leave(key)
 
-    async def _relay(
-        self,
-        call: GrpcCall,
-        model: Model,
-        version: Version,
-        first: bytes | None,
-        requests: AsyncIterator[bytes],
-        context: Context,
-        ex: Exchange,
-    ) -> AsyncIterator[bytes]:
+    async def _relay(self, leg: _Leg, version: Version) -> AsyncIterator[bytes]:
+        """The messages both ways; then the backend's status, details and trailers."""
         assert version.grpc_url is not None
-        key = (model.name, version.name, f"grpc:{version.grpc_url}")
+        context, ex = leg.context, leg.ex
         timeout = version.timeout_s
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's deadline, capped by timeout_s
             timeout = min(timeout, max(remaining, 0.0))
         outgoing = _forwardable(context.invocation_metadata() or ())
         outgoing += [("x-model-version", version.name), ("x-request-id", ex.request_id)]
-        stream = self.channels.stream(version.grpc_url, call.method)
-        upstream = stream(
-            self._upward(call, model, version, first, requests), metadata=outgoing, timeout=timeout
-        )
+        stream = self.channels.stream(version.grpc_url, leg.call.method)
+        upstream = stream(leg.upward(version), metadata=outgoing, timeout=timeout)
         sent = time.perf_counter()
         answered = False
         try:
@@ -233,52 +243,27 @@ class GrpcProxy:
             if not upstream.done():  # the caller went away: so does the call upstream
                 upstream.cancel()
         ex.upstream_ms = round((time.perf_counter() - sent) * 1000, 3)
-        self._settle(code, details, answered, call, model, version, key, ex)
+        self._settle(leg, version, code.name, details, answered)
         trailing = _forwardable(await upstream.trailing_metadata() or ())
         context.set_trailing_metadata([*trailing, ("x-request-id", ex.request_id)])
         context.set_code(code)
         if details:
             context.set_details(details)
 
-    def _settle(
-        self,
-        code: grpc.StatusCode,
-        details: str | None,
-        answered: bool,
-        call: GrpcCall,
-        model: Model,
-        version: Version,
-        key: tuple[str, str, str],
-        ex: Exchange,
-    ) -> None:
+    def _settle(self, leg: _Leg, version: Version, name: str, details: str, answered: bool) -> None:
         """What the backend's status means for the record and the version's health; an
         UNAVAILABLE before any answer is `_Unreachable` (the fallback may take it)."""
-        health = self.proxy.health
-        name = code.name
+        outlier = leg.model.outlier
         if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"):
-            health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
+            self.proxy.health.failure(leg.key(version), outlier.failures, outlier.cooloff_s)
         else:
-            health.success(key)
+            self.proxy.health.success(leg.key(version))
         if name == "UNAVAILABLE" and not answered:
-            message = f"version '{version.name}' of model '{model.name}' could not be reached"
-            error = RouterError("upstream_unavailable", f"{message}: {details}")
+            where = f"version '{version.name}' of model '{leg.model.name}'"
+            error = RouterError("upstream_unavailable", f"{where} could not be reached: {details}")
             raise _Unreachable(error, "unavailable")
-        ex.status, ex.grpc_status = 200, name
-        ex.outcome = _outcome(name)
-
-    async def _upward(
-        self,
-        call: GrpcCall,
-        model: Model,
-        version: Version,
-        first: bytes | None,
-        requests: AsyncIterator[bytes],
-    ) -> AsyncIterator[bytes]:
-        """The caller's messages as the version gets them."""
-        if first is not None:
-            yield call.rewrite(first, model, version)
-        async for message in requests:
-            yield call.rewrite(message, model, version)
+        leg.ex.status, leg.ex.grpc_status = 200, name
+        leg.ex.outcome = _outcome(name)
 
     def _shadow(
         self,
