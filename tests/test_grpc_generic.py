@@ -27,6 +27,7 @@ from tests.support.running import (
     router_process,
     router_running,
 )
+from tests.support.waiting import poll
 
 SERVICE = "echo.Echo"
 
@@ -278,3 +279,31 @@ async def test_a_unary_oip_call_is_copied_to_the_shadow_with_its_own_names(
     (copy,) = [r for r in records if r["event"] == "shadow"]
     assert (copy["version"], copy["primary_version"], copy["outcome"]) == ("v3", "v1", "ok")
     assert copy["agree"] is None
+
+
+async def test_max_in_flight_holds_for_grpc_calls_too(tmp_path: Path) -> None:
+    """One call at a time at v1, no queue: a second call at once is RESOURCE_EXHAUSTED
+    `overloaded`, and the version is not marked down for it."""
+    async with AsyncExitStack() as exits:
+        address, echo = await exits.enter_async_context(echo_server("v1"))
+        models = table({"v1": address, "v2": address})
+        models["echo"]["versions"]["v1"].update(max_in_flight=1, queue_s=0)
+        running = await exits.enter_async_context(
+            router_running(models, tmp_path, grpc_listen="127.0.0.1:0")
+        )
+        channel = await exits.enter_async_context(
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.router.grpc_port}")
+        )
+        pin = (("x-model-version", "v1"),)
+        slow = asyncio.ensure_future(unary(channel, f"/{SERVICE}/Slow")(b"1", metadata=pin))
+
+        async def reached() -> bool | None:
+            return bool(echo.calls) or None
+
+        await poll(reached, 5.0, "the slow call holds v1's one place")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unary(channel, f"/{SERVICE}/Unary")(b"x", metadata=pin)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert dict(caught.value.trailing_metadata() or ())["x-router-error"] == "overloaded"
+        assert await slow == b"v1:slept"
+        assert await unary(channel, f"/{SERVICE}/Unary")(b"y", metadata=pin) == b"v1:y"
