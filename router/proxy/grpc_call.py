@@ -128,7 +128,7 @@ class GrpcProxy:
         except asyncio.CancelledError:  # the caller cancelled, went away, or ran out of time
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:  # its deadline: the backend's too
-                ex.status, ex.outcome, ex.grpc_status = 504, "timeout", "DEADLINE_EXCEEDED"
+                ex.status, ex.outcome, ex.grpc_status = 200, "timeout", "DEADLINE_EXCEEDED"
             else:
                 ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
                 ex.grpc_status = "CANCELLED"
@@ -291,7 +291,8 @@ class GrpcProxy:
     def _refuse(error: RouterError, context: Context, ex: Exchange) -> None:
         """End the call with the router's own status and `x-router-error`."""
         status = calls.status_of(error)
-        ex.status, ex.grpc_status, ex.version = error.status, status, None
+        # 200: a gRPC status goes back on an HTTP/2 answer of 200, the router's own too.
+        ex.status, ex.grpc_status, ex.version = 200, status, None
         context.set_trailing_metadata(
             [("x-router-error", error.code), ("x-request-id", ex.request_id)]
         )
