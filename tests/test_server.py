@@ -652,6 +652,7 @@ def assert_router_error(answer: Answer, status: int, code: str) -> str:
     assert answer.header("Connection") == "close"
     error = contract_error(answer.json(), code)
     assert answer.header("X-Request-ID") == error["request_id"]
+    assert answer.header("X-Router-Error") == code
     return error["request_id"]
 
 

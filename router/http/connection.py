@@ -297,7 +297,7 @@ class Connection(asyncio.Protocol):
         head = (
             f"HTTP/1.1 {status} {reason_phrase(status)}\r\nDate: {http_date()}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{more}"
-            f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n"
+            f"X-Request-ID: {request_id}\r\nX-Router-Error: {code}\r\nConnection: close\r\n\r\n"
         ).encode("ascii")
         assert self.transport is not None
         self.transport.write(head + body)
