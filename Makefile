@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo rollout-demo test browser lint check bench soak soak-faults bench-report bench-shadow bench-overload bench-conformance bench-tables bench-protocols calibration calibration-rollout clean
+.PHONY: run demo rollout-demo test browser lint check bench soak soak-faults bench-report bench-shadow bench-overload bench-conformance bench-tables bench-protocols bench-grpc calibration calibration-rollout clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -103,6 +103,10 @@ bench-protocols: $(STAMP)
 	command -v wrk >/dev/null || [ "$$(id -u)" -ne 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/protocols_bench.py
+
+## bench-grpc: unary ModelInfer and a ModelStreamInfer call through the router (1 and 2 workers) against direct to an example gRPC backend, and a py-spy profile of the router
+bench-grpc: $(STAMP)
+	$(BIN)/python bench/grpc_bench.py
 
 ## calibration: the statistics engine's false-positive rates, power and coverage, by simulation
 calibration: $(STAMP)
