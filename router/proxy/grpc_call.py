@@ -224,12 +224,18 @@ class GrpcProxy:
             timeout = min(timeout, max(remaining, 0.0))
         outgoing = _forwardable(context.invocation_metadata() or ())
         outgoing += [("x-model-version", version.name), ("x-request-id", ex.request_id)]
-        stream = self.channels.stream(version.grpc_url, leg.call.method)
-        upstream = stream(leg.upward(version), metadata=outgoing, timeout=timeout)
+        upstream: grpc.aio.Call
+        if leg.call.unary and leg.first is not None:  # one message each way, as one batch
+            unary = self.channels.unary(version.grpc_url, leg.call.method)
+            message = leg.call.rewrite(leg.first, leg.model, version)
+            upstream = unary(message, metadata=outgoing, timeout=timeout)
+        else:
+            stream = self.channels.stream(version.grpc_url, leg.call.method)
+            upstream = stream(leg.upward(version), metadata=outgoing, timeout=timeout)
         sent = time.perf_counter()
         answered = False
         try:
-            async for message in upstream:
+            async for message in _answers(upstream):
                 if not answered:
                     answered = True
                     await context.send_initial_metadata(
@@ -351,3 +357,12 @@ class _GrpcCopy:
         record.unreached = name == "UNAVAILABLE"
         if name == "UNAVAILABLE":
             record.outcome = "unavailable"
+
+
+async def _answers(upstream: grpc.aio.Call) -> AsyncIterator[bytes]:
+    """The messages of a unary or a streamed upstream call."""
+    if isinstance(upstream, grpc.aio.UnaryUnaryCall):
+        yield await upstream
+    elif isinstance(upstream, grpc.aio.StreamStreamCall):
+        async for message in upstream:
+            yield message

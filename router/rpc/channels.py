@@ -26,6 +26,13 @@ class Channels:
     def stream(self, address: str, method: str) -> grpc.aio.StreamStreamMultiCallable[bytes, bytes]:
         """A raw-bytes bidirectional call of `method` on the version at `address`
         (`HOST:PORT`, or `grpcs://HOST:PORT` for TLS)."""
+        return self._channel(address).stream_stream(method)
+
+    def unary(self, address: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        """A raw-bytes unary call: one batch of operations, where a stream takes four."""
+        return self._channel(address).unary_unary(method)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._open.get(address)
         if channel is None:
             if address.startswith("grpcs://"):
@@ -35,7 +42,7 @@ class Channels:
             else:
                 channel = grpc.aio.insecure_channel(address, options=OPTIONS)
             self._open[address] = channel
-        return channel.stream_stream(method)
+        return channel
 
     async def close(self) -> None:
         channels, self._open = list(self._open.values()), {}
