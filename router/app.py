@@ -139,6 +139,7 @@ class Router:
     async def _serve_grpc(self, address: Address, max_message: int) -> None:
         """The gRPC listener (router/rpc/), on the proxy's books, with one channel per
         version address for the way up; grpcio is the `grpc` extra."""
+        from router.protocols.grpc import unary_method
         from router.protocols.oip import router_version
         from router.proxy.grpc_call import GrpcProxy
         from router.rpc.channels import Channels
@@ -153,6 +154,7 @@ class Router:
                 address.host,
                 address.port,
                 handler.handle,
+                unary=unary_method,
                 reuse_port=self.reuse_port,
                 max_message=max_message,
             )

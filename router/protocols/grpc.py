@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, Literal, NamedTuple
 
-from router.config.model import Model, Table, Version
+from router.config.model import Model, Version
 from router.errors import ErrorCode, RouterError
 from router.protocols import protowire
 
@@ -104,8 +104,11 @@ def call_of(method: str, services: Mapping[str, str]) -> GrpcCall:
     raise RouterError("not_found", f"no model serves {method}; see models.<m>.grpc_services")
 
 
-def services_of(table: Table) -> dict[str, str]:
-    return {service: name for name, m in table.models.items() for service in m.grpc_services}
+def unary_method(method: str) -> bool:
+    """Whether a method path is one the router knows to be unary (the OIP model calls but
+    ModelStreamInfer, and the server calls it answers itself)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service == OIP_SERVICE and (name in LOCAL or name in MODEL_METHODS - STREAMED)
 
 
 def local_answer(call: GrpcCall, serving: bool, version: str) -> bytes:
