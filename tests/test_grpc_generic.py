@@ -22,6 +22,7 @@ from router.routing.choose import bucket
 from tests.support.grpc_echo import Echo, echo_server
 from tests.support.running import (
     RunningRouter,
+    dead_url,
     read_log,
     requests_in,
     router_process,
@@ -307,3 +308,29 @@ async def test_max_in_flight_holds_for_grpc_calls_too(tmp_path: Path) -> None:
         assert dict(caught.value.trailing_metadata() or ())["x-router-error"] == "overloaded"
         assert await slow == b"v1:slept"
         assert await unary(channel, f"/{SERVICE}/Unary")(b"y", metadata=pin) == b"v1:y"
+
+
+async def test_a_grpc_version_that_keeps_failing_is_marked_down(tmp_path: Path) -> None:
+    """Passive health for gRPC: `outlier.failures` UNAVAILABLE calls in a row mark the
+    version's gRPC address down; the next call is refused at once, by the router."""
+    models = table({"v1": dead_url().removeprefix("http://"), "v2": "127.0.0.1:9"})
+    models["echo"]["outlier"] = {"failures": 2, "cooloff_s": 60}
+    pin = (("x-model-version", "v1"),)
+    async with (
+        router_running(models, tmp_path, grpc_listen="127.0.0.1:0") as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.router.grpc_port}") as channel,
+    ):
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await unary(channel, f"/{SERVICE}/Unary")(b"x", metadata=pin)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "could not be reached" in (caught.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unary(channel, f"/{SERVICE}/Unary")(b"x", metadata=pin)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "down after failures" in (caught.value.details() or "")
+        assert dict(caught.value.trailing_metadata() or ())["x-router-error"] == (
+            "upstream_unavailable"
+        )
+        await running.router.stop()
+    assert [r["outcome"] for r in running.records()] == ["unavailable"] * 3

@@ -274,6 +274,8 @@ class Model:
     retry_post: bool = False
     # gRPC services (`package.Service`) whose calls go to this model (contract section 12).
     grpc_services: tuple[str, ...] = ()
+    # A user id may come from the request body (`{body: NAME}`): the body is read first.
+    body_user_id: bool = field(default=False, compare=False, metadata=DERIVED)
     # What a JSON answer's record copies (`response`): (name, pointer tokens) pairs worked
     # out from `log_response` and `prediction` at load time.
     picks: tuple[tuple[str, tuple[str, ...]], ...] = field(

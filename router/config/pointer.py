@@ -61,7 +61,10 @@ def pick(document: Any, picks: tuple[Pick, ...]) -> dict[str, Any]:
     """The picks found in a parsed answer, by name; those it lacks are left out."""
     found = {}
     for name, path in picks:
-        value = resolve(document, path)
+        if len(path) == 1 and isinstance(document, dict):  # a top-level field: most picks
+            value = document.get(path[0], _MISSING)
+        else:
+            value = resolve(document, path)
         if value is not _MISSING:
             found[name] = value
     return found

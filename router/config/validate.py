@@ -240,6 +240,7 @@ class _TableReader(RolloutReader, AnswersReader, GrpcReader):
             prediction=prediction,
             picks=picks_of(log_response, prediction),
             retry_post=retry_post,
+            body_user_id=any(source.kind == "body" for source in user_id),
             grpc_services=self.grpc_services(section, path),
             outlier=outlier,
             shadow=shadow,

@@ -54,6 +54,7 @@ class Exchange:
     finished: asyncio.Future[None] | None = None
 
     def record(self) -> dict[str, Any]:
+        first_byte = self.first_byte if self.answer is None else self.answer.first_byte
         fields: dict[str, Any] = {
             "ts": self.ts,
             "request_id": self.request_id,
@@ -71,17 +72,13 @@ class Exchange:
             "upstream_ms": self.upstream_ms,
             "config": self.config,
             "protocol": self.protocol,
-            "first_byte_ms": self.first_byte_ms(),
+            "first_byte_ms": first_byte and round((first_byte - self.started) * 1000, 3),
         }
         if self.grpc_status is not None:
             fields["grpc_status"] = self.grpc_status
         if self.response is not None:
             fields["response"] = self.response
         return fields
-
-    def first_byte_ms(self) -> float | None:
-        first = self.answer.first_byte if self.answer is not None else self.first_byte
-        return None if first is None else round((first - self.started) * 1000, 3)
 
 
 def outcome_of(status: int) -> Outcome:

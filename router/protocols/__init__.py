@@ -22,6 +22,8 @@ __all__ = ["ADAPTERS", "Adapter", "Call", "ProtocolName", "RouteError", "adapter
 
 def adapter_of(target: str) -> Adapter:
     """The protocol a target's path belongs to, by its first segments."""
+    if target.startswith("/models/"):  # the common case, at once
+        return REST
     path = origin_form(target)
     if path.startswith("/v2") and path[3:4] in ("", "/", "?"):
         return OIP
@@ -33,7 +35,7 @@ def adapter_of(target: str) -> Adapter:
 def call_of(target: str) -> Call:
     """What the target asks for; RouteError (`bad_path`, `not_found`) in its protocol's
     shape when it names nothing."""
-    adapter = adapter_of(target)
+    adapter = REST if target.startswith("/models/") else adapter_of(target)
     if adapter is REST:
         return REST.call(target)
     path, has_query, query = origin_form(target).partition("?")

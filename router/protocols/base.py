@@ -29,6 +29,8 @@ class Adapter:
     name: ProtocolName = "rest"
     # The model is named in the JSON body (OpenAI): the body is read whole to route.
     model_in_body: bool = False
+    # A version gets the call's tail as it is (no model in the path to rewrite).
+    same_target: bool = True
 
     def error(self, error: RouterError, request_id: str) -> bytes:
         """The body of an error the router makes, as this protocol's clients parse it."""

@@ -29,6 +29,7 @@ def router_version() -> str:
 
 class OpenInference(Adapter):
     name = "oip"
+    same_target = False
     server_metadata = orjson.dumps(
         {"name": "model-router", "version": router_version(), "extensions": []}
     )

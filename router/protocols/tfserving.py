@@ -20,6 +20,7 @@ VERBS = frozenset({"predict", "classify", "regress", "explain"})
 
 class TFServing(Adapter):
     name = "tfserving"
+    same_target = False
 
     def call(self, segments: list[str], query: str) -> Call | None:
         """The call of `/v1/models/...` (`segments` after `models`), or None if none."""

@@ -40,7 +40,7 @@ from router.proxy.feedback import feedback
 from router.proxy.headers import headers_for, request_id
 from router.proxy.relay import relay, upstream_timeout
 from router.proxy.shadow import Shadows
-from router.routing.choose import choose, reads_body
+from router.routing.choose import choose
 from router.routing.paths import find_model, origin_form
 
 _SHUTTING_DOWN = "the router is shutting down and its drain time (server.drain_s) ran out"
@@ -199,9 +199,9 @@ class Proxy:
         assert name is not None
         model = find_model(table, name)
         ex.model = model.name
-        if body is None and reads_body(model):
+        if body is None and model.body_user_id:
             body = await read_body(request, table.server)
-        choice = choose(model, request, pinned, body_fields(body))
+        choice = choose(model, request, pinned, body_fields(body) if model.body_user_id else None)
         ex.assigned_version, ex.assigned_by, ex.bucket = (
             choice.version,
             choice.assigned_by,
@@ -369,7 +369,8 @@ class Proxy:
 
 def outgoing(call: Call, model: Model, version: Version, body: RequestBody) -> tuple[str, Payload]:
     """The target and body a version gets: its protocol may name the model in either."""
-    target = call.target_for(model, version)
-    if body.data is not None:
-        return target, call.body_for(model, version, body.data)
+    adapter = call.adapter
+    target = call.tail if adapter.same_target else adapter.target(call, model, version)
+    if adapter.model_in_body and body.data is not None:
+        return target, adapter.body(call, body.data, model, version)
     return target, body.payload()

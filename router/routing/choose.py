@@ -50,11 +50,6 @@ class Choice:
     user_id: str | None
 
 
-def reads_body(model: Model) -> bool:
-    """Whether a user id may come from the request body (`{body: NAME}`)."""
-    return any(source.kind == "body" for source in model.user_id)
-
-
 def find_user_id(
     model: Model, request: RequestLike, body: Mapping[str, Any] | None = None
 ) -> str | None:

@@ -56,7 +56,8 @@ def route(target: str) -> Route:
     path, has_query, query = origin_form(target).partition("?")
     segments = path.split("/")
     named = segments[2] if len(segments) >= 3 and segments[1] == "models" else None
-    check_path(path, segments, named)
+    if "%" in path or "." in path or "\\" in path:  # else nothing there to refuse
+        check_path(path, segments, named)
     if len(segments) < 3 or segments[0] != "":
         raise PathError(not_found(path), None)
     if segments[1] == "feedback" and len(segments) == 3:
