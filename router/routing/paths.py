@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import unquote
 
 from router.config.model import Model, Table
@@ -20,8 +19,10 @@ _DOTS = (".", "..")
 _UNSAFE = re.compile(r"%(?:2[Ff]|5[Cc]|00)|\\")
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
+    """A tuple, not a frozen dataclass: one is made per request, and a frozen dataclass's
+    `__init__` goes through `object.__setattr__` for each field."""
+
     kind: Literal["models", "feedback"]
     model: str  # as named, percent-decoded
     pinned: str | None = None  # /versions/<v>/
