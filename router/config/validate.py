@@ -23,7 +23,6 @@ from router.config.model import (
     MATCH_KEYS,
     NAME,
     RULE_KEYS,
-    USER_ID_KINDS,
     USER_ID_MODES,
     ConfigError,
     HealthCheck,
@@ -35,7 +34,6 @@ from router.config.model import (
     ServerSettings,
     Split,
     Table,
-    UserIdSource,
     Version,
     default_of,
     frozen,
@@ -44,6 +42,7 @@ from router.config.model import (
 from router.config.pointer import picks_of
 from router.config.reader import fmt, kind, percent, show
 from router.config.rollout import RolloutReader
+from router.config.users import UsersReader
 
 
 def load_table(path: str | Path) -> Table:
@@ -122,7 +121,7 @@ _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
 
-class _TableReader(RolloutReader, AnswersReader, GrpcReader):
+class _TableReader(RolloutReader, AnswersReader, GrpcReader, UsersReader):
     """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
@@ -214,9 +213,7 @@ class _TableReader(RolloutReader, AnswersReader, GrpcReader):
         rules = self.rules(section, path, versions)
         user_id = self.user_id_sources(section, path)
         salt = self.string(section, "salt", path) or name
-        when = self.string(section, "when_no_user_id", path) or default_of(Model, "when_no_user_id")
-        if when not in ("random", "reject"):
-            self.version_ref(section, "when_no_user_id", path, versions, what="when_no_user_id")
+        when = self.when_no_user_id(section, path, versions)
         fallback = self.string(section, "fallback", path)
         if fallback is not None:
             self.version_ref(section, "fallback", path, versions, what="a fallback")
@@ -359,39 +356,3 @@ class _TableReader(RolloutReader, AnswersReader, GrpcReader):
         if version is None:
             return None
         return Rule(version=sys.intern(version), headers=tuple(headers), user_ids=user_ids)
-
-    def user_id_sources(self, section: dict[Any, Any], path: str) -> tuple[UserIdSource, ...]:
-        default: tuple[UserIdSource, ...] = default_of(Model, "user_id")
-        if "user_id" not in section:
-            return default
-        found = section["user_id"]
-        where = f"{path}.user_id"
-        if not isinstance(found, list) or not found:
-            self.fail(
-                section,
-                "user_id",
-                where,
-                "must be a non-empty list like [{header: X-User-ID}, {cookie: uid}]",
-            )
-            return default
-        sources = []
-        for i, item in enumerate(found):
-            if not isinstance(item, dict) or len(item) != 1:
-                self.fail(
-                    found,
-                    i,
-                    f"{where}[{i}]",
-                    "must be one of {header: NAME}, {cookie: NAME}, {query: NAME}, {body: NAME}",
-                )
-                continue
-            (kind,) = item
-            if kind not in USER_ID_KINDS:
-                self.fail(
-                    found,
-                    i,
-                    f"{where}[{i}]",
-                    f"unknown source '{kind}'; expected one of: {', '.join(USER_ID_KINDS)}",
-                )
-            elif (value := self.string(item, kind, f"{where}[{i}]")) is not None:
-                sources.append(UserIdSource(kind, value))
-        return tuple(sources) or default
