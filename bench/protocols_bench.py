@@ -55,24 +55,11 @@ LOOPBACK = "127.0.0.1"
 SERVED = "llama-3-8b-v1"
 MESSAGE = "hello there world"  # answered in 4 tokens: "llama-3-8b-v1: dlrow ereht olleh"
 
-WRK_SCRIPT = r"""
-wrk.method = "POST"
-wrk.body = '{"id": "bench", "inputs": [{"name": "input-0", "datatype": "FP64", ' ..
-  '"shape": [1, 30], "data": ROW}]}'
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  wrk.headers["X-User-ID"] = "user-" .. math.random(1, 1000000)
-  return wrk.format()
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, ' ..
-    '"p50_us": %d, "p99_us": %d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
-    e.status, latency:percentile(50), latency:percentile(99)))
-end
-"""
+# OIP infer of one row; ROW is put in at run time.
+WRK_SCRIPT = pb.post_script(
+    '\'{"id": "bench", "inputs": [{"name": "input-0", "datatype": "FP64", \' ..\n'
+    '  \'"shape": [1, 30], "data": ROW}]}\''
+)
 
 
 @dataclass

@@ -37,9 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BODY = '{"prediction": 1, "probability": 0.9731, "version": "v1", "model": "cancer", "ok": true}'
 
-WRK_SCRIPT = r"""
+# A wrk script: POST `BODY_LUA` (a Lua string expression) with a random X-User-ID, and print
+# one RESULT line of JSON at the end. Other benches post their own bodies with it.
+POST_SCRIPT = r"""
 wrk.method = "POST"
-wrk.body = '{"features": [17.99, 10.38, 122.8, 1001.0, 0.1184, 0.2776, 0.3001, 0.1471]}'
+wrk.body = BODY_LUA
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   wrk.headers["X-User-ID"] = "user-" .. math.random(1, 1000000)
@@ -54,6 +56,15 @@ done = function(summary, latency, requests)
     e.status, latency:percentile(50), latency:percentile(99)))
 end
 """
+
+
+def post_script(body_lua: str) -> str:
+    return POST_SCRIPT.replace("BODY_LUA", body_lua)
+
+
+WRK_SCRIPT = post_script(
+    "'{\"features\": [17.99, 10.38, 122.8, 1001.0, 0.1184, 0.2776, 0.3001, 0.1471]}'"
+)
 
 
 @dataclass
