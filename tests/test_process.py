@@ -362,7 +362,7 @@ async def test_invalid_chunk_after_the_headers_is_refused(
 RECORD_FIELDS = {
     "event", "ts", "request_id", "model", "version", "assigned_version", "assigned_by",
     "bucket", "user", "method", "path", "status", "outcome", "latency_ms", "upstream_ms",
-    "config", "protocol", "first_byte_ms",
+    "config", "protocol", "first_byte_ms", "trace_id",
 }  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from tests.support.waiting import log_record
 FIELDS = {
     "event", "ts", "request_id", "model", "version", "assigned_version", "assigned_by", "bucket",
     "user", "method", "path", "status", "outcome", "latency_ms", "upstream_ms", "config",
-    "protocol", "first_byte_ms",
+    "protocol", "first_byte_ms", "trace_id",
 }  # fmt: skip
 RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)\Z")
 

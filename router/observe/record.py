@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from router.http.response import StreamResponse
+from router.observe.tracecontext import Trace
 from router.routing.choose import AssignedBy
 
 CLIENT_CLOSED: Final = 499  # nginx's status for a client that went away first
@@ -48,6 +49,7 @@ class Exchange:
     answer: StreamResponse | None = None
     first_byte: float | None = None
     grpc_status: str | None = None  # a gRPC call's status name (contract section 12)
+    trace: Trace | None = None  # its place in a W3C trace (contract section 15)
     feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
     # Resolved once the record is written (the request is over): a shadow copy waits on it
     # to compare its answer with this one. None unless a copy asked for it.
@@ -72,6 +74,7 @@ class Exchange:
             "upstream_ms": self.upstream_ms,
             "config": self.config,
             "protocol": self.protocol,
+            "trace_id": self.trace.trace_id if self.trace is not None else None,
             "first_byte_ms": first_byte and round((first_byte - self.started) * 1000, 3),
         }
         if self.grpc_status is not None:

@@ -25,6 +25,7 @@ from router.errors import RouterError
 from router.http.clock import now_rfc3339
 from router.http.text import printable
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome
+from router.observe.tracecontext import continued
 from router.protocols import grpc as calls
 from router.protocols.grpc import GrpcCall
 from router.proxy.handler import Proxy
@@ -39,8 +40,9 @@ from router.rpc.server import Context
 # next hop (HTTP/2 pseudo-headers, gRPC's reserved `grpc-*` keys, the content type).
 SHADOW_BYTES: Final = 1024 * 1024  # a larger request message is not copied (as for HTTP)
 _RESERVED: Final = frozenset(
-    {"te", "content-type", "user-agent", "x-model-version", "x-request-id"}
-)
+    {"te", "content-type", "user-agent", "x-model-version", "x-request-id", "traceparent",
+     "tracestate", "traceresponse"}
+)  # fmt: skip
 
 
 class _Unreachable(Exception):
@@ -115,6 +117,7 @@ class GrpcProxy:
             table.digest,
             user=self.proxy.pseudonymize.fields(None),
             protocol="grpc",
+            trace=continued(texts.get("traceparent"), texts.get("tracestate")),
         )
         try:
             call = calls.call_of(method, table.grpc_services)
@@ -224,6 +227,7 @@ class GrpcProxy:
             timeout = min(timeout, max(remaining, 0.0))
         outgoing = _forwardable(context.invocation_metadata() or ())
         outgoing += [("x-model-version", version.name), ("x-request-id", ex.request_id)]
+        outgoing += _trace_metadata(ex)
         upstream: grpc.aio.Call
         if leg.call.unary and leg.first is not None:  # one message each way, as one batch
             unary = self.channels.unary(version.grpc_url, leg.call.method)
@@ -251,7 +255,7 @@ class GrpcProxy:
         ex.upstream_ms = round((time.perf_counter() - sent) * 1000, 3)
         self._settle(leg, version, code.name, details, answered)
         trailing = _forwardable(await upstream.trailing_metadata() or ())
-        context.set_trailing_metadata([*trailing, ("x-request-id", ex.request_id)])
+        context.set_trailing_metadata([*trailing, *_answer_metadata(ex)])
         context.set_code(code)
         if details:
             context.set_details(details)
@@ -289,6 +293,7 @@ class GrpcProxy:
             ("x-model-version", version.name),
             ("x-request-id", ex.request_id),
             ("x-shadow", "true"),
+            *_trace_metadata(ex),
         ]
         message = call.rewrite(first, model, version)
         shadows.launch(_GrpcCopy(self.channels, version, call.method, metadata, message), model, ex)
@@ -299,9 +304,7 @@ class GrpcProxy:
         status = calls.status_of(error)
         # 200: a gRPC status goes back on an HTTP/2 answer of 200, the router's own too.
         ex.status, ex.grpc_status, ex.version = 200, status, None
-        context.set_trailing_metadata(
-            [("x-router-error", error.code), ("x-request-id", ex.request_id)]
-        )
+        context.set_trailing_metadata([("x-router-error", error.code), *_answer_metadata(ex)])
         context.set_code(grpc.StatusCode[status])
         context.set_details(error.message)
 
@@ -366,3 +369,18 @@ async def _answers(upstream: grpc.aio.Call) -> AsyncIterator[bytes]:
     elif isinstance(upstream, grpc.aio.StreamStreamCall):
         async for message in upstream:
             yield message
+
+
+def _trace_metadata(ex: Exchange) -> list[tuple[str, str]]:
+    """An attempt's own span of the call's trace, for the backend (contract section 15)."""
+    assert ex.trace is not None
+    out = [("traceparent", ex.trace.child())]
+    if ex.trace.state is not None:
+        out.append(("tracestate", ex.trace.state))
+    return out
+
+
+def _answer_metadata(ex: Exchange) -> list[tuple[str, str]]:
+    """What every answer's trailers carry: the request id, and the router's span."""
+    assert ex.trace is not None
+    return [("x-request-id", ex.request_id), ("traceresponse", ex.trace.response())]

@@ -32,6 +32,7 @@ from router.observe.health import HealthBook
 from router.observe.log import Pseudonymizer
 from router.observe.metrics import Metrics
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
+from router.observe.tracecontext import continued
 from router.protocols import ADAPTERS, Call, RouteError, adapter_of, call_of
 from router.protocols.base import ROUTER_ERROR_HEADER
 from router.proxy.admission import Admission
@@ -96,7 +97,9 @@ class Proxy:
                 None,
                 table.digest,
                 user=self._no_user,
+                trace=continued(None, None),
             )
+        headers = request.headers
         return Exchange(
             now_rfc3339(),
             time.perf_counter(),
@@ -106,6 +109,7 @@ class Proxy:
             table.digest,
             user=self._no_user,
             protocol=adapter_of(request.raw_path).name,
+            trace=continued(headers.get("traceparent"), headers.get("tracestate")),
         )
 
     async def handle(self, request: Request) -> StreamResponse:
@@ -139,6 +143,8 @@ class Proxy:
                 if response is not None:
                     ex.answer = response
                     if not response.prepared:
+                        assert ex.trace is not None
+                        response.headers.append(("traceresponse", ex.trace.response()))
                         await self._send(request, response, ex)
             finally:
                 if not ex.feedback:
@@ -280,7 +286,8 @@ class Proxy:
     ) -> StreamResponse:
         """Send to the version and relay its answer, holding a place at its gate."""
         key = (model.name, version.name, version.url)
-        headers = headers_for(request, version.name, ex.request_id)
+        assert ex.trace is not None
+        headers = headers_for(request, version.name, ex.request_id, ex.trace)
         sent = time.perf_counter()
         try:
             upstream = await self.client.send(

@@ -13,6 +13,7 @@ from multidict import MultiMapping
 
 from router.config.model import Version
 from router.http.request import Request, new_request_id
+from router.observe.tracecontext import Trace
 
 # Hop-by-hop headers concern one connection only and are never forwarded (RFC 9110 7.6.1).
 # Proxy-* covers Proxy-Authorization, Proxy-Authenticate and the non-standard
@@ -23,10 +24,13 @@ HOP_BY_HOP: Final = frozenset(
 
 # Set by the router itself towards the backend. Host is the backend's own (as nginx's
 # default `proxy_set_header Host $proxy_host`); Expect is answered by the router's server.
+# A backend's trace headers are each attempt's own (contract section 15): the router's span
+# is the parent, never the caller's unchanged; the caller's answer names the router's span.
 _SET_UPSTREAM: Final = frozenset(
-    {"host", "expect", "x-model-version", "x-request-id", "x-forwarded-proto", "x-forwarded-host"}
-)
-_SET_DOWNSTREAM: Final = frozenset({"x-model-version", "x-request-id"})
+    {"host", "expect", "x-model-version", "x-request-id", "x-forwarded-proto", "x-forwarded-host",
+     "traceparent", "tracestate"}
+)  # fmt: skip
+_SET_DOWNSTREAM: Final = frozenset({"x-model-version", "x-request-id", "traceresponse"})
 
 REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 
@@ -93,9 +97,12 @@ def upstream_headers(
     return out
 
 
-def headers_for(request: Request, version: str, request_id: str) -> list[tuple[str, str]]:
-    """What a version gets with this request (the primary, or a shadow's copy)."""
-    return upstream_headers(
+def headers_for(
+    request: Request, version: str, request_id: str, trace: Trace
+) -> list[tuple[str, str]]:
+    """What a version gets with this request (the primary, or a shadow's copy): a new span
+    of the request's trace for this attempt."""
+    out = upstream_headers(
         request.headers,
         request.headers.items(),
         remote=request.remote,
@@ -103,6 +110,10 @@ def headers_for(request: Request, version: str, request_id: str) -> list[tuple[s
         version=version,
         request_id=request_id,
     )
+    out.append(("traceparent", trace.child()))
+    if trace.state is not None:
+        out.append(("tracestate", trace.state))
+    return out
 
 
 def downstream_headers(

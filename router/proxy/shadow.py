@@ -63,6 +63,7 @@ class ShadowRecord:
     response: dict[str, Any] | None = None
     agree: bool | None = None
     unreached: bool = False  # no connection to the shadow (not a field of the record)
+    trace_id: str | None = None  # the copy's trace: the primary request's
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -79,6 +80,7 @@ class ShadowRecord:
             "primary_upstream_ms": self.primary_upstream_ms,
             "agree": self.agree,
             "config": self.config,
+            "trace_id": self.trace_id,
         }
         if self.drop_reason is not None:
             out["drop_reason"] = self.drop_reason
@@ -119,7 +121,8 @@ class Shadows:
         version = self.admit(model, ex, held, "url")
         if version is None:
             return
-        headers = headers_for(request, version.name, ex.request_id)
+        assert ex.trace is not None
+        headers = headers_for(request, version.name, ex.request_id, ex.trace)
         headers.append(SHADOW_HEADER)
         target = call.target_for(model, version)
         data = call.body_for(model, version, body.data) if body.data is not None else None
@@ -160,6 +163,7 @@ class Shadows:
             ex.assigned_version,
             ex.config,
             ex.user,
+            trace_id=ex.trace.trace_id if ex.trace is not None else None,
         )
 
     def launch(self, send: Sender, model: Model, ex: Exchange) -> None:

@@ -1,0 +1,62 @@
+"""W3C Trace Context (https://www.w3.org/TR/trace-context/, contract section 15), as the
+router propagates it: a request that carries a valid `traceparent` continues that trace,
+any other starts one; the request is a span of its own (its id goes back in
+`traceresponse`, Trace Context level 2), and each attempt at a backend is a child span
+whose id the backend gets as its parent, never the caller's unchanged."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Final, NamedTuple
+
+# version 00: exactly these four fields; a later version may add fields after them.
+_TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+
+
+class Trace(NamedTuple):
+    """One request's place in a trace: its trace, its own span, the caller's flags and
+    vendor state (passed on as received)."""
+
+    trace_id: str
+    span_id: str
+    flags: str
+    state: str | None
+
+    def child(self) -> str:
+        """A `traceparent` for one attempt at a backend: a new span under this one."""
+        return f"00-{self.trace_id}-{new_span_id()}-{self.flags}"
+
+    def response(self) -> str:
+        """`traceresponse`: the trace and the router's own span, for the caller."""
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+
+
+def new_span_id() -> str:
+    return f"{random.getrandbits(64) or 1:016x}"
+
+
+def continued(traceparent: str | None, tracestate: str | None) -> Trace:
+    """The trace a request goes on (its caller's, when `traceparent` is valid), with a new
+    span for the router; otherwise a new trace, not sampled (the router exports nothing)."""
+    if traceparent is not None and (parent := _parsed(traceparent)) is not None:
+        trace_id, flags = parent
+        return Trace(trace_id, new_span_id(), flags, tracestate or None)
+    return Trace(f"{random.getrandbits(128) or 1:032x}", new_span_id(), "00", None)
+
+
+def _parsed(value: str) -> tuple[str, str] | None:
+    """(trace id, flags) of a valid `traceparent`, or None (section 3.2 of the spec)."""
+    value = value.strip()
+    found = _TRACEPARENT.match(value)
+    if found is None:
+        return None
+    version, trace_id, parent_id, flags = found.groups()
+    if version == "ff" or trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
+        return None
+    rest = value[found.end() :]
+    if (version == "00" and rest) or (rest and not rest.startswith("-")):
+        return None
+    return trace_id, flags
