@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -23,6 +22,7 @@ from backends.app import VERSION_HEADER, Faults, create_app
 from backends.model import VERSIONS, Classifier, predict, sample_rows, train
 from backends.stack import tritonclient_example
 from tests.support.running import serve
+from tests.support.triton import session as triton_session
 
 T = TypeVar("T")
 ROWS = sample_rows(20)
@@ -34,24 +34,8 @@ def models() -> dict[str, Classifier]:
     return {version: train(version) for version in VERSIONS}
 
 
-@contextmanager
-def triton(url: str) -> Iterator[Any]:
-    """A tritonclient.http client of ``url``, closed on the way out."""
-    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-async def session(url: str, calls: Callable[[Any], T]) -> T:
-    """Run ``calls(client)`` with a tritonclient of ``url`` in a worker thread."""
-
-    def run() -> T:
-        with triton(url) as client:
-            return calls(client)
-
-    return await asyncio.to_thread(run)
+async def session(address: str, calls: Callable[[Any], T]) -> T:
+    return await triton_session(httpclient, address, calls)
 
 
 def infer_input(rows: Any, datatype: str = "FP64") -> Any:

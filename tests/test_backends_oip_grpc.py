@@ -30,6 +30,8 @@ from backends.app import Faults, create_app
 from backends.model import VERSIONS, Classifier, predict, sample_rows, train
 from backends.stack import tritonclient_grpc_example
 from tests.support.running import LOOPBACK
+from tests.support.triton import session as triton_session
+from tests.support.triton import triton
 
 T = TypeVar("T")
 ROWS = sample_rows(20)
@@ -51,23 +53,8 @@ async def backend(
         yield f"{LOOPBACK}:{port}"
 
 
-@contextmanager
-def triton(address: str) -> Iterator[Any]:
-    client = grpcclient.InferenceServerClient(address)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 async def session(address: str, calls: Callable[[Any], T]) -> T:
-    """Run ``calls(client)`` with a tritonclient.grpc client in a worker thread."""
-
-    def run() -> T:
-        with triton(address) as client:
-            return calls(client)
-
-    return await asyncio.to_thread(run)
+    return await triton_session(grpcclient, address, calls)
 
 
 def infer_input(rows: Any, datatype: str = "FP64") -> Any:
@@ -301,7 +288,7 @@ def _run_backend(*argv: str) -> subprocess.Popen[str]:
 
 
 def _infer_first_row(address: str) -> Any:
-    with triton(address) as client:
+    with triton(grpcclient, address) as client:
         return client.infer("cancer", [infer_input(FEATURES[:1])]).get_response()
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from backends.app import create_app
 from backends.model import Classifier, predict, sample_rows, train
 from router.routing.choose import bucket
 from tests.support.running import LOOPBACK, RunningRouter, dead_url, router_running
+from tests.support.triton import triton
 
 T = TypeVar("T")
 SALT = "grpc-oip"
@@ -77,7 +78,7 @@ class Stack:
         """Run ``calls(client)`` with a tritonclient.grpc client of the router, in a thread."""
 
         def run() -> T:
-            with triton(self.address) as client:
+            with triton(grpcclient, self.address) as client:
                 return calls(client)
 
         return await asyncio.to_thread(run)
@@ -89,15 +90,6 @@ class Stack:
 
     def labels(self, version: str, rows: Any) -> list[int]:
         return [predict(self.models[version], version, list(row))["prediction"] for row in rows]
-
-
-@contextmanager
-def triton(address: str) -> Iterator[Any]:
-    client = grpcclient.InferenceServerClient(address)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 async def start(
