@@ -183,7 +183,9 @@ class Router:
         deadline = asyncio.get_running_loop().time() + drain_s
         # gRPC calls in flight get drain_s too, beside the HTTP requests; then they are
         # cancelled, each logging its record.
-        grpc_stopped = self.grpc.stop(drain_s) if self.grpc is not None else None
+        grpc_stopped = None
+        if self.grpc is not None:  # from now: it takes no new call while HTTP drains
+            grpc_stopped = asyncio.create_task(self.grpc.stop(drain_s))
         try:
             if self.server is not None:
                 # New connections are refused from here; idle keep-alive ones close.

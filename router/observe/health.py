@@ -26,6 +26,12 @@ from router.http.client import Client, Origin, UpstreamError
 Key = tuple[str, str, str]  # model, version, url
 
 
+def grpc_key(model: str, version: str, grpc_url: str) -> Key:
+    """A version's gRPC address in the books: apart from its HTTP url, which may be
+    another server, or the same one failing otherwise."""
+    return (model, version, f"grpc:{grpc_url}")
+
+
 @dataclass(slots=True)
 class _State:
     failures: int = 0

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from router.config.model import Model, Table
+from router.observe.health import grpc_key
 
 Key = tuple[str, str, str]  # model, version, url: as health and admission keep a version
 
@@ -50,4 +51,6 @@ class Removals:
                     removed.versions.append((name, version.name))
                 if now is None or now.url != version.url:
                     removed.keys.append((name, version.name, version.url))
+                if version.grpc_url and (now is None or now.grpc_url != version.grpc_url):
+                    removed.keys.append(grpc_key(name, version.name, version.grpc_url))
         return removed

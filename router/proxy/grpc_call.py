@@ -24,11 +24,13 @@ from router.config.pointer import Pick
 from router.errors import RouterError
 from router.http.clock import now_rfc3339
 from router.http.text import printable
-from router.observe.record import CLIENT_CLOSED, Exchange, Outcome
+from router.observe.health import Key, grpc_key
+from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
 from router.observe.tracecontext import continued
 from router.protocols import grpc as calls
 from router.protocols.grpc import GrpcCall
-from router.proxy.handler import Proxy
+from router.proxy.body import BUFFER_BYTES
+from router.proxy.handler import Proxy, Unreachable
 from router.proxy.headers import request_id
 from router.proxy.shadow import ShadowRecord
 from router.routing.choose import choose
@@ -38,19 +40,10 @@ from router.rpc.server import Context
 
 # Metadata the transport sets itself, or the router does: never copied from a call to the
 # next hop (HTTP/2 pseudo-headers, gRPC's reserved `grpc-*` keys, the content type).
-SHADOW_BYTES: Final = 1024 * 1024  # a larger request message is not copied (as for HTTP)
 _RESERVED: Final = frozenset(
     {"te", "content-type", "user-agent", "x-model-version", "x-request-id", "traceparent",
      "tracestate", "traceresponse"}
 )  # fmt: skip
-
-
-class _Unreachable(Exception):
-    """No answer from the version; a unary call may go to the fallback."""
-
-    def __init__(self, error: RouterError, outcome: Outcome) -> None:
-        super().__init__(error.message)
-        self.error, self.outcome = error, outcome
 
 
 class _Headers:
@@ -82,9 +75,9 @@ class _Leg:
     context: Context
     ex: Exchange
 
-    def key(self, version: Version) -> tuple[str, str, str]:
+    def key(self, version: Version) -> Key:
         """The version's gRPC address in the health and admission books."""
-        return (self.model.name, version.name, f"grpc:{version.grpc_url}")
+        return grpc_key(self.model.name, version.name, version.grpc_url or "")
 
     async def upward(self, version: Version) -> AsyncIterator[bytes]:
         """The caller's messages as `version` gets them."""
@@ -115,9 +108,9 @@ class GrpcProxy:
             "POST",
             printable(method),
             table.digest,
+            continued(texts.get("traceparent"), texts.get("tracestate")),
             user=self.proxy.pseudonymize.fields(None),
             protocol="grpc",
-            trace=continued(texts.get("traceparent"), texts.get("tracestate")),
         )
         try:
             call = calls.call_of(method, table.grpc_services)
@@ -183,7 +176,7 @@ class GrpcProxy:
             async for message in self._attempt(leg, version):
                 yield message
             return
-        except _Unreachable as failure:
+        except Unreachable as failure:
             fallback = model.fallback
             explicit = ex.assigned_by in ("pinned", "header")
             if fallback is None or fallback == version.name or not leg.call.unary or explicit:
@@ -192,7 +185,7 @@ class GrpcProxy:
         try:
             async for message in self._attempt(leg, model.versions[fallback]):
                 yield message
-        except _Unreachable as failure:
+        except Unreachable as failure:
             ex.outcome = failure.outcome
             raise failure.error from None
 
@@ -203,10 +196,10 @@ class GrpcProxy:
         where = f"version '{version.name}' of model '{leg.model.name}'"
         if not version.grpc_url:
             error = RouterError("upstream_unavailable", f"{where} has no grpc_url")
-            raise _Unreachable(error, "unavailable")
+            raise Unreachable(error, "unavailable")
         if not self.proxy.health.available(key):
             error = RouterError("upstream_unavailable", f"{where} is down after failures")
-            raise _Unreachable(error, "unavailable")
+            raise Unreachable(error, "unavailable")
         admission = self.proxy.admission
         waiting = admission.enter(key, version)  # raises Overloaded: no fallback
         if waiting is not None:
@@ -227,7 +220,7 @@ class GrpcProxy:
             timeout = min(timeout, max(remaining, 0.0))
         outgoing = _forwardable(context.invocation_metadata() or ())
         outgoing += [("x-model-version", version.name), ("x-request-id", ex.request_id)]
-        outgoing += _trace_metadata(ex)
+        outgoing += ex.trace.upstream()
         upstream: grpc.aio.Call
         if leg.call.unary and leg.first is not None:  # one message each way, as one batch
             unary = self.channels.unary(version.grpc_url, leg.call.method)
@@ -252,7 +245,7 @@ class GrpcProxy:
         finally:
             if not upstream.done():  # the caller went away: so does the call upstream
                 upstream.cancel()
-        ex.upstream_ms = round((time.perf_counter() - sent) * 1000, 3)
+        ex.upstream_ms = ms_since(sent)
         self._settle(leg, version, code.name, details, answered)
         trailing = _forwardable(await upstream.trailing_metadata() or ())
         context.set_trailing_metadata([*trailing, *_answer_metadata(ex)])
@@ -262,7 +255,7 @@ class GrpcProxy:
 
     def _settle(self, leg: _Leg, version: Version, name: str, details: str, answered: bool) -> None:
         """What the backend's status means for the record and the version's health; an
-        UNAVAILABLE before any answer is `_Unreachable` (the fallback may take it)."""
+        UNAVAILABLE before any answer is `Unreachable` (the fallback may take it)."""
         outlier = leg.model.outlier
         if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"):
             self.proxy.health.failure(leg.key(version), outlier.failures, outlier.cooloff_s)
@@ -271,7 +264,7 @@ class GrpcProxy:
         if name == "UNAVAILABLE" and not answered:
             where = f"version '{version.name}' of model '{leg.model.name}'"
             error = RouterError("upstream_unavailable", f"{where} could not be reached: {details}")
-            raise _Unreachable(error, "unavailable")
+            raise Unreachable(error, "unavailable")
         leg.ex.status, leg.ex.grpc_status = 200, name
         leg.ex.outcome = _outcome(name)
 
@@ -285,18 +278,20 @@ class GrpcProxy:
     ) -> None:
         """A copy of a unary call to the model's shadow (contract sections 8 and 12)."""
         shadows = self.proxy.shadows
-        version = shadows.admit(model, ex, len(first) <= SHADOW_BYTES, "grpc_url")
-        if version is None:
+        record = shadows.admit(model, ex, len(first) <= BUFFER_BYTES, "grpc_url")
+        if record is None:
             return
+        version = model.versions[record.version]
         metadata = [(k, v) for k, v in headers.items() if k.lower() not in _RESERVED]
         metadata += [
             ("x-model-version", version.name),
             ("x-request-id", ex.request_id),
             ("x-shadow", "true"),
-            *_trace_metadata(ex),
+            *ex.trace.upstream(),
         ]
         message = call.rewrite(first, model, version)
-        shadows.launch(_GrpcCopy(self.channels, version, call.method, metadata, message), model, ex)
+        copy = _GrpcCopy(self.channels, version, call.method, metadata, message)
+        shadows.launch(copy, model, record, ex)
 
     @staticmethod
     def _refuse(error: RouterError, context: Context, ex: Exchange) -> None:
@@ -341,20 +336,14 @@ class _GrpcCopy:
 
     async def exchange(self, record: ShadowRecord, picks: tuple[Pick, ...]) -> None:
         assert self.version.grpc_url is not None
-        stream = self.channels.stream(self.version.grpc_url, self.method)
+        unary = self.channels.unary(self.version.grpc_url, self.method)
         sent = time.perf_counter()
-
-        async def one() -> AsyncIterator[bytes]:
-            yield self.message
-
-        call = stream(one(), metadata=self.metadata, timeout=self.version.timeout_s)
         try:
-            async for _ in call:
-                pass
+            await unary(self.message, metadata=self.metadata, timeout=self.version.timeout_s)
             name = "OK"
         except grpc.aio.AioRpcError as exc:
             name = exc.code().name
-        record.upstream_ms = round((time.perf_counter() - sent) * 1000, 3)
+        record.upstream_ms = ms_since(sent)
         record.status = 200
         record.outcome = _outcome(name)
         record.unreached = name == "UNAVAILABLE"
@@ -371,16 +360,6 @@ async def _answers(upstream: grpc.aio.Call) -> AsyncIterator[bytes]:
             yield message
 
 
-def _trace_metadata(ex: Exchange) -> list[tuple[str, str]]:
-    """An attempt's own span of the call's trace, for the backend (contract section 15)."""
-    assert ex.trace is not None
-    out = [("traceparent", ex.trace.child())]
-    if ex.trace.state is not None:
-        out.append(("tracestate", ex.trace.state))
-    return out
-
-
 def _answer_metadata(ex: Exchange) -> list[tuple[str, str]]:
     """What every answer's trailers carry: the request id, and the router's span."""
-    assert ex.trace is not None
     return [("x-request-id", ex.request_id), ("traceresponse", ex.trace.response())]
