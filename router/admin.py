@@ -5,7 +5,6 @@ It runs on its own port (loopback by default), so the public port never serves t
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from router.config.holder import ReloadResult, TableHolder
 from router.config.model import Table
 from router.errors import RouterError, error_body
+from router.http.auth import bears
 from router.http.clock import iso_utc
 from router.http.request import new_request_id
 from router.observe.health import HealthBook
@@ -107,10 +107,7 @@ def _authorize(request: web.Request) -> None:
     token = request.app[TOKEN]
     if not token:
         return
-    given = request.headers.get("Authorization", "")
-    scheme, _, credentials = given.partition(" ")
-    # compare_digest takes as long for a wrong token as for a right one: no timing oracle.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.encode(), token.encode()):
+    if not bears(request.headers.get("Authorization"), token):
         raise RouterError("unauthorized", "this endpoint needs 'Authorization: Bearer <token>'")
 
 

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from router.http.response import StreamResponse
 from router.observe.tracecontext import Trace
 from router.routing.choose import AssignedBy
 
@@ -33,6 +32,7 @@ class Exchange:
     method: str | None
     path: str | None
     config: str
+    trace: Trace  # its place in a W3C trace (contract section 15)
     model: str | None = None
     version: str | None = None
     assigned_version: str | None = None
@@ -44,19 +44,17 @@ class Exchange:
     upstream_ms: float | None = None
     response: dict[str, Any] | None = None
     protocol: str = "rest"  # the protocol its path belongs to (contract section 11)
-    # The answer sent, whose first body byte gives first_byte_ms; or, for a gRPC call,
-    # when its first message went out (`time.perf_counter()`).
-    answer: StreamResponse | None = None
+    # When the answer's first body byte (a gRPC call's first message) went out, as a
+    # `time.perf_counter()`: first_byte_ms.
     first_byte: float | None = None
     grpc_status: str | None = None  # a gRPC call's status name (contract section 12)
-    trace: Trace | None = None  # its place in a W3C trace (contract section 15)
     feedback: bool = False  # an accepted feedback is logged as a `feedback` event instead
     # Resolved once the record is written (the request is over): a shadow copy waits on it
     # to compare its answer with this one. None unless a copy asked for it.
     finished: asyncio.Future[None] | None = None
 
     def record(self) -> dict[str, Any]:
-        first_byte = self.first_byte if self.answer is None else self.answer.first_byte
+        first_byte = self.first_byte
         fields: dict[str, Any] = {
             "ts": self.ts,
             "request_id": self.request_id,
@@ -74,7 +72,7 @@ class Exchange:
             "upstream_ms": self.upstream_ms,
             "config": self.config,
             "protocol": self.protocol,
-            "trace_id": self.trace.trace_id if self.trace is not None else None,
+            "trace_id": self.trace.trace_id,
             "first_byte_ms": first_byte and round((first_byte - self.started) * 1000, 3),
         }
         if self.grpc_status is not None:

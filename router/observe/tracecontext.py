@@ -29,6 +29,12 @@ class Trace(NamedTuple):
         """A `traceparent` for one attempt at a backend: a new span under this one."""
         return f"00-{self.trace_id}-{new_span_id()}-{self.flags}"
 
+    def upstream(self) -> list[tuple[str, str]]:
+        """The trace headers (or metadata) of one attempt at a backend: a new span."""
+        if self.state is None:
+            return [("traceparent", self.child())]
+        return [("traceparent", self.child()), ("tracestate", self.state)]
+
     def response(self) -> str:
         """`traceresponse`: the trace and the router's own span, for the caller."""
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"

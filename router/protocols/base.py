@@ -8,6 +8,7 @@ look to that protocol's clients (Envoy's split between codecs and the router fil
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final, Literal, NamedTuple
 from urllib.parse import quote
 
@@ -70,7 +71,8 @@ class Call(NamedTuple):
 
     def target_for(self, model: Model, version: Version) -> str:
         """The path and query `version` gets."""
-        return self.adapter.target(self, model, version)
+        adapter = self.adapter
+        return self.tail if adapter.same_target else adapter.target(self, model, version)
 
     def body_for(self, model: Model, version: Version, data: bytes) -> bytes:
         """The body held whole as `version` gets it."""
@@ -90,7 +92,12 @@ class RouteError(RouterError):
 def upstream_path(prefix: str, model: Model, version: Version) -> str:
     """`<prefix>/<upstream model>[/versions/<upstream version>]`: how OIP and TF Serving
     servers name a model, with the version's names on its backend."""
-    name = quote(version.upstream_model or model.name, safe="")
-    if version.upstream_version is None:
-        return f"{prefix}/{name}"
-    return f"{prefix}/{name}/versions/{quote(version.upstream_version, safe='')}"
+    return _named(prefix, version.upstream_model or model.name, version.upstream_version)
+
+
+@lru_cache(maxsize=4096)
+def _named(prefix: str, name: str, version: str | None) -> str:
+    """Quoted once per name, not per request."""
+    if version is None:
+        return f"{prefix}/{quote(name, safe='')}"
+    return f"{prefix}/{quote(name, safe='')}/versions/{quote(version, safe='')}"

@@ -93,7 +93,7 @@ async def read_body(
     request.send_continue()
     stream = RequestBody(None, stream=request.content, limit=limit, timeout=timeout)
     if whole and (length is None or length > BUFFER_BYTES):
-        return await _buffered(stream, settings.max_body_bytes)
+        return await _buffered(stream, limit)
     if length is None and settings.request_buffering:
         return await _buffered(stream, BUFFER_BYTES)
     if length is None or length > BUFFER_BYTES:
@@ -111,6 +111,17 @@ async def read_body(
         raise RouterError("bad_body", malformed(exc)) from exc
     except TimeoutError:
         raise RouterError("body_timeout", slow_body(timeout)) from None
+
+
+async def read_whole(request: Request, limit: int, piece_s: float) -> RequestBody:
+    """A body the router reads itself (feedback): whole, each piece within `piece_s` (408
+    `body_timeout`), at most `limit` bytes (413 `body_too_large`)."""
+    if not request.body_exists:
+        return RequestBody(b"")
+    request.send_continue()
+    return await _buffered(
+        RequestBody(None, stream=request.content, limit=limit, timeout=piece_s), limit
+    )
 
 
 async def _buffered(stream: RequestBody, most: int) -> RequestBody:

@@ -10,9 +10,7 @@ connections (and fill `max_connections`) for ever.
 
 from __future__ import annotations
 
-import hmac
 import os
-from contextlib import aclosing
 from typing import Final
 
 import orjson
@@ -20,10 +18,11 @@ from structlog.typing import FilteringBoundLogger
 
 from router.config.model import ServerSettings, Table
 from router.errors import RouterError
+from router.http.auth import bears
 from router.http.request import Request
 from router.http.response import Response, StreamResponse
 from router.observe.record import CLIENT_CLOSED, Exchange
-from router.proxy.body import ClientGone, RequestBody, too_large
+from router.proxy.body import read_whole, too_large
 from router.routing.paths import find_model
 
 FEEDBACK_BYTES: Final = 1024 * 1024
@@ -43,13 +42,12 @@ async def feedback(
     length = request.content_length
     if length is not None and length > limit:
         raise RouterError("body_too_large", too_large(limit))
-    try:
-        data = await read_whole(request, limit, table.server.body_timeout_s)
-    except ClientGone:
+    body = await read_whole(request, limit, table.server.body_timeout_s)
+    if body.client_gone:
         ex.status, ex.outcome = CLIENT_CLOSED, "client_closed"
         return Response(CLIENT_CLOSED)
     try:
-        payload = orjson.loads(data)
+        payload = orjson.loads(body.data or b"")
     except orjson.JSONDecodeError as exc:
         raise RouterError("bad_feedback", f"the body is not JSON: {exc}") from exc
     if (
@@ -71,24 +69,6 @@ def authorize(request: Request, settings: ServerSettings) -> None:
     token = os.environ.get(env, "") if env else ""
     if not token:
         return
-    scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
-    # compare_digest takes as long for a wrong token as for a right one: no timing oracle.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        credentials.strip().encode(), token.encode()
-    ):
+    if not bears(request.headers.get("Authorization"), token):
         message = "feedback needs 'Authorization: Bearer <token>' (server.feedback_token_env)"
         raise RouterError("unauthorized", message)
-
-
-async def read_whole(request: Request, limit: int, piece_s: float) -> bytes:
-    """The whole body, each piece within `piece_s` (408 `body_timeout`), at most `limit`
-    bytes (413 `body_too_large`); ClientGone if the client hangs up."""
-    if not request.body_exists:
-        return b""
-    request.send_continue()
-    body = RequestBody(None, stream=request.content, limit=limit, timeout=piece_s)
-    pieces: list[bytes] = []
-    async with aclosing(body.chunks()) as chunks:
-        async for chunk in chunks:
-            pieces.append(chunk)
-    return b"".join(pieces)

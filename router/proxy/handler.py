@@ -47,7 +47,7 @@ from router.routing.paths import find_model, origin_form
 _SHUTTING_DOWN = "the router is shutting down and its drain time (server.drain_s) ran out"
 
 
-class _Unreachable(Exception):
+class Unreachable(Exception):
     """The version gave no answer; the request may go to the fallback."""
 
     def __init__(self, error: RouterError, outcome: Outcome) -> None:
@@ -96,8 +96,8 @@ class Proxy:
                 None,
                 None,
                 table.digest,
+                continued(None, None),
                 user=self._no_user,
-                trace=continued(None, None),
             )
         headers = request.headers
         return Exchange(
@@ -107,9 +107,9 @@ class Proxy:
             request.method,
             printable(origin_form(request.raw_path).partition("?")[0]),
             table.digest,
+            continued(headers.get("traceparent"), headers.get("tracestate")),
             user=self._no_user,
             protocol=adapter_of(request.raw_path).name,
-            trace=continued(headers.get("traceparent"), headers.get("tracestate")),
         )
 
     async def handle(self, request: Request) -> StreamResponse:
@@ -140,13 +140,12 @@ class Proxy:
             response = self._error(RouterError("shutting_down", _SHUTTING_DOWN), ex)
         finally:
             try:
-                if response is not None:
-                    ex.answer = response
-                    if not response.prepared:
-                        assert ex.trace is not None
-                        response.headers.append(("traceresponse", ex.trace.response()))
-                        await self._send(request, response, ex)
+                if response is not None and not response.prepared:
+                    response.headers.append(("traceresponse", ex.trace.response()))
+                    await self._send(request, response, ex)
             finally:
+                if response is not None:
+                    ex.first_byte = response.first_byte
                 if not ex.feedback:
                     self.record(ex)
         return response
@@ -238,7 +237,7 @@ class Proxy:
     ) -> StreamResponse:
         try:
             return await self._attempt(request, model, model.versions[name], call, body, ex)
-        except _Unreachable as failure:
+        except Unreachable as failure:
             fallback = model.fallback
             # A client that named its version (a pinned path, X-Model-Version) relies on
             # that version's response format: another version's answer would break it.
@@ -248,7 +247,7 @@ class Proxy:
                 raise failure.error from None
         try:
             return await self._attempt(request, model, model.versions[fallback], call, body, ex)
-        except _Unreachable as failure:
+        except Unreachable as failure:
             ex.outcome = failure.outcome
             raise failure.error from None
 
@@ -265,7 +264,7 @@ class Proxy:
         key = (model.name, version.name, version.url)
         if not self.health.available(key):
             message = f"version '{version.name}' of model '{model.name}' is down after failures"
-            raise _Unreachable(RouterError("upstream_unavailable", message), "unavailable")
+            raise Unreachable(RouterError("upstream_unavailable", message), "unavailable")
         waiting = self.admission.enter(key, version)  # raises Overloaded: 503, no fallback
         if waiting is not None:
             await self.admission.wait(key, version, waiting)
@@ -286,7 +285,6 @@ class Proxy:
     ) -> StreamResponse:
         """Send to the version and relay its answer, holding a place at its gate."""
         key = (model.name, version.name, version.url)
-        assert ex.trace is not None
         headers = headers_for(request, version.name, ex.request_id, ex.trace)
         sent = time.perf_counter()
         try:
@@ -324,12 +322,12 @@ class Proxy:
         self, exc: UpstreamError, model: Model, version: Version, sent: float, ex: Exchange
     ) -> Exception:
         """What a failed exchange means (docs/behaviour.md has the table): it counts against
-        the version; the request may go to the fallback (`_Unreachable`) or gets its error."""
+        the version; the request may go to the fallback (`Unreachable`) or gets its error."""
         key = (model.name, version.name, version.url)
         self.health.failure(key, model.outlier.failures, model.outlier.cooloff_s)
         match exc:
             case ConnectTimeout():
-                return _Unreachable(upstream_timeout(version), "timeout")
+                return Unreachable(upstream_timeout(version), "timeout")
             case ResponseTimeout():  # it has the request and may have acted on it
                 ex.upstream_ms, ex.outcome = ms_since(sent), "timeout"
                 return upstream_timeout(version)
@@ -338,7 +336,7 @@ class Proxy:
             case _:  # BadResponse
                 what = "gave no answer that can be passed on"
         message = f"version '{version.name}' of model '{model.name}' {what}: {exc}"
-        return _Unreachable(RouterError("upstream_unavailable", message), "unavailable")
+        return Unreachable(RouterError("upstream_unavailable", message), "unavailable")
 
     # --- the router's own answers ---
 
@@ -376,8 +374,7 @@ class Proxy:
 
 def outgoing(call: Call, model: Model, version: Version, body: RequestBody) -> tuple[str, Payload]:
     """The target and body a version gets: its protocol may name the model in either."""
-    adapter = call.adapter
-    target = call.tail if adapter.same_target else adapter.target(call, model, version)
-    if adapter.model_in_body and body.data is not None:
-        return target, adapter.body(call, body.data, model, version)
+    target = call.target_for(model, version)
+    if call.adapter.model_in_body and body.data is not None:
+        return target, call.body_for(model, version, body.data)
     return target, body.payload()

@@ -110,9 +110,7 @@ def headers_for(
         version=version,
         request_id=request_id,
     )
-    out.append(("traceparent", trace.child()))
-    if trace.state is not None:
-        out.append(("tracestate", trace.state))
+    out.extend(trace.upstream())
     return out
 
 

@@ -68,8 +68,7 @@ async def _stream(
     sent: float,
     ex: Exchange,
 ) -> StreamResponse:
-    if ex.trace is not None:
-        headers.append(("traceresponse", ex.trace.response()))
+    headers.append(("traceresponse", ex.trace.response()))
     response = StreamResponse(upstream.status, reason=upstream.reason, headers=headers)
     captured: list[bytes] | None = [] if model.picks else None
     size = 0

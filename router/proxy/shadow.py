@@ -118,18 +118,19 @@ class Shadows:
             return
         # Larger than 1 MiB, or chunked and never held whole: not copied.
         held = body.stream is None and len(body.data or b"") <= BUFFER_BYTES
-        version = self.admit(model, ex, held, "url")
-        if version is None:
+        record = self.admit(model, ex, held, "url")
+        if record is None:
             return
-        assert ex.trace is not None
+        version = model.versions[record.version]
         headers = headers_for(request, version.name, ex.request_id, ex.trace)
         headers.append(SHADOW_HEADER)
         target = call.target_for(model, version)
         data = call.body_for(model, version, body.data) if body.data is not None else None
-        self.launch(_Send(client, version, request.method, target, headers, data), model, ex)
+        send = _Send(client, version, request.method, target, headers, data)
+        self.launch(send, model, record, ex)
 
-    def admit(self, model: Model, ex: Exchange, held: bool, via: str) -> Version | None:
-        """The shadow version a copy of this request goes to, or None: no shadow, not
+    def admit(self, model: Model, ex: Exchange, held: bool, via: str) -> ShadowRecord | None:
+        """The record of a copy of this request to the shadow, or None: no shadow, not
         drawn, headed to the shadow itself, or dropped (and logged) by its limits. `via`
         names the version's address the copy uses (`url`, `grpc_url`)."""
         shadow = model.shadow
@@ -137,7 +138,17 @@ class Shadows:
             return None
         if shadow.percent < 100 and random.random() * 100 >= shadow.percent:
             return None
-        record = self._record(model, shadow.version, ex)
+        record = ShadowRecord(
+            now_rfc3339(),
+            time.perf_counter(),
+            ex.request_id,
+            model.name,
+            shadow.version,
+            ex.assigned_version,
+            ex.config,
+            ex.user,
+            trace_id=ex.trace.trace_id,
+        )
         version = model.versions[shadow.version]
         address = getattr(version, via)
         if not held:
@@ -149,26 +160,11 @@ class Shadows:
         elif self._in_flight.get(model.name, 0) >= shadow.max_in_flight:
             self._drop(record, "overloaded")
         else:
-            return version
+            return record
         return None
 
-    @staticmethod
-    def _record(model: Model, version: str, ex: Exchange) -> ShadowRecord:
-        return ShadowRecord(
-            now_rfc3339(),
-            time.perf_counter(),
-            ex.request_id,
-            model.name,
-            version,
-            ex.assigned_version,
-            ex.config,
-            ex.user,
-            trace_id=ex.trace.trace_id if ex.trace is not None else None,
-        )
-
-    def launch(self, send: Sender, model: Model, ex: Exchange) -> None:
+    def launch(self, send: Sender, model: Model, record: ShadowRecord, ex: Exchange) -> None:
         """Run a copy that `admit` let through, as a task of its own."""
-        record = self._record(model, send.version.name, ex)
         if ex.finished is None:
             ex.finished = asyncio.get_running_loop().create_future()
         self._in_flight[model.name] = self._in_flight.get(model.name, 0) + 1

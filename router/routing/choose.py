@@ -56,7 +56,7 @@ def find_user_id(
     """The first user-id source that is present and non-empty wins. `body` is the JSON
     object body's fields, when the body was held whole and is one."""
     for source in model.user_id:
-        value: Any
+        value: str | None
         if source.kind == "header":
             value = request.headers.get(source.name)
         elif source.kind == "cookie":
@@ -64,10 +64,10 @@ def find_user_id(
         elif source.kind == "query":
             value = request.query.get(source.name)
         else:  # a top-level string field of a JSON body (the OpenAI API's `user`)
-            value = body.get(source.name) if body is not None else None
-            value = value if isinstance(value, str) else None
+            found = body.get(source.name) if body is not None else None
+            value = found if isinstance(found, str) else None
         if value:
-            return str(value)
+            return value
     return None
 
 

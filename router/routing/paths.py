@@ -99,4 +99,9 @@ def find_model(table: Table, name: str) -> Model:
 
 
 def not_found(path: str) -> RouterError:
-    return RouterError("not_found", f"no route for '{path}'; models are under /models/<name>/")
+    return RouterError(
+        "not_found",
+        f"no route for '{path}'; models are under /models/<name>/, the Open Inference "
+        "Protocol's /v2/models/<name>, TF Serving's /v1/models/<name> and OpenAI's "
+        "/v1/chat/completions, /v1/completions, /v1/embeddings",
+    )
