@@ -12,6 +12,8 @@ from functools import lru_cache
 from typing import Final, Literal, NamedTuple
 from urllib.parse import quote
 
+import orjson
+
 from router.config.model import Model, Table, Version
 from router.errors import RouterError, error_body
 
@@ -89,10 +91,21 @@ class RouteError(RouterError):
         self.adapter = adapter
 
 
-def upstream_path(prefix: str, model: Model, version: Version) -> str:
-    """`<prefix>/<upstream model>[/versions/<upstream version>]`: how OIP and TF Serving
-    servers name a model, with the version's names on its backend."""
-    return _named(prefix, version.upstream_model or model.name, version.upstream_version)
+class ModelServer(Adapter):
+    """A model server's protocol that names the model in the path, under `prefix`: the Open
+    Inference Protocol and TF Serving. A version gets `<prefix>/<upstream model>[/versions/
+    <upstream version>]` and the tail; the router's errors are `{"error": "<message>"}`, as
+    tritonclient, the KServe clients and TF Serving's read them."""
+
+    prefix: str
+    same_target = False
+
+    def error(self, error: RouterError, request_id: str) -> bytes:
+        return orjson.dumps({"error": error.message})
+
+    def target(self, call: Call, model: Model, version: Version) -> str:
+        name = version.upstream_model or model.name
+        return _named(self.prefix, name, version.upstream_version) + call.tail
 
 
 @lru_cache(maxsize=4096)

@@ -13,9 +13,8 @@ from urllib.parse import unquote
 
 import orjson
 
-from router.config.model import Model, Table, Version
-from router.errors import RouterError
-from router.protocols.base import Adapter, Call, Local, upstream_path
+from router.config.model import Table
+from router.protocols.base import Call, Local, ModelServer
 
 _LOCAL: dict[str, Local] = {"": "server", "health/live": "live", "health/ready": "ready"}
 
@@ -27,9 +26,9 @@ def router_version() -> str:
         return "0+unknown"
 
 
-class OpenInference(Adapter):
+class OpenInference(ModelServer):
     name = "oip"
-    same_target = False
+    prefix = "/v2/models"
     server_metadata = orjson.dumps(
         {"name": "model-router", "version": router_version(), "extensions": []}
     )
@@ -47,13 +46,6 @@ class OpenInference(Adapter):
         if len(tail) >= 2 and tail[0] == "versions":
             pinned, tail = unquote(tail[1]), tail[2:]
         return Call(self, model, pinned, "".join("/" + s for s in tail) + query)
-
-    def error(self, error: RouterError, request_id: str) -> bytes:
-        # tritonclient and the KServe clients read `error` as a string.
-        return orjson.dumps({"error": error.message})
-
-    def target(self, call: Call, model: Model, version: Version) -> str:
-        return upstream_path("/v2/models", model, version) + call.tail
 
     def answer(self, call: Call, table: Table, serving: bool) -> tuple[int, bytes]:
         if call.local == "server":

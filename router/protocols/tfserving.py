@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-import orjson
-
-from router.config.model import Model, Version
-from router.errors import RouterError
-from router.protocols.base import Adapter, Call, upstream_path
+from router.protocols.base import Call, ModelServer
 
 VERBS = frozenset({"predict", "classify", "regress", "explain"})
 
 
-class TFServing(Adapter):
+class TFServing(ModelServer):
     name = "tfserving"
-    same_target = False
+    prefix = "/v1/models"
 
     def call(self, segments: list[str], query: str) -> Call | None:
         """The call of `/v1/models/...` (`segments` after `models`), or None if none."""
@@ -37,13 +33,6 @@ class TFServing(Adapter):
         if len(segments) == 3 and segments[1] in ("versions", "labels") and segments[2]:
             return Call(self, unquote(segments[0]), unquote(segments[2]), tail + query)
         return None
-
-    def error(self, error: RouterError, request_id: str) -> bytes:
-        # TF Serving's own errors are {"error": "<message>"}.
-        return orjson.dumps({"error": error.message})
-
-    def target(self, call: Call, model: Model, version: Version) -> str:
-        return upstream_path("/v1/models", model, version) + call.tail
 
 
 TF_SERVING = TFServing()
