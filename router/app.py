@@ -16,7 +16,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from router.admin import create_admin_app, down_in
 from router.config.holder import TableHolder, keep_out_of_gc, watching
-from router.config.model import Address, Table
+from router.config.model import Address, Table, Tracing
+from router.config.tracing import EXTRA as TRACING_EXTRA
 from router.errors import error_body
 from router.http.client import Client, client_session
 from router.http.hooks import Hooks
@@ -28,6 +29,7 @@ from router.observe.health import HealthBook
 from router.observe.log import LogSink, Pseudonymizer, make_logger
 from router.observe.metrics import Metrics
 from router.observe.removed import Removals, Removed
+from router.observe.spans import Tracer
 from router.proxy.handler import Proxy
 
 
@@ -67,6 +69,8 @@ class Router:
         self.metrics.track(table, book.is_down)
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
         self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
+        if table.server.tracing is not None:
+            self.proxy.trace_with(start_tracer(table.server.tracing, self.metrics))
         self.draining = [False]
         self.server: Server | None = None
         self.grpc: Any = None  # grpc.aio.Server when server.grpc_listen is set
@@ -204,11 +208,24 @@ class Router:
             if self.admin is not None:
                 await self.admin.cleanup()
         finally:
+            if self.proxy.tracer is not None:  # the spans queued so far, for up to CLOSE_S
+                await asyncio.to_thread(self.proxy.tracer.close)
             self.sink.close()  # every record queued so far is on disk after this
 
 
 class ServeError(Exception):
     """The router cannot start: a port is taken, the log cannot be opened."""
+
+
+def start_tracer(settings: Tracing, metrics: Metrics) -> Tracer:
+    """Span export (contract section 15), with OpenTelemetry's SDK: the `otel` extra."""
+    try:
+        from router.observe.otlp import exporter
+    except ImportError as exc:
+        message = f"server.tracing needs the extra: {TRACING_EXTRA} ({exc.name} is missing)"
+        raise ServeError(message) from None
+    export = exporter(settings.otlp_endpoint)
+    return Tracer(settings, export, metrics.spans_lost, metrics.spans_sent)
 
 
 def grpc_said(address: Address | None, port: int) -> str:

@@ -377,7 +377,7 @@ BAD_TABLES = [
             "routes.yaml:2: server.listn: unknown key (did you mean 'listen'?)",
             "routes.yaml:3: server.port: unknown key (expected one of: listen, admin_listen, "
             "admin_token_env, max_body_mb, drain_s, body_timeout_s, max_connections, "
-            "request_buffering, feedback_token_env, reload_timeout_s, grpc_listen)",
+            "request_buffering, feedback_token_env, reload_timeout_s, grpc_listen, tracing)",
         ],
         id="unknown-server-keys",
     ),

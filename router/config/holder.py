@@ -54,7 +54,8 @@ def model_summary(model: Model) -> dict[str, Any]:
 
 # Settings that belong to the process, not to routing: a reload cannot change them.
 _FIXED = (("server", "listen"), ("server", "admin_listen"), ("server", "admin_token_env"),
-          ("server", "drain_s"), ("server", "grpc_listen"), ("log", "path"),
+          ("server", "drain_s"), ("server", "grpc_listen"), ("server", "tracing"),
+          ("log", "path"),
           ("log", "user_ids"))  # fmt: skip
 
 

@@ -69,6 +69,17 @@ def parse_address(text: str) -> Address:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracing:
+    """Span export over OTLP/HTTP (contract section 15)."""
+
+    # The collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: spans go to <it>/v1/traces.
+    otlp_endpoint: str
+    # The share of new traces exported (by trace id, as OpenTelemetry's TraceIdRatioBased);
+    # a caller that sampled its trace in is always exported. 1.0 is the SDK's own default.
+    sample: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: Address = Address("127.0.0.1", 8080)
     admin_listen: Address = Address("127.0.0.1", 8081)
@@ -88,6 +99,8 @@ class ServerSettings:
     reload_timeout_s: float = 120.0
     # Where gRPC (HTTP/2 cleartext) is served, if anywhere (contract section 12).
     grpc_listen: Address | None = None
+    # Where spans are exported, if anywhere (contract section 15); fixed at start.
+    tracing: Tracing | None = None
 
     @property
     def max_body_bytes(self) -> int:

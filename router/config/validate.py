@@ -42,6 +42,7 @@ from router.config.model import (
 from router.config.pointer import picks_of
 from router.config.reader import fmt, kind, percent, show
 from router.config.rollout import RolloutReader
+from router.config.tracing import TracingReader
 from router.config.users import UsersReader
 
 
@@ -121,7 +122,7 @@ _HEALTH = yaml_keys(HealthCheck)
 _OUTLIER = yaml_keys(Outlier)
 
 
-class _TableReader(RolloutReader, AnswersReader, GrpcReader, UsersReader):
+class _TableReader(RolloutReader, AnswersReader, GrpcReader, UsersReader, TracingReader):
     """The table's sections, each from the primitives of `Reader`."""
 
     def table(self, data: Any) -> Table | None:
@@ -185,6 +186,7 @@ class _TableReader(RolloutReader, AnswersReader, GrpcReader, UsersReader):
                 section, "reload_timeout_s", "server", defaults.reload_timeout_s, positive=True
             ),
             grpc_listen=self.grpc_listen(section),
+            tracing=self.tracing(section),
         )
 
     def log(self, data: dict[Any, Any]) -> LogSettings:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from router.config.model import Table
 from router.observe.series import IN_FLIGHT, LATENCY, QUEUED, REQUESTS, UP, SeriesBook
 from router.observe.sink import DROP_REASONS, DropReason
+from router.observe.spans import SPAN_DROP_REASONS, SpanDropReason
 
 MULTIPROCESS = values.ValueClass is not values.MutexValue  # PROMETHEUS_MULTIPROC_DIR is set
 if MULTIPROCESS:
@@ -56,6 +57,7 @@ class Metrics:
         self._shadow_and_rollout(r)
         self._admission(r)
         self._log(r)
+        self._spans(r)
 
     def _shadow_and_rollout(self, r: CollectorRegistry) -> None:
         self.shadow_requests = Counter(
@@ -107,6 +109,29 @@ class Metrics:
         )
         for reason in DROP_REASONS:  # shown from the start: 0 is not "unknown"
             self.log_dropped.labels(reason)
+
+    def _spans(self, r: CollectorRegistry) -> None:
+        # Contract section 15 and issue 24: a collector that is down costs spans, counted.
+        self.spans_dropped = Counter(
+            "model_router_spans_dropped",
+            "Trace spans not exported, by reason: queue_full (the export queue was full: "
+            "the collector is down or slow), export_failed (the collector refused the batch "
+            "or could not be reached in time), shutdown (still queued at exit).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SPAN_DROP_REASONS:
+            self.spans_dropped.labels(reason)
+        self.spans_exported = Counter(
+            "model_router_spans_exported", "Trace spans the collector accepted.", registry=r
+        )
+
+    def spans_lost(self, reason: SpanDropReason, count: int) -> None:
+        """Called from the span export thread, or the loop's: prometheus-client locks."""
+        self.spans_dropped.labels(reason).inc(count)
+
+    def spans_sent(self, count: int) -> None:
+        self.spans_exported.inc(count)
 
     def log_records_dropped(self, reason: DropReason, count: int) -> None:
         """Called from the log's writer thread, or the loop's: prometheus-client locks."""

@@ -14,26 +14,30 @@ from typing import Final, NamedTuple
 _TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
+_SAMPLED: Final = frozenset("13579bdf")  # the flags' low hex digit with bit 0 (sampled) set
 
 
 class Trace(NamedTuple):
-    """One request's place in a trace: its trace, its own span, the caller's flags and
-    vendor state (passed on as received)."""
+    """One request's place in a trace: its trace, its own span, the flags (the caller's,
+    or sampled in by the router's ratio) and vendor state (passed on as received)."""
 
     trace_id: str
     span_id: str
     flags: str
     state: str | None
+    parent_id: str | None = None  # the caller's span, when it sent a valid traceparent
 
-    def child(self) -> str:
-        """A `traceparent` for one attempt at a backend: a new span under this one."""
-        return f"00-{self.trace_id}-{new_span_id()}-{self.flags}"
+    @property
+    def sampled(self) -> bool:
+        return self.flags[1] in _SAMPLED
 
-    def upstream(self) -> list[tuple[str, str]]:
-        """The trace headers (or metadata) of one attempt at a backend: a new span."""
+    def upstream(self, span_id: str) -> list[tuple[str, str]]:
+        """The trace headers (or metadata) of one attempt at a backend: `span_id` is the
+        attempt's own span, a child of the router's."""
+        parent = f"00-{self.trace_id}-{span_id}-{self.flags}"
         if self.state is None:
-            return [("traceparent", self.child())]
-        return [("traceparent", self.child()), ("tracestate", self.state)]
+            return [("traceparent", parent)]
+        return [("traceparent", parent), ("tracestate", self.state)]
 
     def response(self) -> str:
         """`traceresponse`: the trace and the router's own span, for the caller."""
@@ -44,17 +48,30 @@ def new_span_id() -> str:
     return f"{random.getrandbits(64) or 1:016x}"
 
 
-def continued(traceparent: str | None, tracestate: str | None) -> Trace:
+def ratio_bound(sample: float) -> int:
+    """The bound under which a trace id's low 64 bits are sampled in at this ratio: the
+    rule of OpenTelemetry's TraceIdRatioBased, so every replica decides a trace alike."""
+    return round(sample * 2**64)
+
+
+def continued(traceparent: str | None, tracestate: str | None, bound: int = 0) -> Trace:
     """The trace a request goes on (its caller's, when `traceparent` is valid), with a new
-    span for the router; otherwise a new trace, not sampled (the router exports nothing)."""
+    span for the router; otherwise a new trace. A trace the caller did not sample is
+    sampled in when its id falls under `bound` (`ratio_bound`; 0 when nothing is
+    exported, and then the flags pass on as they came)."""
     if traceparent is not None and (parent := _parsed(traceparent)) is not None:
-        trace_id, flags = parent
-        return Trace(trace_id, new_span_id(), flags, tracestate or None)
-    return Trace(f"{random.getrandbits(128) or 1:032x}", new_span_id(), "00", None)
+        trace_id, parent_id, flags = parent
+        trace = Trace(trace_id, new_span_id(), flags, tracestate or None, parent_id)
+    else:
+        trace = Trace(f"{random.getrandbits(128) or 1:032x}", new_span_id(), "00", None)
+    if bound and not trace.sampled and int(trace.trace_id[16:], 16) < bound:
+        return trace._replace(flags=f"{int(trace.flags, 16) | 1:02x}")
+    return trace
 
 
-def _parsed(value: str) -> tuple[str, str] | None:
-    """(trace id, flags) of a valid `traceparent`, or None (section 3.2 of the spec)."""
+def _parsed(value: str) -> tuple[str, str, str] | None:
+    """(trace id, parent id, flags) of a valid `traceparent`, or None (section 3.2 of the
+    spec)."""
     value = value.strip()
     found = _TRACEPARENT.match(value)
     if found is None:
@@ -65,4 +82,4 @@ def _parsed(value: str) -> tuple[str, str] | None:
     rest = value[found.end() :]
     if (version == "00" and rest) or (rest and not rest.startswith("-")):
         return None
-    return trace_id, flags
+    return trace_id, parent_id, flags

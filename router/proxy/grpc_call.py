@@ -26,7 +26,7 @@ from router.http.clock import now_rfc3339
 from router.http.text import printable
 from router.observe.health import Key, grpc_key
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
-from router.observe.tracecontext import continued
+from router.observe.tracecontext import continued, new_span_id
 from router.protocols import grpc as calls
 from router.protocols.grpc import GrpcCall
 from router.proxy.body import BUFFER_BYTES
@@ -108,7 +108,7 @@ class GrpcProxy:
             "POST",
             printable(method),
             table.digest,
-            continued(texts.get("traceparent"), texts.get("tracestate")),
+            continued(texts.get("traceparent"), texts.get("tracestate"), self.proxy.trace_bound),
             user=self.proxy.pseudonymize.fields(None),
             protocol="grpc",
         )
@@ -205,12 +205,19 @@ class GrpcProxy:
         if waiting is not None:
             await admission.wait(key, version, waiting)
         try:
-            async for message in self._relay(leg, version):
-                yield message
+            span = new_span_id()  # the attempt's, a child of the call's
+            tracer = self.proxy.tracer
+            if tracer is None or not leg.ex.trace.sampled:
+                async for message in self._relay(leg, version, span):
+                    yield message
+                return
+            with tracer.attempt(leg.ex, span, leg.model.name, version, leg.call.method):
+                async for message in self._relay(leg, version, span):
+                    yield message
         finally:
             admission.leave(key)
 
-    async def _relay(self, leg: _Leg, version: Version) -> AsyncIterator[bytes]:
+    async def _relay(self, leg: _Leg, version: Version, span: str) -> AsyncIterator[bytes]:
         """The messages both ways; then the backend's status, details and trailers."""
         assert version.grpc_url is not None
         context, ex = leg.context, leg.ex
@@ -220,7 +227,7 @@ class GrpcProxy:
             timeout = min(timeout, max(remaining, 0.0))
         outgoing = _forwardable(context.invocation_metadata() or ())
         outgoing += [("x-model-version", version.name), ("x-request-id", ex.request_id)]
-        outgoing += ex.trace.upstream()
+        outgoing += ex.trace.upstream(span)
         upstream: grpc.aio.Call
         if leg.call.unary and leg.first is not None:  # one message each way, as one batch
             unary = self.channels.unary(version.grpc_url, leg.call.method)
@@ -287,8 +294,9 @@ class GrpcProxy:
             ("x-model-version", version.name),
             ("x-request-id", ex.request_id),
             ("x-shadow", "true"),
-            *ex.trace.upstream(),
         ]
+        record.span_id = new_span_id()
+        metadata += ex.trace.upstream(record.span_id)
         message = call.rewrite(first, model, version)
         copy = _GrpcCopy(self.channels, version, call.method, metadata, message)
         shadows.launch(copy, model, record, ex)

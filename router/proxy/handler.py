@@ -32,7 +32,8 @@ from router.observe.health import HealthBook
 from router.observe.log import Pseudonymizer
 from router.observe.metrics import Metrics
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
-from router.observe.tracecontext import continued
+from router.observe.spans import Tracer
+from router.observe.tracecontext import continued, new_span_id
 from router.protocols import ADAPTERS, Call, RouteError, adapter_of, call_of
 from router.protocols.base import ROUTER_ERROR_HEADER
 from router.proxy.admission import Admission
@@ -79,6 +80,13 @@ class Proxy:
         self.shadows = Shadows(log, metrics)
         self.admission = Admission(metrics)
         self.serving = True  # False once draining: /v2/health/ready answers 503
+        # Span export (server.tracing), set by the app; None: traces are only propagated.
+        self.tracer: Tracer | None = None
+        self.trace_bound = 0  # its sampling ratio, as `continued` takes it
+
+    def trace_with(self, tracer: Tracer) -> None:
+        self.tracer = self.shadows.tracer = tracer
+        self.trace_bound = tracer.bound
 
     def cut_off(self) -> None:
         """drain_s is over: the server cancels what is still running (each logs its record
@@ -96,7 +104,7 @@ class Proxy:
                 None,
                 None,
                 table.digest,
-                continued(None, None),
+                continued(None, None, self.trace_bound),
                 user=self._no_user,
             )
         headers = request.headers
@@ -107,7 +115,7 @@ class Proxy:
             request.method,
             printable(origin_form(request.raw_path).partition("?")[0]),
             table.digest,
-            continued(headers.get("traceparent"), headers.get("tracestate")),
+            continued(headers.get("traceparent"), headers.get("tracestate"), self.trace_bound),
             user=self._no_user,
             protocol=adapter_of(request.raw_path).name,
         )
@@ -172,6 +180,8 @@ class Proxy:
     def record(self, ex: Exchange) -> None:
         record = ex.record()
         self.log.info("request", **record)
+        if self.tracer is not None and ex.trace.sampled:
+            self.tracer.server(ex, record)
         if ex.finished is not None:  # a shadow copy waits to compare
             ex.finished.set_result(None)
         # A timeout or a failure counts against the version that was tried.
@@ -270,7 +280,16 @@ class Proxy:
             await self.admission.wait(key, version, waiting)
         try:
             target, payload = outgoing(call, model, version, body)
-            return await self._exchange_with(request, model, version, target, payload, ex)
+            span = new_span_id()  # the attempt's, a child of the request's
+            headers = headers_for(request, version.name, ex.request_id, ex.trace, span)
+            if self.tracer is None or not ex.trace.sampled:
+                return await self._exchange_with(
+                    request, model, version, target, payload, headers, ex
+                )
+            with self.tracer.attempt(ex, span, model.name, version):
+                return await self._exchange_with(
+                    request, model, version, target, payload, headers, ex
+                )
         finally:
             self.admission.leave(key)
 
@@ -281,11 +300,11 @@ class Proxy:
         version: Version,
         target: str,
         payload: Payload,
+        headers: list[tuple[str, str]],
         ex: Exchange,
     ) -> StreamResponse:
         """Send to the version and relay its answer, holding a place at its gate."""
         key = (model.name, version.name, version.url)
-        headers = headers_for(request, version.name, ex.request_id, ex.trace)
         sent = time.perf_counter()
         try:
             upstream = await self.client.send(

@@ -98,10 +98,10 @@ def upstream_headers(
 
 
 def headers_for(
-    request: Request, version: str, request_id: str, trace: Trace
+    request: Request, version: str, request_id: str, trace: Trace, span_id: str
 ) -> list[tuple[str, str]]:
-    """What a version gets with this request (the primary, or a shadow's copy): a new span
-    of the request's trace for this attempt."""
+    """What a version gets with this request (the primary, or a shadow's copy): `span_id`
+    is this attempt's span, in the request's trace."""
     out = upstream_headers(
         request.headers,
         request.headers.items(),
@@ -110,7 +110,7 @@ def headers_for(
         version=version,
         request_id=request_id,
     )
-    out.extend(trace.upstream())
+    out.extend(trace.upstream(span_id))
     return out
 
 

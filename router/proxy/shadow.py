@@ -34,6 +34,8 @@ from router.http.clock import now_rfc3339
 from router.http.request import Request
 from router.observe.metrics import Metrics
 from router.observe.record import Exchange, ms_since, outcome_of
+from router.observe.spans import Tracer, attempt_attributes, is_error, rpc_attempt_attributes
+from router.observe.tracecontext import Trace, new_span_id
 from router.observe.values import same_value
 from router.protocols import Call
 from router.proxy.body import BUFFER_BYTES, RequestBody
@@ -63,7 +65,8 @@ class ShadowRecord:
     response: dict[str, Any] | None = None
     agree: bool | None = None
     unreached: bool = False  # no connection to the shadow (not a field of the record)
-    trace_id: str | None = None  # the copy's trace: the primary request's
+    trace: Trace | None = None  # the copy's trace: the primary request's
+    span_id: str | None = None  # the copy's own span, once it is sent
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -80,7 +83,7 @@ class ShadowRecord:
             "primary_upstream_ms": self.primary_upstream_ms,
             "agree": self.agree,
             "config": self.config,
-            "trace_id": self.trace_id,
+            "trace_id": self.trace and self.trace.trace_id,
         }
         if self.drop_reason is not None:
             out["drop_reason"] = self.drop_reason
@@ -101,6 +104,7 @@ class Shadows:
         # per copy. The primary's health is never touched.
         self._down: dict[tuple[str, str], tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tracer: Tracer | None = None  # span export, when the table asks for it
 
     def start(
         self,
@@ -122,7 +126,8 @@ class Shadows:
         if record is None:
             return
         version = model.versions[record.version]
-        headers = headers_for(request, version.name, ex.request_id, ex.trace)
+        record.span_id = new_span_id()
+        headers = headers_for(request, version.name, ex.request_id, ex.trace, record.span_id)
         headers.append(SHADOW_HEADER)
         target = call.target_for(model, version)
         data = call.body_for(model, version, body.data) if body.data is not None else None
@@ -147,7 +152,7 @@ class Shadows:
             ex.assigned_version,
             ex.config,
             ex.user,
-            trace_id=ex.trace.trace_id,
+            trace=ex.trace,
         )
         version = model.versions[shadow.version]
         address = getattr(version, via)
@@ -190,6 +195,7 @@ class Shadows:
                 answer = await send.exchange(record, model.picks)
             finally:
                 self._in_flight[model.name] -= 1
+                self._span(send, model, record)
             self._reached(model, send.version, not record.unreached, send.via)
             assert ex.finished is not None
             await asyncio.shield(ex.finished)  # the primary's record is written
@@ -218,6 +224,21 @@ class Shadows:
             self._down[key] = (0, time.monotonic() + model.outlier.cooloff_s)
         else:
             self._down[key] = (failures, 0.0)
+
+    def _span(self, send: Sender, model: Model, record: ShadowRecord) -> None:
+        """The copy's client span, under the primary request's (contract section 15)."""
+        trace, span_id = record.trace, record.span_id
+        if self.tracer is None or trace is None or span_id is None or not trace.sampled:
+            return
+        version, outcome = send.version, record.outcome
+        if send.via == "grpc_url":
+            rpc = getattr(send, "method", "")
+            attributes = rpc_attempt_attributes(model.name, version, "shadow", outcome, rpc, None)
+        else:
+            status = record.status
+            attributes = attempt_attributes(model.name, version, "shadow", outcome, status)
+        name = f"{model.name} {version.name}"
+        self.tracer.client(trace, span_id, name, record.started, attributes, is_error(outcome))
 
     def _drop(self, record: ShadowRecord, reason: str) -> None:
         record.outcome, record.drop_reason = "dropped", reason
