@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from router.report.engine import Engine, as_engine
 from router.report.users import IN_RANDOMISED, QUANTILES, TIMINGS, Users, timing_column
 from router.stats import Z95
 from router.stats.compare import Comparison, compare, holm
@@ -42,7 +43,7 @@ class Analysis:
 
 
 def analyse(
-    con: duckdb.DuckDBPyConnection,
+    engine: Engine | duckdb.DuckDBPyConnection,
     model: str,
     users: Users,
     base: str | None,
@@ -51,6 +52,7 @@ def analyse(
     t_opt: float,
 ) -> Analysis:
     """Every interval of the versions table, and each candidate against `base`."""
+    con = as_engine(engine)
     pooled = {name: users.pooled(name) for name in versions}
     intervals = {name: _intervals(p) for name, p in pooled.items()}
     if base is None:
@@ -177,7 +179,7 @@ def _maybe(e: Estimate | None, high: float = math.inf) -> list[float | None] | N
 
 
 def _quantiles(
-    con: duckdb.DuckDBPyConnection,
+    con: Engine,
     model: str,
     pooled: dict[str, Pooled],
     versions: dict[str, dict[str, Any]],
@@ -214,7 +216,7 @@ def _quantiles(
 
 
 def _quantiles_at(
-    con: duckdb.DuckDBPyConnection,
+    con: Engine,
     model: str,
     ends: dict[str, dict[str, tuple[float, float] | None]],
     timing: str,
@@ -227,11 +229,12 @@ def _quantiles_at(
         return {}
     rows = con.execute(
         f"""
-        SELECT r.assigned_version, quantile_cont(r.{timing}, $ps) FROM requests r
+        SELECT r.assigned_version, {con.dialect.quantiles(f"r.{timing}", wanted)}
+        FROM requests r
         WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
         GROUP BY 1
         """,
-        {"model": model, "ps": wanted},
+        {"model": model},
     ).fetchall()
     return {
         version: dict(zip(wanted, (float(v) for v in values), strict=True))

@@ -17,6 +17,8 @@ import duckdb
 import orjson
 from duckdb.sqltypes import VARCHAR
 
+from router.report.engine import DuckEngine, Engine
+
 # The fields of contract section 5 the report reads, and their types. A line that is not a
 # JSON object comes out with every field null, which is how bad lines are counted.
 COLUMNS = {
@@ -44,6 +46,11 @@ _FEEDBACK = ("event", "ts", "request_id", "model", "label")
 # compares numbers by value (1 equals 1.0) without parsing JSON again in every query.
 _NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 
+# The unit of the statistics (contract section 7): the user, else the request. Kept as text
+# (a user-less request's id behind a byte no pseudonym starts with), not as a hash, so that
+# both engines sort the per-user rows in the same order (spark.py writes the same).
+UNIT = """coalesce("user", chr(1) || request_id, chr(2))"""
+
 # DuckDB's own limit; past it, it spills to the temp directory. With Python, NumPy and
 # the bootstrap on top, the process stays under 1 GiB on a 5-million-record log.
 MEMORY_LIMIT = "512MB"
@@ -58,6 +65,11 @@ class Loaded:
     con: duckdb.DuckDBPyConnection
     files: tuple[str, ...]
     bad_lines: int
+
+    @property
+    def engine(self) -> Engine:
+        """The report's queries run through this (engine.py), as they do on Spark."""
+        return DuckEngine(self.con)
 
 
 def expand(patterns: list[str]) -> list[str]:
@@ -89,6 +101,7 @@ def load(patterns: list[str]) -> Loaded:
                    try_cast(ts AS TIMESTAMP) AS ts,
                    hash(request_id) AS rid,
                    model, version, assigned_version, assigned_by, bucket,
+                   {UNIT} AS unit, "user" IS NOT NULL AS has_user,
                    CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
                    status, outcome, latency_ms, config, first_byte_ms,
                    json_extract(response, '$.prediction')::VARCHAR AS prediction,
@@ -141,8 +154,8 @@ def _shadows(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
         CREATE TABLE shadows AS
         SELECT try_cast(ts AS TIMESTAMP) AS ts, hash(request_id) AS rid, model, version,
                primary_version,
-               CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
-               status, outcome, drop_reason, upstream_ms, primary_upstream_ms, agree, config,
+               {UNIT} AS unit, status, outcome, drop_reason, upstream_ms,
+               primary_upstream_ms, agree, config,
                json_extract(response, '$.prediction')::VARCHAR AS prediction,
                CASE WHEN json_type(response, '$.prediction') IN {_NUMBER}
                     THEN json_extract(response, '$.prediction')::DOUBLE END

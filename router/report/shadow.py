@@ -16,22 +16,24 @@ import numpy as np
 
 from router.observe.record import ERROR_OUTCOMES
 from router.report.compare import interval
+from router.report.engine import Engine, as_engine
 from router.report.users import abs_error, same_label
 from router.stats.quantile import quantile
 from router.stats.ratio import Estimate, proportion, ratio
 
-_UNIT = "coalesce(s.user_h, s.rid)"
+_UNIT = "s.unit"  # the user, else the request (read.py, spark.py)
 _SENT = "s.outcome <> 'dropped'"
 
 
 def shadow_section(
-    con: duckdb.DuckDBPyConnection, model: str, labels: str | None
+    engine: Engine | duckdb.DuckDBPyConnection, model: str, labels: str | None
 ) -> dict[str, dict[str, Any]]:
     """`{"<shadow version>": {...}}` for the model's shadow records; empty without any."""
+    con = as_engine(engine)
     rows = con.execute(
         f"""
-        SELECT s.version, count(*), count(*) FILTER (WHERE NOT {_SENT}),
-               count(*) FILTER (WHERE s.outcome IN {ERROR_OUTCOMES})
+        SELECT s.version, count(*), count_if(NOT {_SENT}),
+               count_if(s.outcome IN {ERROR_OUTCOMES})
         FROM shadows s WHERE s.model = $model AND s.version IS NOT NULL
         GROUP BY 1 ORDER BY 1
         """,
@@ -53,7 +55,7 @@ def shadow_section(
     return out
 
 
-def _drop_reasons(con: duckdb.DuckDBPyConnection, model: str, version: str) -> dict[str, int]:
+def _drop_reasons(con: Engine, model: str, version: str) -> dict[str, int]:
     rows = con.execute(
         """
         SELECT coalesce(drop_reason, 'unknown'), count(*) FROM shadows
@@ -65,21 +67,19 @@ def _drop_reasons(con: duckdb.DuckDBPyConnection, model: str, version: str) -> d
     return {reason: n for reason, n in rows}
 
 
-def _agreement(
-    con: duckdb.DuckDBPyConnection, model: str, version: str, primary: str | None = None
-) -> dict[str, Any]:
+def _agreement(con: Engine, model: str, version: str, primary: str | None = None) -> dict[str, Any]:
     """Agreement among the copies it could be judged on (both answers ok JSON), with its
-    interval: a proportion over users."""
-    data = con.execute(
+    interval: a proportion over users (in the order of their units, on any engine)."""
+    data = con.query(
         f"""
-        SELECT count(s.agree) AS judged, count(*) FILTER (WHERE s.agree) AS agreed
+        SELECT {_UNIT} AS unit, count(s.agree) AS judged, count_if(s.agree) AS agreed
         FROM shadows s
         WHERE s.model = $model AND s.version = $version AND s.agree IS NOT NULL
               AND ($primary IS NULL OR s.primary_version = $primary)
-        GROUP BY {_UNIT}
+        GROUP BY {_UNIT} ORDER BY 1
         """,
         {"model": model, "version": version, "primary": primary},
-    ).fetchnumpy()
+    )
     judged = np.asarray(data["judged"], dtype=np.float64)
     if not judged.size:
         return {"agreement": None, "agreement_ci95": None, "judged": 0}
@@ -91,29 +91,28 @@ def _agreement(
     }
 
 
-def _latency(con: duckdb.DuckDBPyConnection, model: str, version: str) -> dict[str, Any] | None:
+def _latency(con: Engine, model: str, version: str) -> dict[str, Any] | None:
     """The median of the paired differences (the shadow's upstream_ms minus the primary's,
     on the same request), over copies the shadow answered ok; its interval with users as
     units (the delta-method quantile interval)."""
-    data = con.execute(
+    data = con.query(
         f"""
         SELECT s.upstream_ms - s.primary_upstream_ms AS diff, {_UNIT} AS unit FROM shadows s
         WHERE s.model = $model AND s.version = $version AND s.outcome = 'ok'
               AND s.upstream_ms IS NOT NULL AND s.primary_upstream_ms IS NOT NULL
+        ORDER BY 2, 1
         """,
         {"model": model, "version": version},
-    ).fetchnumpy()
+    )
     diffs = np.asarray(data["diff"], dtype=np.float64)
     if not diffs.size:
         return None
-    _, users = np.unique(np.asarray(data["unit"]), return_inverse=True)
+    _, users = np.unique(np.asarray(data["unit"], dtype=object), return_inverse=True)
     e = quantile(diffs, users, 0.5)
     return {"p50": e.value, "ci95": _ci(e, low=-math.inf)}
 
 
-def _by_primary(
-    con: duckdb.DuckDBPyConnection, model: str, version: str
-) -> dict[str, dict[str, Any]]:
+def _by_primary(con: Engine, model: str, version: str) -> dict[str, dict[str, Any]]:
     """Copies and agreement per version that answered the primary request."""
     rows = con.execute(
         """
@@ -128,36 +127,39 @@ def _by_primary(
     }
 
 
-def _quality(
-    con: duckdb.DuckDBPyConnection, model: str, version: str, labels: str | None
-) -> dict[str, Any]:
+def _quality(con: Engine, model: str, version: str, labels: str | None) -> dict[str, Any]:
     """The shadow's accuracy (or MAE) on labelled requests that both it and the primary
-    answered, next to the primary's on the same requests, and their paired difference."""
+    answered, next to the primary's on the same requests, and their paired difference.
+    Per user, in the order of their units: correct answers are counted as integers,
+    absolute errors added in ascending order (Dialect.sorted_sum), so no sum depends on
+    thread scheduling (contract section 14)."""
     name = "mae" if labels == "real" else "accuracy"
     empty = {"labelled": 0, name: None, f"primary_{name}": None, f"{name}_diff": None,
              f"{name}_diff_ci95": None}  # fmt: skip
     if labels is None:
         return empty
+    d = con.dialect
     if labels == "real":
         mine, theirs, count = abs_error("s"), abs_error("r"), f"count({abs_error('s')})"
+        sums = d.sorted_sum(mine), d.sorted_sum(theirs)
     else:
-        mine = f"({same_label('s')})::INT"
-        theirs = f"({same_label('r')})::INT"
+        mine = f"CAST(({same_label('s', d)}) AS INT)"
+        theirs = f"CAST(({same_label('r', d)}) AS INT)"
         count = "count(*)"
-    data = con.execute(
+        sums = f"coalesce(sum({mine}), 0)", f"coalesce(sum({theirs}), 0)"
+    data = con.query(
         f"""
-        SELECT {count} AS n, coalesce(sum({mine}), 0) AS shadow,
-               coalesce(sum({theirs}), 0) AS primary_
+        SELECT {_UNIT} AS unit, {count} AS n, {sums[0]} AS shadow, {sums[1]} AS primary_
         FROM shadows s
         JOIN feedback f ON f.rid = s.rid
         JOIN requests r ON r.rid = s.rid AND r.model = s.model
         WHERE s.model = $model AND s.version = $version AND s.outcome = 'ok'
               AND s.prediction IS NOT NULL AND r.prediction IS NOT NULL
               AND ({mine}) IS NOT NULL AND ({theirs}) IS NOT NULL
-        GROUP BY {_UNIT}
+        GROUP BY {_UNIT} ORDER BY 1
         """,
         {"model": model, "version": version},
-    ).fetchnumpy()
+    )
     n = np.asarray(data["n"], dtype=np.float64)
     if not n.any():
         return empty

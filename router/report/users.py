@@ -3,7 +3,9 @@
 (router/stats) works on these per-user sums, never on single requests, so the user is the
 unit everywhere; a request without a user id is a user of its own.
 
-The SQL conditions every query of the report shares are written here, once.
+The SQL conditions every query of the report shares are written here, once, in the SQL
+that DuckDB and Spark share (engine.py); so is the pass itself, callable on its own with an
+engine that holds the loaded tables (`per_user`).
 """
 
 from __future__ import annotations
@@ -15,24 +17,27 @@ import duckdb
 import numpy as np
 
 from router.observe.record import ERROR_OUTCOMES, RANDOMISED
+from router.report.engine import DUCKDB, Dialect, Engine, as_engine
 
 IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
 IS_ERROR = f"r.outcome IN {ERROR_OUTCOMES}"
-UNIT = "coalesce(r.user_h, r.rid)"
+UNIT = "r.unit"  # the user, else the request (read.py, spark.py)
 
 
-def same_label(r: str = "r") -> str:
+def same_label(r: str = "r", dialect: Dialect = DUCKDB) -> str:
     """SQL: the label `f` equals the prediction of the answer aliased `r`.
 
     They compare as JSON values: numbers by value (1 equals 1.0; true is not 1, a boolean
     being no number); objects and arrays by value too (key order aside, through read.py's
-    `json_canonical`, called for those labels only); anything else by its JSON text.
+    `json_canonical`, called for those labels only; Spark's loader writes them canonical);
+    anything else by its JSON text.
     read.py keeps each number as a DOUBLE too (`number`, `prediction_number`), null for
     anything else, and marks labels that are objects or arrays (`structured`)."""
     return (
         f"CASE WHEN f.number IS NOT NULL AND {r}.prediction_number IS NOT NULL "
         f"THEN f.number = {r}.prediction_number "
-        f"WHEN f.structured THEN json_canonical(f.label) = json_canonical({r}.prediction) "
+        f"WHEN f.structured THEN {dialect.canonical('f.label')} = "
+        f"{dialect.canonical(f'{r}.prediction')} "
         f"ELSE f.label = {r}.prediction END"
     )
 
@@ -108,25 +113,30 @@ class Users:
 
 
 def per_user(
-    con: duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
+    con: Engine | duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
 ) -> Users:
     """One grouped pass; the p50/p95 thresholds come in as a small table, so no name from
-    the log is ever spliced into SQL (only the constant names of TIMINGS are)."""
+    the log is ever spliced into SQL (only the constant names of TIMINGS are). The rows
+    come back sorted by version, period and unit (a text both engines sort alike), and
+    the error sums are added in ascending order (Dialect.sorted_sum): the same arrays from
+    run to run and from DuckDB and Spark alike."""
+    engine = as_engine(con)
     timings = timings_of(versions)
-    _thresholds(con, versions, timings)
+    _thresholds(engine, versions, timings)
+    d = engine.dialect
     counts = []
     for timing in timings:
         counts.append(f"count(r.{timing}) AS {timing_column(timing, 'timed')}")
         for q, _ in QUANTILES:
             column = timing_column(timing, q)
-            counts.append(f"count(*) FILTER (WHERE r.{timing} <= t.{column}) AS {column}")
-    data = con.execute(
+            counts.append(f"count_if(r.{timing} <= t.{column}) AS {column}")
+    data = engine.query(
         f"""
         SELECT r.assigned_version AS version, coalesce(r.config, '') AS config, {UNIT} AS unit,
-               count(*) AS n, count(*) FILTER (WHERE {IS_ERROR}) AS errors,
-               count(f.label) AS labelled, count(*) FILTER (WHERE {SAME_LABEL}) AS correct,
-               count({ABS_ERROR}) AS scored, coalesce(sum({ABS_ERROR}), 0) AS abs_error,
-               coalesce(sum({ABS_ERROR} * {ABS_ERROR}), 0) AS sq_error,
+               count(*) AS n, count_if({IS_ERROR}) AS errors,
+               count(f.label) AS labelled, count_if({same_label("r", d)}) AS correct,
+               count({ABS_ERROR}) AS scored, {d.sorted_sum(ABS_ERROR)} AS abs_error,
+               {d.sorted_sum(f"{ABS_ERROR} * {ABS_ERROR}")} AS sq_error,
                {", ".join(counts)}
         FROM requests r
         {LABELS}
@@ -135,29 +145,27 @@ def per_user(
         GROUP BY ALL ORDER BY 1, 2, 3
         """,
         {"model": model},
-    ).fetchnumpy()
+    )
     parts = ("timed", *(q for q, _ in QUANTILES))
     names = [*COLUMNS, *(timing_column(t, part) for t in timings for part in parts)]
     return Users(
         np.asarray(data["version"], dtype=object),
         np.asarray(data["config"], dtype=object),
-        np.asarray(data["unit"]),
+        np.asarray(data["unit"], dtype=object),
         {name: np.asarray(data[name], dtype=np.float64) for name in names},
         timings,
     )
 
 
 def _thresholds(
-    con: duckdb.DuckDBPyConnection, versions: dict[str, dict[str, Any]], timings: tuple[str, ...]
+    engine: Engine, versions: dict[str, dict[str, Any]], timings: tuple[str, ...]
 ) -> None:
     """The `thresholds` table: per version, each timing's p50 and p95 as the table shows
     them (null for a version without values)."""
     names = [timing_column(t, q) for t in timings for q, _ in QUANTILES]
-    columns = ", ".join(f"{name} DOUBLE" for name in names)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE thresholds (version VARCHAR, {columns})")
+    columns = {"version": "VARCHAR"} | {name: "DOUBLE" for name in names}
     rows = [
         (name, *((v[t] or {}).get(q) for t in timings for q, _ in QUANTILES))
         for name, v in versions.items()
     ]
-    if rows:
-        con.executemany(f"INSERT INTO thresholds VALUES (?{', ?' * len(names)})", rows)
+    engine.table("thresholds", columns, rows)
