@@ -382,6 +382,33 @@ BAD_TABLES = [
         id="unknown-server-keys",
     ),
     pytest.param(
+        "server:\n  tracing:\n    otlp_endpoint: http://127.0.0.1:4318/v1/traces\n"
+        "    sample: 1.5\n    sampler: always_on\n" + MODEL + SPLIT,
+        [
+            "routes.yaml:3: server.tracing.otlp_endpoint: is the collector's base URL: "
+            "drop '/v1/traces' (the router adds it)",
+            "routes.yaml:4: server.tracing.sample: must be a number from 0 to 1, not 1.5",
+            "routes.yaml:5: server.tracing.sampler: unknown key (did you mean 'sample'?)",
+        ],
+        id="tracing-endpoint-path-sample-and-unknown-key",
+    ),
+    pytest.param(
+        "server:\n  tracing:\n    sample: 0.1\n" + MODEL + SPLIT,
+        [
+            "routes.yaml:2: server.tracing: needs the collector's OTLP/HTTP base URL, "
+            "like otlp_endpoint: http://127.0.0.1:4318",
+        ],
+        id="tracing-without-endpoint",
+    ),
+    pytest.param(
+        "server:\n  tracing: {otlp_endpoint: '127.0.0.1:4318'}\n" + MODEL + SPLIT,
+        [
+            "routes.yaml:2: server.tracing.otlp_endpoint: '127.0.0.1:4318' is not an http:// "
+            "or https:// URL, like http://127.0.0.1:4318",
+        ],
+        id="tracing-endpoint-not-a-url",
+    ),
+    pytest.param(
         "log:\n  pth: x.jsonl\n" + MODEL + SPLIT,
         ["routes.yaml:2: log.pth: unknown key (did you mean 'path'?)"],
         id="unknown-log-key",

@@ -18,7 +18,9 @@ import yaml
 from tests.support.running import LOOPBACK, RouterProcess, table_data
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS_MODULES = ("duckdb", "numpy", "scipy", "sklearn", "uvloop", "pandas", "grpc")
+EXTRAS_MODULES = (
+    "duckdb", "numpy", "scipy", "sklearn", "uvloop", "pandas", "grpc", "opentelemetry",
+)  # fmt: skip
 # Python code that makes the extras unimportable, then runs the command line.
 WITHOUT_EXTRAS = (
     "import sys\n"
@@ -71,6 +73,22 @@ def test_check_names_the_grpc_extra_for_a_table_that_asks_for_grpc(tmp_path: Pat
     assert "server.grpc_listen: gRPC needs the extra" in done.stderr
 
 
+def test_check_and_serve_name_the_otel_extra_for_a_table_that_asks_for_tracing(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "routes.yaml"
+    models = {"m": {"versions": {"v1": {"url": "http://127.0.0.1:9"}}, "split": {"v1": 100}}}
+    tracing = {"otlp_endpoint": "http://127.0.0.1:4318", "sample": 0.1}
+    config.write_text(yaml.safe_dump(table_data(models, tmp_path / "log.jsonl", tracing=tracing)))
+    done = cli_without_extras("check", str(config))
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert "server.tracing: tracing needs the extra: pip install 'model-router[otel]'" in line
+    done = cli_without_extras("serve", "--config", str(config))
+    assert done.returncode == 1  # cannot start, as with a port that is taken
+    assert "server.tracing needs the extra: pip install 'model-router[otel]'" in done.stderr
+
+
 def test_report_without_its_extra_says_which_to_install(tmp_path: Path) -> None:
     log = tmp_path / "routing.jsonl"
     log.write_text("")
@@ -110,6 +128,8 @@ def _third_party_imports() -> set[str]:
             continue  # the `report` extra's
         if "rpc" in path.parts or path.name == "grpc_call.py":
             continue  # the `grpc` extra's: imported only when a table asks for gRPC
+        if path.name == "otlp.py":
+            continue  # the `otel` extra's: imported only when a table asks for tracing
         tree = ast.parse(path.read_text())
         optional = {
             id(node) for t in ast.walk(tree) if isinstance(t, ast.Try) for node in ast.walk(t)

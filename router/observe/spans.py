@@ -14,6 +14,7 @@ Nothing here runs for a request that is not sampled, and no span carries a user 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -135,9 +136,12 @@ class Tracer:
         self._closing = True
         self._wake.set()
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            left = len(self._queue)
-            self._queue.clear()
+        if self._thread.is_alive():  # still sending: what it has not taken is lost
+            left = 0
+            with contextlib.suppress(IndexError):
+                while True:
+                    self._queue.popleft()  # one at a time: each span is the thread's or ours
+                    left += 1
             if left:
                 self._on_drop("shutdown", left)
 
