@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo rollout-demo test browser lint check bench soak soak-faults bench-report bench-shadow bench-overload bench-conformance bench-tables bench-protocols bench-grpc calibration calibration-rollout clean
+.PHONY: run demo rollout-demo test browser lint check bench soak soak-faults bench-report bench-shadow bench-overload bench-conformance bench-tables bench-protocols bench-grpc bench-tracing calibration calibration-rollout clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench: $(STAMP)
 	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
 	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/tracing_bench.py
+
+## bench-tracing: span export's cost, off against sample 0.01 and 1.0, to a real OTLP/HTTP receiver (installs wrk and nginx if missing)
+bench-tracing: $(STAMP)
+	command -v wrk >/dev/null && command -v nginx >/dev/null || [ "$$(id -u)" -ne 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
+	$(BIN)/python bench/tracing_bench.py
 
 ## soak: 60 s at 256 connections through 2 workers: no failure, no lost record, no leak
 soak: $(STAMP)
