@@ -22,7 +22,7 @@ from router.observe.tracecontext import ratio_bound
 from tests.support.grpc_echo import echo_server
 from tests.support.metrics import Metrics, scrape
 from tests.support.otlp import Collector, Received, collector
-from tests.support.running import dead_url, read_log, router_running
+from tests.support.running import dead_url, read_log, router_process, router_running
 from tests.support.tables import model
 from tests.support.waiting import poll
 
@@ -256,3 +256,29 @@ async def test_grpc_calls_are_server_spans_with_rpc_attributes_and_a_child_per_a
         assert span.attributes["rpc.grpc.status_code"] == 0
     assert call.attributes["model_router.protocol"] == "grpc"
     assert attempt.attributes["server.port"] == int(address.rpartition(":")[2])
+
+
+async def test_every_worker_exports_its_own_spans_and_a_stop_sends_what_is_queued(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    async with collector() as found:
+        async with router_process(
+            model(backends, {"v1": 100}), tmp_path, "--workers", "2", **tracing(found)
+        ) as proc:
+            for _ in range(40):
+                # A new connection each: the kernel spreads connections over the workers.
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{proc.url}/models/m/echo") as resp,
+                ):
+                    assert resp.status == 200
+            proc.signal()
+            assert await proc.wait() == 0
+        spans = await found.until(80)
+    assert len(by_kind(spans, "server")) == len(by_kind(spans, "client")) == 40
+    workers = {s.resource["service.instance.id"] for s in spans}
+    assert len(workers) == 2  # each worker process is an instance of its own
+    records = read_log(proc.log_path)
+    assert {r["trace_id"] for r in records if r["event"] == "request"} == {
+        s.trace_id for s in spans
+    }
