@@ -346,14 +346,15 @@ def test_real_valued_labels_give_mae_and_rmse_with_a_difference(
     v1, v2 = cancer["versions"]["v1"], cancer["versions"]["v2"]
     assert v1["accuracy"] is None
     assert v1["labelled"] == 40
-    assert v1["mae"] == pytest.approx((40 * 1.0 - 0.5 + 0.25) / 40, abs=1e-3)
-    assert v2["mae"] == pytest.approx(2.5)
-    assert v2["rmse"] == pytest.approx((6.5) ** 0.5, abs=1e-3)
+    # At full precision (contract section 14): the errors sum exactly, one division left.
+    assert v1["mae"] == (40 * 1.0 - 0.5 + 0.25) / 40
+    assert v2["mae"] == 2.5
+    assert v2["rmse"] == (6.5) ** 0.5
     low, high = v2["mae_ci95"]
     assert low < 2.5 < high
     vs = v2["vs_baseline"]
     assert vs["accuracy_diff"] is None
-    assert vs["mae_diff"] == pytest.approx(v2["mae"] - v1["mae"], abs=1e-3)
+    assert vs["mae_diff"] == pytest.approx(v2["mae"] - v1["mae"], rel=1e-12)
     assert vs["mae_ci95"][0] > 0
     assert vs["mae_p_value"] < 0.001
     assert main(["report", str(tmp_path / "reg.jsonl")]) == 0

@@ -17,16 +17,17 @@ import orjson
 
 from router.observe.record import RANDOMISED
 from router.report import stats
+from router.report.baseline import default_baseline, last_splits
 from router.report.compare import analyse
 from router.report.read import Loaded
 from router.report.shadow import shadow_section
 from router.report.users import (
-    ABS_ERROR,
     IN_RANDOMISED,
     IS_ERROR,
     IS_REAL,
     LABELS,
     SAME_LABEL,
+    Users,
     per_user,
 )
 from router.stats.sequential import DEFAULT_T_OPT
@@ -60,6 +61,7 @@ def build(
         None,
     )
     splits = _splits(con)
+    last = last_splits(con)
     report: dict[str, Any] = {
         "files": list(loaded.files),
         "records": int(totals[0]),
@@ -67,7 +69,9 @@ def build(
         "first": _iso(totals[1]),
         "last": _iso(totals[2]),
         "always_valid": {"method": "asymptotic confidence sequence", "t_opt": t_opt},
-        "models": {name: _model(con, name, baseline, splits, t_opt) for name in models},
+        "models": {
+            name: _model(con, name, baseline, splits, last.get(name, {}), t_opt) for name in models
+        },
     }
     if baseline is not None and not any(
         m["baseline"] == baseline for m in report["models"].values()
@@ -81,14 +85,17 @@ def _model(
     model: str,
     baseline: str | None,
     splits: dict[str, Any],
+    last_split: dict[str, Any],
     t_opt: float,
 ) -> dict[str, Any]:
+    """`last_split` is the split of the last table of the log that names the model."""
     versions, labels = _versions(con, model)
-    base = baseline if baseline in versions else _default_baseline(con, model, versions)
+    base = baseline if baseline in versions else default_baseline(last_split, versions)
     quality = {"categorical": "accuracy", "real": "mae", None: None}[labels]
     users = per_user(con, model, versions)
     found = analyse(con, model, users, base, versions, quality, t_opt)
     for name, version in versions.items():
+        version["mae"], version["rmse"] = _errors(users, name)
         version.update(found.intervals[name])
         if labels != "categorical":
             version["accuracy"] = version["accuracy_ci95"] = None
@@ -126,8 +133,6 @@ def _versions(
                quantile_cont(r.first_byte_ms, [0.5, 0.95]) AS first_byte,
                count(f.label) AS labelled,
                count(f.label) FILTER (WHERE {SAME_LABEL}) AS correct,
-               avg({ABS_ERROR}) AS mae,
-               sqrt(avg({ABS_ERROR} * {ABS_ERROR})) AS rmse,
                coalesce(bool_or({IS_REAL}), false) AS real
         FROM requests r {LABELS}
         WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
@@ -137,7 +142,7 @@ def _versions(
     ).fetchall()
     total = sum(row[1] for row in rows)
     versions: dict[str, dict[str, Any]] = {}
-    for name, n, errors, timeouts, users, q, first_byte, labelled, correct, mae, rmse, _ in rows:
+    for name, n, errors, timeouts, users, q, first_byte, labelled, correct, _ in rows:
         p50, p95, p99 = q if q is not None else (None, None, None)
         versions[name] = {
             "requests": n,
@@ -152,8 +157,8 @@ def _versions(
             if first_byte is None
             else {"p50": _f(first_byte[0]), "p95": _f(first_byte[1])},
             "accuracy": correct / labelled if labelled else None,
-            "mae": _f(mae),
-            "rmse": _f(rmse),
+            "mae": None,  # from the per-user rows (_errors), summed in a fixed order
+            "rmse": None,
             "labelled": labelled,
         }
     labels = None
@@ -164,23 +169,17 @@ def _versions(
     return versions, labels
 
 
-def _default_baseline(
-    con: duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
-) -> str | None:
-    """The first version in the split order of the table in force at the end of the log
-    (by convention the incumbent is listed first); the largest share without a table."""
-    row = con.execute(
-        "SELECT models FROM configs WHERE models IS NOT NULL ORDER BY ts DESC NULLS LAST LIMIT 1"
-    ).fetchone()
-    if row is not None:
-        entry = orjson.loads(row[0]).get(model)
-        split = entry.get("split", {}) if isinstance(entry, dict) else {}
-        listed = [name for name in split if name in versions]
-        if listed:
-            return str(listed[0])
-    if not versions:
-        return None
-    return max(versions, key=lambda v: (versions[v]["requests"], v))
+def _errors(users: Users, version: str) -> tuple[float | None, float | None]:
+    """A version's mean absolute error and RMSE over its scored requests (label and
+    prediction both numbers). The sums are the per-user rows' with `math.fsum`, which is
+    exact and so the same in any order: a parallel SUM of doubles in SQL is not (it
+    depends on how the rows fell to threads), and the JSON carries every digit."""
+    rows = users.version == version
+    scored = math.fsum(users.columns["scored"][rows])
+    if not scored:
+        return None, None
+    mse = math.fsum(users.columns["sq_error"][rows]) / scored
+    return math.fsum(users.columns["abs_error"][rows]) / scored, math.sqrt(mse)
 
 
 def _splits(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -240,7 +239,7 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
         "p_value": result.p_value,
         "mismatch": result.mismatch,
         "observed": observed,
-        "expected": {v: round(e, 2) for v, e in expected.items()},
+        "expected": expected,
         "unmatched": unmatched,
     }
 
@@ -358,14 +357,16 @@ def _histogram(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
     ).fetchall()
     bins: dict[str, list[list[float]]] = {}
     for version, b, n in rows:
-        bins.setdefault(version, []).append([round(10 ** (b / 10), 4), n])
+        bins.setdefault(version, []).append([10 ** (b / 10), n])
     return {"bins_per_decade": 10, "versions": bins}
 
 
 def _f(value: float | None) -> float | None:
+    """A number for the JSON at full precision (null for none or NaN): the text and HTML
+    round when they render, the data never does (contract section 14)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return round(float(value), 3)
+    return float(value)
 
 
 def _iso(value: Any) -> str | None:

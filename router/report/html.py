@@ -14,10 +14,12 @@ from router.report import charts
 from router.report.charts import Estimate, percent
 from router.report.text import (
     FIRST_BYTE_HEADER,
+    bad_lines,
     feedback_line,
     first_byte_cells,
     shadow_lines,
     streaming,
+    summary,
     verdicts,
 )
 
@@ -107,13 +109,10 @@ def _banner(name: str, srm: dict[str, Any]) -> str:
 def _summary(report: dict[str, Any]) -> str:
     files = report["files"]
     names = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    line = (
-        f"{report['records']:,} requests from {len(files)} file{'s' if len(files) != 1 else ''} "
-        f"({names}), {report['first'] or '-'} to {report['last'] or '-'}"
-    )
+    line = summary(report, names)
     bad = report["bad_lines"]
     if bad:
-        line += f"; {bad:,} line{'s' if bad != 1 else ''} could not be read and were skipped"
+        line += f"; {bad_lines(bad)}"
     return f'<p class="meta">{escape(line)}</p>'
 
 

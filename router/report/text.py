@@ -14,18 +14,34 @@ def render(report: dict[str, Any]) -> str:
             lines.append(_srm_warning(name, model["srm"]))
     if lines:
         lines.append("")
-    files = len(report["files"])
-    lines.append(
-        f"model-router report: {report['records']:,} requests from {files} file"
-        f"{'s' if files != 1 else ''}, {report['first']} to {report['last']}"
-    )
+    lines.append(f"model-router report: {summary(report)}")
     if report["bad_lines"]:
         bad = report["bad_lines"]
-        lines.append(f"  {bad:,} line{'s' if bad != 1 else ''} could not be read and were skipped")
+        lines.append(f"  {bad_lines(bad)}")
+    if not report["models"]:
+        lines.append("  no request or shadow records for any model: nothing to compare")
     for name, model in report["models"].items():
         lines.append("")
         lines.extend(_model(name, model))
     return "\n".join(lines) + "\n"
+
+
+def summary(report: dict[str, Any], names: str = "") -> str:
+    """`1,204 requests from 2 files (names), <first> to <last>`; the period is left out
+    when no request has a time (an empty log): `0 requests from 1 file`."""
+    files = len(report["files"])
+    line = f"{report['records']:,} requests from {files} file{'s' if files != 1 else ''}"
+    line += f" ({names})" if names else ""
+    if report["first"] is not None and report["last"] is not None:
+        line += f", {report['first']} to {report['last']}"
+    return line
+
+
+def bad_lines(count: int) -> str:
+    """`1 line could not be read and was skipped`, or `3 lines ... were skipped`."""
+    if count == 1:
+        return "1 line could not be read and was skipped"
+    return f"{count:,} lines could not be read and were skipped"
 
 
 def _srm_warning(name: str, srm: dict[str, Any]) -> str:
