@@ -100,6 +100,9 @@ async def test_a_request_is_a_server_span_and_each_attempt_a_child_the_backend_c
     assert fallback.attributes["http.response.status_code"] == 200
     assert fallback.name == "m v1"
     assert shadow.attributes["model_router.version"] == "v2"
+    for attempt in (first, fallback):  # how the version was chosen, on each attempt too
+        assert attempt.attributes["model_router.assigned_version"] == "v0"
+        assert attempt.attributes["model_router.bucket"] == server.attributes["model_router.bucket"]
     assert server.start_ns <= first.start_ns <= first.end_ns <= fallback.start_ns
     assert fallback.end_ns <= server.end_ns
     assert server.resource["service.name"] == "model-router"

@@ -201,6 +201,7 @@ class AttemptSpan:
         else:
             code = ex.status if exc is None else None
             attributes = attempt_attributes(self.model, version, attempt, outcome, code)
+        attributes.update(assignment(ex))
         name = f"{self.model} {version.name}"
         self.tracer.client(
             ex.trace, self.span_id, name, self.started, attributes, is_error(outcome)
@@ -232,6 +233,17 @@ def server_attributes(ex: Exchange, record: dict[str, Any]) -> Attributes:
         found["http.request.method"] = ex.method
         found["url.path"] = ex.path
         found["http.response.status_code"] = ex.status
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def assignment(ex: Exchange) -> Attributes:
+    """How the request's version was chosen, on each of its attempts' spans too."""
+    found = {
+        "model_router.assigned_version": ex.assigned_version,
+        "model_router.assigned_by": ex.assigned_by,
+        "model_router.bucket": ex.bucket,
+        "model_router.config": ex.config,
+    }
     return {key: value for key, value in found.items() if value is not None}
 
 
