@@ -18,6 +18,7 @@ from router.config.validate import load_table
 from router.stats.sequential import DEFAULT_T_OPT
 
 REPORT_FORMATS = ("text", "json", "html")
+REPORT_ENGINES = ("duckdb", "spark")
 EXIT_OK = 0
 EXIT_USAGE = 2  # also: the routing table has problems
 
@@ -63,6 +64,19 @@ def _parser() -> argparse.ArgumentParser:
         f"tuning constant (default {DEFAULT_T_OPT:,}; docs/statistics.md)",
     )
     report.add_argument("--format", choices=REPORT_FORMATS, default="text")
+    report.add_argument(
+        "--engine",
+        choices=REPORT_ENGINES,
+        default="duckdb",
+        help="who computes the per-user aggregates: DuckDB, embedded (default), or Apache "
+        "Spark (the spark extra, Java 17+); the statistics and the JSON are the same",
+    )
+    report.add_argument(
+        "--spark-master",
+        metavar="URL",
+        default="local[*]",
+        help="with --engine spark: local[N], spark://HOST:PORT, yarn, k8s://... (default local[*])",
+    )
     report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     report.set_defaults(command=_report)
 
@@ -268,11 +282,19 @@ def _report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _needs_extra("report", exc)
 
+    engine = (args.engine, args.spark_master)
     try:
         data = report.make_report(
-            args.logs, args.model, args.baseline, t_opt=args.always_valid_users
+            args.logs, args.model, args.baseline, t_opt=args.always_valid_users, engine=engine
         )
-    except (report.LogError, report.ReportError) as exc:
+    except ImportError as exc:  # pyspark, imported only for --engine spark
+        print(
+            f"model-router report: --engine spark needs the spark extra ({exc.name} is "
+            "missing): pip install 'model-router[spark]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except (report.LogError, report.ReportError, report.EngineError) as exc:
         print(f"model-router report: {exc}", file=sys.stderr)
         return EXIT_USAGE
     text = report.render(data, args.format)

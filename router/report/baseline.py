@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
 import orjson
+
+from router.report.engine import Engine
 
 
 def default_baseline(split: dict[str, Any], versions: dict[str, dict[str, Any]]) -> str | None:
@@ -27,7 +28,7 @@ def default_baseline(split: dict[str, Any], versions: dict[str, dict[str, Any]])
     return max(versions, key=lambda v: (versions[v]["requests"], v))
 
 
-def last_splits(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+def last_splits(con: Engine) -> dict[str, dict[str, Any]]:
     """model -> the split of the last `config_loaded` that names the model. "Last" is by
     `ts`; a tie (replicas loading tables in the same millisecond) goes to the larger
     digest, then the larger text, so the answer never depends on the order of the scan

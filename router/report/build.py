@@ -12,23 +12,22 @@ import datetime as dt
 import math
 from typing import Any
 
-import duckdb
 import orjson
 
 from router.observe.record import RANDOMISED
 from router.report import stats
 from router.report.baseline import default_baseline, last_splits
 from router.report.compare import analyse
-from router.report.read import Loaded
+from router.report.engine import Engine, Source
 from router.report.shadow import shadow_section
 from router.report.users import (
     IN_RANDOMISED,
     IS_ERROR,
     IS_REAL,
     LABELS,
-    SAME_LABEL,
     Users,
     per_user,
+    same_label,
 )
 from router.stats.sequential import DEFAULT_T_OPT
 
@@ -38,13 +37,13 @@ class ReportError(Exception):
 
 
 def build(
-    loaded: Loaded,
+    loaded: Source,
     model: str | None = None,
     baseline: str | None = None,
     *,
     t_opt: float = DEFAULT_T_OPT,
 ) -> dict[str, Any]:
-    con = loaded.con
+    con = loaded.engine  # DuckDB or Spark: the same SQL (engine.py)
     models = [row[0] for row in con.execute(
         "SELECT model FROM requests WHERE model IS NOT NULL UNION "
         "SELECT model FROM shadows WHERE model IS NOT NULL ORDER BY model"
@@ -81,7 +80,7 @@ def build(
 
 
 def _model(
-    con: duckdb.DuckDBPyConnection,
+    con: Engine,
     model: str,
     baseline: str | None,
     splits: dict[str, Any],
@@ -116,23 +115,22 @@ def _model(
     }
 
 
-def _versions(
-    con: duckdb.DuckDBPyConnection, model: str
-) -> tuple[dict[str, dict[str, Any]], str | None]:
+def _versions(con: Engine, model: str) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The versions table's values (their intervals come from compare.py), and the kind of
     labels the model's feedback has: "real" when any label is a number with a fractional
     part, "categorical" when there are others, None without any."""
+    d = con.dialect
     rows = con.execute(
         f"""
         SELECT r.assigned_version,
                count(*) AS n,
-               count(*) FILTER (WHERE {IS_ERROR}) AS errors,
-               count(*) FILTER (WHERE r.outcome = 'timeout') AS timeouts,
+               count_if({IS_ERROR}) AS errors,
+               count_if(r.outcome = 'timeout') AS timeouts,
                count(DISTINCT r.user_h) AS users,
-               quantile_cont(r.latency_ms, [0.5, 0.95, 0.99]) AS q,
-               quantile_cont(r.first_byte_ms, [0.5, 0.95]) AS first_byte,
+               {d.quantiles("r.latency_ms", (0.5, 0.95, 0.99))} AS q,
+               {d.quantiles("r.first_byte_ms", (0.5, 0.95))} AS first_byte,
                count(f.label) AS labelled,
-               count(f.label) FILTER (WHERE {SAME_LABEL}) AS correct,
+               count_if(f.label IS NOT NULL AND {same_label("r", d)}) AS correct,
                coalesce(bool_or({IS_REAL}), false) AS real
         FROM requests r {LABELS}
         WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
@@ -182,7 +180,7 @@ def _errors(users: Users, version: str) -> tuple[float | None, float | None]:
     return math.fsum(users.columns["abs_error"][rows]) / scored, math.sqrt(mse)
 
 
-def _splits(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def _splits(con: Engine) -> dict[str, Any]:
     """config digest -> {model: {version: percent}}, from the `config_loaded` events."""
     splits: dict[str, Any] = {}
     for digest, models in con.execute("SELECT config, models FROM configs").fetchall():
@@ -197,7 +195,7 @@ def _splits(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     return splits
 
 
-def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> dict[str, Any]:
+def _srm(con: Engine, model: str, splits: dict[str, Any]) -> dict[str, Any]:
     """Observed split users per version against the split in force for their records.
 
     The unit is the user (the unit of randomisation), counted once, under the table in
@@ -244,15 +242,14 @@ def _srm(con: duckdb.DuckDBPyConnection, model: str, splits: dict[str, Any]) -> 
     }
 
 
-def _feedback(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
+def _feedback(con: Engine, model: str) -> dict[str, int]:
     """Feedback that found its request, feedback that found none (counted, never dropped
     silently), and request ids logged more than once (their feedback is ambiguous)."""
     row = con.execute(
         """
         WITH ids AS (SELECT rid, count(*) AS c FROM requests WHERE model = $model GROUP BY rid)
-        SELECT count(*) FILTER (WHERE f.rid IS NOT NULL AND i.rid IS NOT NULL),
-               count(*) FILTER (WHERE i.rid IS NULL),
-               count(*) FILTER (WHERE i.c > 1)
+        SELECT coalesce(count_if(f.rid IS NOT NULL AND i.rid IS NOT NULL), 0),
+               coalesce(count_if(i.rid IS NULL), 0), coalesce(count_if(i.c > 1), 0)
         FROM ids i FULL OUTER JOIN (SELECT rid FROM feedback WHERE model = $model) f
           ON f.rid = i.rid
         """,
@@ -266,20 +263,23 @@ def _feedback(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
     }
 
 
-def _first_tables(
-    con: duckdb.DuckDBPyConnection, model: str
-) -> tuple[list[tuple[str, str, int]], int]:
+def _first_tables(con: Engine, model: str) -> tuple[list[tuple[str, str, int]], int]:
     """(config, version, users) with each split user under the table of their first
-    request, in a fixed order; and how many split requests there are at all."""
+    request, in a fixed order; and how many split requests there are at all. Of two first
+    requests in the same millisecond, the smaller (config, version) counts, on any engine."""
+    d = con.dialect
+    first = d.struct(config="config", version="assigned_version")
+    order = d.struct(at=f"coalesce({d.epoch('ts')}, CAST(1e18 AS DOUBLE))",
+                     config="coalesce(config, '')", version="assigned_version")  # fmt: skip
     rows = con.execute(
-        """
-        SELECT first.config, first.version, count(*) FROM (
-            SELECT arg_min({'config': config, 'version': assigned_version}, (ts, rid)) AS first
+        f"""
+        SELECT earliest.config, earliest.version, count(*) FROM (
+            SELECT min_by({first}, {order}) AS earliest
             FROM requests
             WHERE model = $model AND assigned_by = 'split' AND assigned_version IS NOT NULL
               AND user_h IS NOT NULL
             GROUP BY user_h
-        ) GROUP BY ALL ORDER BY 1, 2
+        ) u GROUP BY ALL ORDER BY 1, 2
         """,
         {"model": model},
     ).fetchall()
@@ -290,13 +290,12 @@ def _first_tables(
     return rows, int(total[0]) if total else 0
 
 
-def _by_assigned_by(con: duckdb.DuckDBPyConnection, model: str) -> list[dict[str, Any]]:
+def _by_assigned_by(con: Engine, model: str) -> list[dict[str, Any]]:
     rows = con.execute(
         f"""
         SELECT assigned_by, coalesce(assigned_version, version) AS v, count(*),
-               count(*) FILTER (WHERE {IS_ERROR}),
-               quantile_cont(latency_ms, [0.5, 0.95, 0.99]),
-               count(DISTINCT user_h), count(*) FILTER (WHERE outcome = 'timeout')
+               count_if({IS_ERROR}), {con.dialect.quantiles("latency_ms", (0.5, 0.95, 0.99))},
+               count(DISTINCT user_h), count_if(outcome = 'timeout')
         FROM requests r WHERE model = $model
         GROUP BY assigned_by, v ORDER BY assigned_by NULLS LAST, v NULLS LAST
         """,
@@ -317,10 +316,11 @@ def _by_assigned_by(con: duckdb.DuckDBPyConnection, model: str) -> list[dict[str
 _STEPS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400)
 
 
-def _timeline(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
+def _timeline(con: Engine, model: str) -> dict[str, Any]:
     """Requests and errors per version over time, in at most about 60 steps."""
+    epoch = con.dialect.epoch
     span = con.execute(
-        f"SELECT epoch(max(ts)) - epoch(min(ts)), epoch(min(ts)) FROM requests r "
+        f"SELECT {epoch('max(ts)')} - {epoch('min(ts)')}, {epoch('min(ts)')} FROM requests r "
         f"WHERE model = $model AND {IN_RANDOMISED}",
         {"model": model},
     ).fetchone()
@@ -330,8 +330,8 @@ def _timeline(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
     step = next((s for s in _STEPS if seconds / s <= 60), _STEPS[-1])
     rows = con.execute(
         f"""
-        SELECT floor((epoch(ts) - $start) / $step)::BIGINT AS k, assigned_version,
-               count(*), count(*) FILTER (WHERE {IS_ERROR})
+        SELECT CAST(floor(({epoch("ts")} - $start) / $step) AS BIGINT) AS k, assigned_version,
+               count(*), count_if({IS_ERROR})
         FROM requests r WHERE model = $model AND {IN_RANDOMISED} AND ts IS NOT NULL
         GROUP BY k, assigned_version ORDER BY k, assigned_version
         """,
@@ -344,12 +344,13 @@ def _timeline(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
     return {"step_s": step, "points": points}
 
 
-def _histogram(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
+def _histogram(con: Engine, model: str) -> dict[str, Any]:
     """Latency counts per version in log-spaced bins, 10 per decade from 0.1 ms."""
     rows = con.execute(
         f"""
         SELECT assigned_version,
-               floor(log10(greatest(latency_ms, 0.1)) * 10)::INT AS b, count(*)
+               CAST(floor(log10(greatest(latency_ms, CAST(0.1 AS DOUBLE))) * 10) AS INT) AS b,
+               count(*)
         FROM requests r WHERE model = $model AND {IN_RANDOMISED} AND latency_ms IS NOT NULL
         GROUP BY ALL ORDER BY 1, 2
         """,

@@ -49,6 +49,19 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+class Source(Protocol):
+    """Loaded logs: read.Loaded (DuckDB) or spark.SparkLoaded."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def files(self) -> tuple[str, ...]: ...
+
+    @property
+    def bad_lines(self) -> int: ...
+
+
 def _floats(values: Sequence[float]) -> str:
     """Our own probabilities as SQL literals (DOUBLE in both dialects: Spark reads a bare
     0.5 as a DECIMAL). Only constants of the report come here, never a value of the log."""

@@ -101,7 +101,7 @@ def load(patterns: list[str]) -> Loaded:
                    try_cast(ts AS TIMESTAMP) AS ts,
                    hash(request_id) AS rid,
                    model, version, assigned_version, assigned_by, bucket,
-                   {UNIT} AS unit, "user" IS NOT NULL AS has_user,
+                   {UNIT} AS unit,
                    CASE WHEN "user" IS NULL THEN NULL ELSE hash("user") END AS user_h,
                    status, outcome, latency_ms, config, first_byte_ms,
                    json_extract(response, '$.prediction')::VARCHAR AS prediction,
