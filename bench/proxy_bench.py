@@ -151,10 +151,13 @@ def nginx_proxy(tmp: Path, port: int, v1: int, v2: int) -> subprocess.Popen[byte
     return start_nginx(nginx_conf(tmp, body, server, "auto"))
 
 
-def router(tmp: Path, port: int, v1: int, v2: int, workers: int) -> subprocess.Popen[bytes]:
+def router(
+    tmp: Path, port: int, v1: int, v2: int, workers: int, server: str = ""
+) -> subprocess.Popen[bytes]:
+    """`server`: more keys of the table's `server` section, as YAML flow (`, k: v`)."""
     config = tmp / "routes.yaml"
     config.write_text(f"""
-server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}
+server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"{server}}}
 log: {{path: "{tmp}/routing.jsonl"}}
 models:
   cancer:

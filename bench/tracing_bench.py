@@ -31,32 +31,13 @@ from proxy_bench import (  # a sibling script, not a package
     WRK_SCRIPT,
     backend,
     free_port,
+    router,
     stop,
     wait_port,
     wrk,
 )
 
 VARIANTS = (("off", None), ("sample 0.01", 0.01), ("sample 1.0", 1.0))
-
-
-def router(
-    tmp: Path, port: int, v1: int, v2: int, workers: int, sink: str, sample: float | None
-) -> subprocess.Popen[bytes]:
-    tracing = "" if sample is None else f', tracing: {{otlp_endpoint: "{sink}", sample: {sample}}}'
-    config = tmp / "routes.yaml"
-    config.write_text(f"""
-server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"{tracing}}}
-log: {{path: "{tmp}/routing.jsonl"}}
-models:
-  cancer:
-    versions:
-      v1: {{url: "http://127.0.0.1:{v1}"}}
-      v2: {{url: "http://127.0.0.1:{v2}"}}
-    split: {{v1: 90, v2: 10}}
-""")
-    argv = [sys.executable, "-m", "router", "serve", "--config", str(config),
-            "--workers", str(workers)]  # fmt: skip
-    return subprocess.Popen(argv, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +81,8 @@ def one(tmp: Path, args: argparse.Namespace, script: Path, backends: tuple[int, 
     """One variant once: req/s at 64 connections, added p50 at 1 (us), spans received."""
     before = _received(counts)
     port = free_port()
-    proc = router(tmp, port, *backends, args.workers, sink, sample)
+    tracing = "" if sample is None else f', tracing: {{otlp_endpoint: "{sink}", sample: {sample}}}'
+    proc = router(tmp, port, *backends, args.workers, tracing)
     try:
         wait_port(port)
         time.sleep(0.5)
