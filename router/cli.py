@@ -1,5 +1,5 @@
-"""`model-router serve | check | report | rollout`: argument parsing, and the only place
-that exits."""
+"""`model-router serve | check | report | rollout | logs compact`: argument parsing, and the
+only place that exits."""
 
 from __future__ import annotations
 
@@ -45,9 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(command=_check)
 
-    report = commands.add_parser("report", help="compare versions from routing logs")
+    _report_parser(commands.add_parser("report", help="compare versions from routing logs"))
+    _rollout_parser(commands.add_parser(
+        "rollout", help="ramp rollout candidates step by step, roll back on evidence"
+    ))  # fmt: skip
+    _logs_parser(commands.add_parser("logs", help="routing logs for the data lake"))
+    return parser
+
+
+def _report_parser(report: argparse.ArgumentParser) -> None:
     report.add_argument(
-        "logs", nargs="+", metavar="LOG", help="routing logs, plain or .gz; globs allowed"
+        "logs",
+        nargs="+",
+        metavar="LOG",
+        help="routing logs, plain or .gz, or a directory `logs compact` wrote; globs allowed",
     )
     report.add_argument("--model", metavar="NAME", help="only this model")
     report.add_argument(
@@ -80,10 +91,22 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     report.set_defaults(command=_report)
 
-    _rollout_parser(commands.add_parser(
-        "rollout", help="ramp rollout candidates step by step, roll back on evidence"
-    ))  # fmt: skip
-    return parser
+
+def _logs_parser(logs: argparse.ArgumentParser) -> None:
+    actions = logs.add_subparsers(required=True, metavar="ACTION")
+    compact = actions.add_parser("compact", help="rewrite routing logs as Parquet, by day")
+    compact.add_argument(
+        "logs", nargs="+", metavar="LOG", help="routing logs, plain or .gz; globs allowed"
+    )
+    compact.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="the directory to write into"
+    )
+    compact.add_argument(
+        "--append",
+        action="store_true",
+        help="DIR may hold files already: add new ones beside them (default: refuse)",
+    )
+    compact.set_defaults(command=_compact)
 
 
 def _serve_parser(serve: argparse.ArgumentParser) -> None:
@@ -246,11 +269,12 @@ def _share_metrics() -> str | None:
     return made
 
 
-def _needs_extra(command: str, exc: ImportError) -> int:
-    """The command's extra (named as the command) is not installed: say which to install."""
+def _needs_extra(extra: str, exc: ImportError, command: str | None = None) -> int:
+    """The command's extra (named as the command unless `command` is given) is not
+    installed: say which to install."""
     print(
-        f"model-router {command}: needs the {command} extra ({exc.name} is missing): "
-        f"pip install 'model-router[{command}]'",
+        f"model-router {command or extra}: needs the {extra} extra ({exc.name} is missing): "
+        f"pip install 'model-router[{extra}]'",
         file=sys.stderr,
     )
     return EXIT_USAGE
@@ -271,8 +295,29 @@ def _rollout(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"model-router rollout: {args.config}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as exc:  # DuckDB, to read a directory of Parquet (`logs compact`'s)
+        return _needs_extra("report", exc, "rollout")
     except KeyboardInterrupt:
         pass
+    return EXIT_OK
+
+
+def _compact(args: argparse.Namespace) -> int:
+    try:
+        from router.report.compact import compact  # DuckDB: the `report` extra
+        from router.report.read import LogError
+    except ImportError as exc:
+        return _needs_extra("report", exc, "logs compact")
+    try:
+        done = compact(args.logs, args.output, append=args.append)
+    except LogError as exc:
+        print(f"model-router logs compact: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"wrote {done.records:,} records to {args.output} ({done.partitions:,} day "
+        f"partition{'s' if done.partitions != 1 else ''}); skipped {done.bad_lines:,} "
+        f"line{'s' if done.bad_lines != 1 else ''} that are not JSON objects"
+    )
     return EXIT_OK
 
 

@@ -17,7 +17,9 @@ import duckdb
 import orjson
 from duckdb.sqltypes import VARCHAR
 
+from router.observe.parquet import is_parquet_dir
 from router.report.engine import DuckEngine, Engine
+from router.report.source import directory_error, scan
 
 # The fields of contract section 5 the report reads, and their types. A line that is not a
 # JSON object comes out with every field null, which is how bad lines are counted.
@@ -73,13 +75,14 @@ class Loaded:
 
 
 def expand(patterns: list[str]) -> list[str]:
-    """Files named or matched by each pattern; a pattern that names nothing is an error."""
+    """Files named or matched by each pattern, and directories of Parquet files (`logs
+    compact` writes them: source.py reads them); a pattern that names nothing is an error."""
     files: list[str] = []
     for pattern in patterns:
         matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if len(matched) == 1 and os.path.isdir(matched[0]):
-            raise LogError(f"{pattern}: is a directory, not a log file")
-        matched = [f for f in matched if os.path.isfile(f)]
+        if len(matched) == 1 and (error := directory_error(pattern, matched[0])):
+            raise LogError(error)
+        matched = [f for f in matched if os.path.isfile(f) or is_parquet_dir(f)]
         if not matched:
             raise LogError(f"{pattern}: no such log file")
         files.extend(f for f in matched if f not in files)
@@ -110,10 +113,8 @@ def load(patterns: list[str]) -> Loaded:
                         AS prediction_number,
                    label::VARCHAR AS label,
                    models::VARCHAR AS models
-            FROM read_json($files, format = 'newline_delimited', columns = $columns,
-                           ignore_errors = true, maximum_object_size = 16777216)
-            """,
-            {"files": files, "columns": COLUMNS},
+            FROM {scan(con, files, COLUMNS)}
+            """
         )
     except duckdb.Error as exc:  # a truncated .gz, a file that went away
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -160,11 +161,9 @@ def _shadows(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
                CASE WHEN json_type(response, '$.prediction') IN {_NUMBER}
                     THEN json_extract(response, '$.prediction')::DOUBLE END
                     AS prediction_number
-        FROM read_json($files, format = 'newline_delimited', columns = $columns,
-                       ignore_errors = true, maximum_object_size = 16777216)
+        FROM {scan(con, files, columns)}
         WHERE {where}
-        """,
-        {"files": files, "columns": columns},
+        """
     )
 
 
@@ -207,16 +206,13 @@ def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
             FROM (
                 SELECT t.rid, arg_max(l.label::VARCHAR, l.ordinality) AS label,
                        arg_max(l.model, l.ordinality) AS model
-                FROM read_json($files, format = 'newline_delimited', columns = $columns,
-                               ignore_errors = true, maximum_object_size = 16777216)
-                     WITH ORDINALITY AS l
+                FROM {scan(con, files, {k: COLUMNS[k] for k in _FEEDBACK}, numbered=True)} AS l
                 JOIN tied t ON t.rid = hash(l.request_id)
                      AND t.latest = coalesce(try_cast(l.ts AS TIMESTAMP), '-infinity'::TIMESTAMP)
                 WHERE l.event = 'feedback'
                 GROUP BY t.rid
             ) last WHERE feedback.rid = last.rid
-            """,
-            {"files": files, "columns": {k: COLUMNS[k] for k in _FEEDBACK}},
+            """
         )
     con.execute("DROP TABLE tied")
 

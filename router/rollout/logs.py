@@ -1,5 +1,6 @@
 """Following the routing logs: every file a glob names (each replica's), new lines only,
-rotated and gzipped files too, and what the controller needs of them kept in memory.
+rotated and gzipped files too, directories `logs compact` wrote, and what the controller
+needs of them kept in memory.
 
 The controller keeps no database of its own: after a restart it reads the logs again and
 ends up with the same records, so it takes the same decisions. Records are keyed (a
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from router.observe.parquet import ParquetError, files_in, is_parquet_dir, read_records
 from router.observe.record import ERROR_OUTCOMES, RANDOMISED
 
 
@@ -171,6 +173,7 @@ class LogFollower:
     def __init__(self, patterns: list[str]) -> None:
         self.patterns = patterns
         self._files: dict[tuple[int, int], _File] = {}
+        self._parquet: set[str] = set()  # the files of compacted directories read so far
         self.garbage = Garbage()  # of the last read
 
     def read(self) -> Iterator[dict[str, Any]]:
@@ -179,18 +182,21 @@ class LogFollower:
         for path in self._paths():
             try:
                 yield from self._read(path)
-            except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
-                continue  # rotated away meanwhile, or a .gz still being written
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error, ParquetError):
+                continue  # rotated away meanwhile, or a .gz (a .parquet) still being written
 
     def _paths(self) -> list[str]:
         found: list[str] = []
         for pattern in self.patterns:
             for path in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
-                if os.path.isfile(path) and path not in found:
+                if (os.path.isfile(path) or is_parquet_dir(path)) and path not in found:
                     found.append(path)
         return found
 
     def _read(self, path: str) -> Iterator[dict[str, Any]]:
+        if os.path.isdir(path):
+            yield from self._read_parquet(path)
+            return
         st = os.stat(path)
         state = self._files.setdefault((st.st_dev, st.st_ino), _File())
         if path.endswith(".gz"):  # read all of it, again only if it changed
@@ -214,6 +220,17 @@ class LogFollower:
                 lines = (state.rest + block).split(b"\n")
                 state.rest = lines.pop()  # a line still being written
                 yield from self._parse(path, lines)
+
+    def _read_parquet(self, directory: str) -> Iterator[dict[str, Any]]:
+        """The records of a directory `logs compact` wrote (contract section 14), from the
+        files not read yet, in line order. Its files are written once under new names and
+        never changed, so each is read once. DuckDB (the `report` extra) reads them: an
+        ImportError here names what is missing."""
+        new = [f for f in files_in(directory) if f not in self._parquet]
+        if not new:
+            return
+        yield from read_records(new)
+        self._parquet.update(new)  # only once read whole: else again next time, harmlessly
 
     def _parse(self, path: str, lines: list[bytes]) -> Iterator[dict[str, Any]]:
         for line in lines:

@@ -1,0 +1,98 @@
+"""Where the report's DuckDB scans read from: JSON lines (plain or `.gz`) with `read_json`,
+a directory that `model-router logs compact` wrote with `read_parquet` (contract section 14),
+both in one scan when both are given. Every scan gives the same columns with the same types,
+so `read.py`'s tables are built by the same SQL whatever the logs are stored as.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import duckdb
+
+from router.observe.parquet import LINE, files_in, is_parquet_dir, literal, quote
+
+# As read.py has always read: a record may be up to 16 MiB (a large `response`).
+MAX_OBJECT = 16 * 1024 * 1024
+# A line's place in the order given: the source's index above, its line number below.
+_LINES_PER_SOURCE = 1 << 40
+
+
+def scan(
+    con: duckdb.DuckDBPyConnection,
+    paths: list[str],
+    columns: dict[str, str],
+    *,
+    numbered: bool = False,
+) -> str:
+    """A FROM item giving `columns` (name -> DuckDB type) of every line of `paths` (files and
+    Parquet directories, as read.expand gives them). A JSON line that is not an object has
+    every column null, as read_json gives it. `numbered` adds `ordinality`, which orders the
+    lines as given: by file in order, by line within a file (in a directory: `_line`)."""
+    parts = [
+        _parquet(con, group[0], columns, numbered, index)
+        if parquet
+        else _json(group, columns, numbered, index)
+        for index, (parquet, group) in enumerate(_sources(paths))
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {part}" for part in parts) + ")"
+
+
+def _sources(paths: list[str]) -> list[tuple[bool, list[str]]]:
+    """(is a Parquet directory, paths): runs of JSON-lines files, and each directory alone."""
+    out: list[tuple[bool, list[str]]] = []
+    for parquet, run in itertools.groupby(paths, key=is_parquet_dir):
+        runs = list(run)
+        out += [(True, [path]) for path in runs] if parquet else [(False, runs)]
+    return out
+
+
+def _json(files: list[str], columns: dict[str, str], numbered: bool, index: int) -> str:
+    names = ", ".join(literal(f) for f in files)
+    types = ", ".join(f"{literal(name)}: {literal(kind)}" for name, kind in columns.items())
+    read = (
+        f"read_json([{names}], format = 'newline_delimited', columns = {{{types}}}, "
+        f"ignore_errors = true, maximum_object_size = {MAX_OBJECT})"
+    )
+    if not numbered:
+        return read
+    return (
+        f"(SELECT * EXCLUDE (ordinality), {index * _LINES_PER_SOURCE} + ordinality AS ordinality "
+        f"FROM {read} WITH ORDINALITY)"
+    )
+
+
+def _parquet(
+    con: duckdb.DuckDBPyConnection,
+    directory: str,
+    columns: dict[str, str],
+    numbered: bool,
+    index: int,
+) -> str:
+    """The columns of a compacted directory, cast to the report's types. A column none of its
+    files has (a directory written by another tool) is null. With hive partitioning a
+    partition column (`day`, or `model` in a lake partitioned by model) is a column too."""
+    files = ", ".join(literal(f) for f in files_in(directory))
+    read = f"read_parquet([{files}], hive_partitioning = true, union_by_name = true)"
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {read}").fetchall()}
+    selected = [
+        f"try_cast({quote(name)} AS {kind}) AS {quote(name)}"
+        if name in present
+        else f"NULL::{kind} AS {quote(name)}"
+        for name, kind in columns.items()
+    ]
+    if numbered:
+        line = f"coalesce({quote(LINE)}, 0)" if LINE in present else "0"
+        selected.append(f"{index * _LINES_PER_SOURCE} + {line} AS ordinality")
+    return f"(SELECT {', '.join(selected)} FROM {read})"
+
+
+def directory_error(pattern: str, path: str) -> str | None:
+    """Why `path` (named by `pattern`) cannot be read as a log, if it is a directory: one
+    with Parquet files in it is a compacted log, any other is not a log at all."""
+    if not os.path.isdir(path) or is_parquet_dir(path):
+        return None
+    return f"{pattern}: is a directory with no Parquet files in it, not a log file"
