@@ -77,9 +77,10 @@ soak-faults: $(STAMP)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
 	$(BIN)/python bench/soak_faults.py
 
-## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan
+## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan; then --engine spark (local[2]) beside DuckDB on 5,000,000 and 20,000,000 records
 bench-report: $(STAMP)
 	$(BIN)/python bench/report_bench.py
+	$(BIN)/python bench/report_spark_bench.py --keep
 
 ## bench-shadow: a shadow at 100% (healthy, 10x slower, down) against none: client req/s, p50, p99, router memory
 bench-shadow: $(STAMP)

@@ -5,7 +5,9 @@ standalone cluster (a master and a worker from pyspark's own `spark-class`)."""
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
 import random
 import socket
@@ -16,14 +18,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.cli import main
+from router.report.engine import DuckEngine
 from tests.support import logs
 
 pyspark = pytest.importorskip("pyspark")  # the spark extra is in dev: CI has it
 from pyspark.sql import SparkSession  # noqa: E402
+
+from router.report.spark import SparkEngine  # noqa: E402
 
 RAMP = ({"v1": 90.0, "v2": 10.0}, {"v1": 50.0, "v2": 30.0, "v3": 20.0})
 
@@ -194,6 +202,22 @@ def test_spark_runs_are_byte_identical(
         assert main(["report", *log_files, "--format", "json", "--engine", "spark"]) == 0
         outputs.add(capsys.readouterr().out)
     assert len(outputs) == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-1e9, 1e9), min_size=1, max_size=40))
+def test_a_sorted_sum_is_the_same_double_on_both_engines(
+    spark: SparkSession, values: list[float]
+) -> None:
+    """The per-user error sums (Dialect.sorted_sum) add in ascending order, one value at a
+    time, from 0: the same double from run to run and on both engines, where a plain SUM
+    depends on how rows fell to threads or tasks (contract sections 7 and 14)."""
+    expected = functools.reduce(operator.add, sorted(values), 0.0)
+    rows = [("u", v) for v in values]
+    for engine in (DuckEngine(duckdb.connect()), SparkEngine(spark, owned=False)):
+        engine.table("t", {"unit": "VARCHAR", "x": "DOUBLE"}, rows)
+        sql = f"SELECT unit, {engine.dialect.sorted_sum('x')} AS s FROM t GROUP BY unit"
+        assert engine.query(sql)["s"].tolist() == [expected], engine.dialect.name
 
 
 def test_without_java_a_one_line_error_and_exit_2(

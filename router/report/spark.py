@@ -136,11 +136,16 @@ class SparkEngine:
         self.views.append(name)
 
     def close(self) -> None:
-        for name in self.views:
-            self.spark.catalog.uncacheTable(name)
-            self.spark.catalog.dropTempView(name)
-        if self.owned:
-            self.spark.stop()
+        from py4j.protocol import Py4JError  # type: ignore[import-untyped]  # no stubs
+
+        try:
+            for name in self.views:
+                self.spark.catalog.uncacheTable(name)
+                self.spark.catalog.dropTempView(name)
+            if self.owned:
+                self.spark.stop()
+        except Py4JError:  # the JVM is gone (it failed): nothing is left to release
+            pass
 
 
 def _storage() -> Any:
@@ -149,25 +154,44 @@ def _storage() -> Any:
     return StorageLevel.MEMORY_AND_DISK
 
 
+def _local_heap() -> str:
+    """A quarter of the machine's memory, 1 to 8 GiB: the driver is the executors too."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "1g"
+    return f"{max(1, min(8, total // 4 // 2**30))}g"
+
+
 def session(master: str) -> tuple[Any, bool]:
-    """The SparkSession on `master`, and whether it was made here (a session already
-    running in this process, a test's or spark-submit's, is used as it is)."""
+    """The SparkSession on `master`, and whether it was made here. A session already
+    running in this process (a notebook's, a test's) is used as it is; under
+    `spark-submit`, whose launcher hands pyspark its JVM, the submit's `--master` decides.
+    Either way the session's time zone is UTC: the log's times are UTC, and Spark reads a
+    timestamp's wall time in the session's zone."""
     check_java()
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
-    builder = SparkSession.builder.master(master).appName("model-router report")
-    builder = builder.config("spark.sql.session.timeZone", "UTC")
-    if master.startswith("local"):
-        # One machine: a few shuffle partitions (the default 200 is for clusters), no UI.
-        builder = builder.config("spark.sql.shuffle.partitions", "8")
-        builder = builder.config("spark.ui.enabled", "false")
-        builder = builder.config("spark.ui.showConsoleProgress", "false")
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark, True
+    spark = SparkSession.getActiveSession()
+    owned = spark is None
+    if spark is None:
+        builder = SparkSession.builder.appName("model-router report")
+        submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # started by spark-submit
+        if not submitted:
+            builder = builder.master(master)
+        if master.startswith("local") and not submitted:
+            # One machine: a few shuffle partitions (the default 200 is for clusters), no UI,
+            # and a heap for the cached tables (Spark's default is 1 GiB) unless the user
+            # gave one (PYSPARK_SUBMIT_ARGS="--driver-memory ...").
+            if "--driver-memory" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+                builder = builder.config("spark.driver.memory", _local_heap())
+            builder = builder.config("spark.sql.shuffle.partitions", "8")
+            builder = builder.config("spark.ui.enabled", "false")
+            builder = builder.config("spark.ui.showConsoleProgress", "false")
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    return spark, owned
 
 
 @dataclass(frozen=True)
@@ -257,8 +281,10 @@ def _lines(engine: SparkEngine, paths: list[str]) -> None:
                to_json(p) AS prediction, {_number("p", "pk")} AS prediction_number,
                to_json(j.label) AS label, {_number("j.label", "lk")} AS label_number,
                coalesce({_STRUCTURED.format(k="lk")}, false) AS structured,
-               struct(coalesce(ts, TIMESTAMP_NTZ '0001-01-01 00:00:00'),
-                      coalesce(f.idx, 2147483647), file_path, block_start, line) AS position
+               CASE WHEN j.event = 'feedback'  -- the label tie rule's order, for labels only
+                    THEN struct(coalesce(ts, TIMESTAMP_NTZ '0001-01-01 00:00:00'),
+                                coalesce(f.idx, 2147483647), file_path, block_start, line)
+               END AS position
         FROM (SELECT *, variant_get(j.response, '$.prediction') AS p,
                      schema_of_variant(variant_get(j.response, '$.prediction')) AS pk,
                      schema_of_variant(j.label) AS lk,
