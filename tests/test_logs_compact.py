@@ -236,6 +236,23 @@ def test_report_on_the_directory_is_the_report_on_the_lines(
     assert books["versions"]["v1"]["mae"] < 0.2
 
 
+def test_report_reads_the_days_or_the_files_of_a_directory_as_the_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A glob of day partitions, or of their Parquet files (a lake read a month at a time),
+    reads as the whole directory: one scan, ties still ordered by `_line`."""
+    paths = fleet_logs(tmp_path)
+    lake = tmp_path / "lake"
+    compact(capsys, *map(str, paths), "-o", str(lake))
+    reports = []
+    for logs_given in ([str(lake)], [str(lake / "day=*")], [str(lake / "*" / "*.parquet")]):
+        assert main(["report", *logs_given, "--format", "json"]) == 0
+        report = orjson.loads(capsys.readouterr().out)
+        reports.append(orjson.dumps({k: v for k, v in report.items() if k != "files"}))
+    assert reports[1] == reports[0]
+    assert reports[2] == reports[0]
+
+
 def test_appending_continues_the_lines_and_refuses_a_full_directory_without_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -322,10 +339,11 @@ def test_rollout_reads_the_directory_as_the_lines(
     now = (epoch(traffic[-1]["ts"]) or 0.0) + 10
     decided = [
         Controller(config, [source], 30.0, dry_run=True, clock=lambda: now).evaluate()[0]
-        for source in (str(log), str(tmp_path / "lake"))
+        for source in (str(log), str(tmp_path / "lake"), str(tmp_path / "lake/*/*.parquet"))
     ]
-    lines, lake = ({k: v for k, v in d.items() if k != "ts"} for d in decided)
+    lines, lake, files = ({k: v for k, v in d.items() if k != "ts"} for d in decided)
     assert lake == lines
+    assert files == lines
     assert lake["decision"] == "rollback"
     assert main(["rollout", "--config", str(config), "--log", str(tmp_path / "lake"), "--once",
                  "--dry-run"]) == 0  # fmt: skip

@@ -28,6 +28,7 @@ import duckdb
 from router.observe import parquet
 from router.observe.parquet import DAY, EXTRA, FIELDS, LINE, Kind, literal, quote
 from router.report.read import LogError, expand
+from router.report.source import is_parquet
 
 # As the report's reader: one record may be up to 16 MiB (a large `response`).
 MAX_OBJECT = 16 * 1024 * 1024
@@ -49,8 +50,8 @@ def compact(patterns: list[str], out: str, *, append: bool = False) -> Compacted
     output directory that is not empty without `append`)."""
     logs = expand(patterns)
     for path in logs:
-        if parquet.is_parquet_dir(path):
-            raise LogError(f"{path}: is a Parquet directory already; compact reads JSON lines")
+        if is_parquet(path):
+            raise LogError(f"{path}: is Parquet already; compact reads JSON lines")
     existing = _check_out(out, append)
     con = duckdb.connect()
     try:

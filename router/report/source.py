@@ -31,7 +31,7 @@ def scan(
     every column null, as read_json gives it. `numbered` adds `ordinality`, which orders the
     lines as given: by file in order, by line within a file (in a directory: `_line`)."""
     parts = [
-        _parquet(con, group[0], columns, numbered, index)
+        _parquet(con, group, columns, numbered, index)
         if parquet
         else _json(group, columns, numbered, index)
         for index, (parquet, group) in enumerate(_sources(paths))
@@ -42,12 +42,14 @@ def scan(
 
 
 def _sources(paths: list[str]) -> list[tuple[bool, list[str]]]:
-    """(is a Parquet directory, paths): runs of JSON-lines files, and each directory alone."""
-    out: list[tuple[bool, list[str]]] = []
-    for parquet, run in itertools.groupby(paths, key=is_parquet_dir):
-        runs = list(run)
-        out += [(True, [path]) for path in runs] if parquet else [(False, runs)]
-    return out
+    """(Parquet?, paths): the runs of JSON-lines files and of Parquet (directories, or files
+    named `.parquet`), in the order given. Each run is one scan."""
+    return [(parquet, list(run)) for parquet, run in itertools.groupby(paths, key=is_parquet)]
+
+
+def is_parquet(path: str) -> bool:
+    """Read with read_parquet: a directory `logs compact` wrote, or one of its files."""
+    return path.endswith(".parquet") or is_parquet_dir(path)
 
 
 def _json(files: list[str], columns: dict[str, str], numbered: bool, index: int) -> str:
@@ -67,15 +69,17 @@ def _json(files: list[str], columns: dict[str, str], numbered: bool, index: int)
 
 def _parquet(
     con: duckdb.DuckDBPyConnection,
-    directory: str,
+    paths: list[str],
     columns: dict[str, str],
     numbered: bool,
     index: int,
 ) -> str:
-    """The columns of a compacted directory, cast to the report's types. A column none of its
-    files has (a directory written by another tool) is null. With hive partitioning a
-    partition column (`day`, or `model` in a lake partitioned by model) is a column too."""
-    files = ", ".join(literal(f) for f in files_in(directory))
+    """The columns of compacted directories (or their files), cast to the report's types. A
+    column none of the files has (a directory another tool wrote) is null. With hive
+    partitioning a partition column (`day`, or `model` in a lake partitioned by model) is a
+    column too. Lines are ordered by `_line`, which is one order across a directory."""
+    found = [f for path in paths for f in (files_in(path) if os.path.isdir(path) else [path])]
+    files = ", ".join(literal(f) for f in found)
     read = f"read_parquet([{files}], hive_partitioning = true, union_by_name = true)"
     present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {read}").fetchall()}
     selected = [

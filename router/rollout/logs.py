@@ -194,7 +194,7 @@ class LogFollower:
         return found
 
     def _read(self, path: str) -> Iterator[dict[str, Any]]:
-        if os.path.isdir(path):
+        if os.path.isdir(path) or path.endswith(".parquet"):
             yield from self._read_parquet(path)
             return
         st = os.stat(path)
@@ -221,12 +221,13 @@ class LogFollower:
                 state.rest = lines.pop()  # a line still being written
                 yield from self._parse(path, lines)
 
-    def _read_parquet(self, directory: str) -> Iterator[dict[str, Any]]:
-        """The records of a directory `logs compact` wrote (contract section 14), from the
-        files not read yet, in line order. Its files are written once under new names and
-        never changed, so each is read once. DuckDB (the `report` extra) reads them: an
-        ImportError here names what is missing."""
-        new = [f for f in files_in(directory) if f not in self._parquet]
+    def _read_parquet(self, path: str) -> Iterator[dict[str, Any]]:
+        """The records of a directory `logs compact` wrote (contract section 14), or of one
+        of its files, from the files not read yet, in line order. Its files are written once
+        under new names and never changed, so each is read once. DuckDB (the `report` extra)
+        reads them: an ImportError here names what is missing."""
+        found = files_in(path) if os.path.isdir(path) else [path]
+        new = [f for f in found if f not in self._parquet]
         if not new:
             return
         yield from read_records(new)
