@@ -33,6 +33,10 @@ from pyspark.sql import SparkSession  # noqa: E402
 
 from router.report.spark import SparkEngine  # noqa: E402
 
+# A JVM to start and Spark's jobs to schedule: on a loaded 2-core machine a report on the
+# small logs here can take minutes.
+pytestmark = pytest.mark.timeout(600)
+
 RAMP = ({"v1": 90.0, "v2": 10.0}, {"v1": 50.0, "v2": 30.0, "v3": 20.0})
 
 
@@ -173,6 +177,24 @@ def test_both_engines_give_the_same_json(
     assert house["versions"]["v2"]["vs_baseline"]["mae_ci95"] is not None
     assert cancer["feedback"]["unmatched"] == 1
     assert cancer["feedback"]["duplicate_request_ids"] == 1
+
+
+def test_both_engines_read_a_compacted_directory(
+    spark: SparkSession,
+    log_files: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`model-router logs compact` writes Parquet by day; Spark reads the directory, as
+    DuckDB does, to the report on the lines (but for the files named and the bad lines,
+    which compact counted and skipped)."""
+    lake = str(tmp_path / "lake")
+    assert main(["logs", "compact", *log_files, "-o", lake]) == 0
+    capsys.readouterr()
+    sparked = report(capsys, lake, "--engine", "spark")
+    assert_same(report(capsys, lake), sparked)
+    apart = {"files": [], "bad_lines": 0}
+    assert_same({**report(capsys, *log_files), **apart}, {**sparked, **apart})
 
 
 def test_the_label_tie_goes_to_the_later_line_on_spark(

@@ -20,19 +20,23 @@ from typing import Any
 
 import numpy as np
 
+from router.observe.parquet import LINE
 from router.report.engine import SPARK, Dialect, Params, Result
 from router.report.read import LogError, expand
 
 # The fields of contract sections 5 and 8 the report reads. `response` and `label` are
 # VARIANT (their JSON type decides how they compare); `models` is STRING, which keeps an
 # object's text as written: the split's order names the default baseline.
-SCHEMA = (
-    "event STRING, ts STRING, request_id STRING, model STRING, version STRING, "
-    "assigned_version STRING, assigned_by STRING, bucket INT, `user` STRING, status INT, "
-    "outcome STRING, latency_ms DOUBLE, config STRING, first_byte_ms DOUBLE, "
-    "response VARIANT, label VARIANT, models STRING, primary_version STRING, "
-    "drop_reason STRING, upstream_ms DOUBLE, primary_upstream_ms DOUBLE, agree BOOLEAN"
-)
+FIELDS = (
+    ("event", "STRING"), ("ts", "STRING"), ("request_id", "STRING"), ("model", "STRING"),
+    ("version", "STRING"), ("assigned_version", "STRING"), ("assigned_by", "STRING"),
+    ("bucket", "INT"), ("user", "STRING"), ("status", "INT"), ("outcome", "STRING"),
+    ("latency_ms", "DOUBLE"), ("config", "STRING"), ("first_byte_ms", "DOUBLE"),
+    ("response", "VARIANT"), ("label", "VARIANT"), ("models", "STRING"),
+    ("primary_version", "STRING"), ("drop_reason", "STRING"), ("upstream_ms", "DOUBLE"),
+    ("primary_upstream_ms", "DOUBLE"), ("agree", "BOOLEAN"),
+)  # fmt: skip
+SCHEMA = ", ".join(f"`{name}` {kind}" for name, kind in FIELDS)
 # SQL on a VARIANT's type (`schema_of_variant`): a JSON number; an object or an array.
 _NUMBER = "({k} IN ('BIGINT', 'DOUBLE', 'FLOAT') OR {k} LIKE 'DECIMAL%')"
 _STRUCTURED = "({k} LIKE 'OBJECT%' OR {k} LIKE 'ARRAY%')"
@@ -210,61 +214,80 @@ def load(patterns: list[str], master: str = "local[*]") -> SparkLoaded:
     try:
         files = _expand(spark, patterns)
         engine.table("log_files", {"path": "VARCHAR", "idx": "INTEGER"},
-                     [(qualified, i) for i, (_, qualified) in enumerate(files)])  # fmt: skip
-        _lines(engine, [qualified for _, qualified in files])
+                     [(qualified, i) for i, (_, qualified, _) in enumerate(files)])  # fmt: skip
+        _lines(engine, [(qualified, parquet) for _, qualified, parquet in files])
         bad = engine.execute("SELECT count_if(event IS NULL) FROM raw").fetchone()
         _tables(engine)
     except Exception:
         engine.close()
         raise
     spark.catalog.uncacheTable("raw")
-    return SparkLoaded(engine, tuple(shown for shown, _ in files), int(bad[0]) if bad else 0)
+    return SparkLoaded(engine, tuple(name for name, _, _ in files), int(bad[0]) if bad else 0)
 
 
-def _expand(spark: Any, patterns: list[str]) -> list[tuple[str, str]]:
-    """(name shown, path Spark reads) of each log file. A path without a scheme on a
-    local default filesystem is expanded as DuckDB's reader does (read.expand: the same
-    names and errors); any other through Hadoop's FileSystem, which knows `hdfs://`,
-    `s3a://` and whatever connectors the cluster has."""
+def _expand(spark: Any, patterns: list[str]) -> list[tuple[str, str, bool]]:
+    """(name shown, path Spark reads, is a Parquet directory) of each log. A path without
+    a scheme on a local default filesystem is expanded as DuckDB's reader does
+    (read.expand: the same names and errors); any other through Hadoop's FileSystem,
+    which knows `hdfs://`, `s3a://` and whatever connectors the cluster has. A directory
+    is one that `model-router logs compact` wrote."""
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     local = jvm.org.apache.hadoop.fs.FileSystem.getDefaultUri(conf).getScheme() == "file"
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str, bool]] = []
     for pattern in patterns:
         if local and "://" not in pattern and not pattern.startswith("file:"):
-            names = [(name, name) for name in expand([pattern])]
+            names = [(name, os.path.isdir(name)) for name in expand([pattern])]
         else:
             names = _glob(jvm, conf, pattern)
-        for name, path in names:
-            hadoop = jvm.org.apache.hadoop.fs.Path(path)
+        for name, parquet in names:
+            hadoop = jvm.org.apache.hadoop.fs.Path(name)
             qualified = hadoop.getFileSystem(conf).makeQualified(hadoop).toString()
-            if all(q != qualified for _, q in out):
-                out.append((name, qualified))
+            if all(q != qualified for _, q, _ in out):
+                out.append((name, qualified, parquet))
     return out
 
 
-def _glob(jvm: Any, conf: Any, pattern: str) -> list[tuple[str, str]]:
+def _glob(jvm: Any, conf: Any, pattern: str) -> list[tuple[str, bool]]:
     path = jvm.org.apache.hadoop.fs.Path(pattern)
-    statuses = path.getFileSystem(conf).globStatus(path) or []
-    files = [s.getPath().toString() for s in statuses if s.isFile()]
-    if not files:
-        kind = "is a directory, not a log file" if statuses else "no such log file"
+    fs = path.getFileSystem(conf)
+    statuses = fs.globStatus(path) or []
+    found = [(s.getPath().toString(), s.isDirectory()) for s in statuses]
+    found = [(name, d) for name, d in found if not d or _has_parquet(fs, name, jvm)]
+    if not found:
+        kind = "is a directory with no Parquet files in it" if statuses else "no such log file"
         raise LogError(f"{pattern}: {kind}")
-    return [(f, f) for f in sorted(files)]
+    return sorted(found)
 
 
-def _lines(engine: SparkEngine, paths: list[str]) -> None:
-    """The `raw` table: one row per non-blank line, parsed with SCHEMA, with where the
-    line is (file, block, position) for the label tie rule."""
+def _has_parquet(fs: Any, directory: str, jvm: Any) -> bool:
+    files = fs.listFiles(jvm.org.apache.hadoop.fs.Path(directory), True)
+    while files.hasNext():
+        if files.next().getPath().getName().endswith(".parquet"):
+            return True
+    return False
+
+
+def _lines(engine: SparkEngine, sources: list[tuple[str, bool]]) -> None:
+    """The `raw` table: one row per non-blank line (or Parquet row), parsed with SCHEMA,
+    with where the line is (file, block, position) for the label tie rule."""
     from pyspark.sql import functions as F
 
-    text = engine.spark.read.text(paths).where(F.trim("value") != "")
-    text.select(
-        F.from_json("value", SCHEMA).alias("j"),
-        F.col("_metadata.file_path").alias("file_path"),
-        F.col("_metadata.file_block_start").alias("block_start"),
-        F.monotonically_increasing_id().alias("line"),
-    ).createOrReplaceTempView("lines")
+    parts = []
+    files = [path for path, parquet in sources if not parquet]
+    if files:
+        text = engine.spark.read.text(files).where(F.trim("value") != "")
+        parts.append(text.select(
+            F.from_json("value", SCHEMA).alias("j"),
+            F.col("_metadata.file_path").alias("file_path"),
+            F.col("_metadata.file_block_start").alias("block_start"),
+            F.monotonically_increasing_id().alias("line"),
+        ))  # fmt: skip
+    parts += [_parquet(engine, path) for path, parquet in sources if parquet]
+    lines = parts[0]
+    for part in parts[1:]:
+        lines = lines.unionByName(part)
+    lines.createOrReplaceTempView("lines")
     engine.view(
         "raw",
         f"""
@@ -294,6 +317,29 @@ def _lines(engine: SparkEngine, paths: list[str]) -> None:
         """,
     )
     engine.execute("SELECT count(*) FROM raw").fetchone()  # parse now, once
+
+
+def _parquet(engine: SparkEngine, directory: str) -> Any:
+    """A directory `logs compact` wrote (router/observe/parquet.py: a column per field,
+    named as the field, JSON values as text, `_line` the line's number) as the rows the
+    JSON lines give: the same struct, JSON text parsed back to VARIANT, a column the files
+    lack null, and `_line` as the position for the tie rule."""
+    frame = engine.spark.read.option("mergeSchema", "true").parquet(directory)
+    present = set(frame.columns)
+    fields = [
+        f"CAST(NULL AS {kind})" if name not in present
+        else f"try_parse_json(`{name}`)" if kind == "VARIANT"
+        else f"try_cast(`{name}` AS {kind})"
+        for name, kind in FIELDS
+    ]  # fmt: skip
+    struct = ", ".join(
+        f"{expr} AS `{name}`" for expr, (name, _) in zip(fields, FIELDS, strict=True)
+    )
+    line = f"coalesce(`{LINE}`, 0)" if LINE in present else "0"
+    return frame.selectExpr(
+        f"struct({struct}) AS j", f"'{directory.replace(chr(39), chr(39) * 2)}' AS file_path",
+        "CAST(0 AS BIGINT) AS block_start", f"CAST({line} AS BIGINT) AS line",
+    )  # fmt: skip
 
 
 def _number(value: str, kind: str) -> str:
