@@ -23,7 +23,7 @@ fields the contract names:
   DuckDB and Spark alike). It is not a field of the record.
 
 A record is its typed columns that are not null, its JSON columns parsed, and `_extra`'s
-fields: `record_of` below. Numbers come back by value (an integer latency `7` as `7.0`).
+fields: `record_sql` below. Numbers come back by value (an integer latency `7` as `7.0`).
 """
 
 from __future__ import annotations
@@ -55,9 +55,6 @@ FIELDS: Final[dict[str, Kind]] = {
     "protocol": "str", "first_byte_ms": "float", "grpc_status": "str", "trace_id": "str",
 }  # fmt: skip
 
-SQL_TYPES: Final[dict[Kind, str]] = {
-    "str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "json": "VARCHAR",
-}  # fmt: skip
 EXTRA: Final = "_extra"
 LINE: Final = "_line"
 DAY: Final = "day"
@@ -88,34 +85,29 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def record_of(row: Sequence[Any]) -> dict[str, Any]:
-    """The record of a row whose values are FIELDS' columns in order, then `_extra`."""
-    record: dict[str, Any] = {}
-    for (name, kind), value in zip(FIELDS.items(), row, strict=False):
-        if value is not None:
-            record[name] = _loads(value) if kind == "json" else value
-    extra = row[len(FIELDS)]
-    if extra is not None:
-        record.update(_loads(extra))
-    return record
+def record_sql(present: set[str]) -> str:
+    """A SQL expression giving each row's record as JSON text: its typed columns that are not
+    null (JSON columns as they are), then `_extra`'s fields, which are never among them.
+    DuckDB writes the text (`to_json`: strings escaped, doubles shortest), so Python only
+    parses it: three times faster than fetching 35 columns as Python values."""
+    parts = [
+        f"CASE WHEN {quote(name)} IS NOT NULL THEN {literal(json.dumps(name) + ':')} || "
+        + (f"{quote(name)}::VARCHAR" if kind == "json" else f"to_json({quote(name)})::VARCHAR")
+        + " END"
+        for name, kind in FIELDS.items()
+        if name in present
+    ]
+    if EXTRA in present:  # its fields without the braces around them
+        parts.append(f"nullif({quote(EXTRA)}[2:-2], '')")
+    return f"'{{' || concat_ws(',', {', '.join(parts) or 'NULL'}) || '}}'"
 
 
-def _loads(text: str) -> Any:
+def loads(text: str) -> Any:
+    """A JSON text as Python values, integers past 64 bits included."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:  # an integer past 64 bits, which the json module keeps
         return json.loads(text)
-
-
-def select_list(present: set[str]) -> str:
-    """FIELDS' columns then `_extra`, typed; a column no file has is a typed null (a
-    directory written by an older version, or by Spark, without it)."""
-    names = [*FIELDS, EXTRA]
-    kinds: list[Kind] = [*FIELDS.values(), "json"]
-    return ", ".join(
-        f"{quote(name)}::{SQL_TYPES[kind]}" if name in present else f"NULL::{SQL_TYPES[kind]}"
-        for name, kind in zip(names, kinds, strict=True)
-    )
 
 
 class ParquetError(Exception):
@@ -131,13 +123,14 @@ def read_records(paths: Sequence[str], memory_limit: str = "256MB") -> Iterator[
     con = duckdb.connect()
     try:
         con.execute(f"SET memory_limit = {literal(memory_limit)}")
+        con.execute("SET enable_progress_bar = false")  # its bar on stderr, past 2 s
         source = f"read_parquet([{', '.join(literal(p) for p in paths)}], union_by_name = true)"
         present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         order = f" ORDER BY {quote(LINE)}" if LINE in present else ""
-        result = con.execute(f"SELECT {select_list(present)} FROM {source}{order}")
+        result = con.execute(f"SELECT {record_sql(present)} FROM {source}{order}")
         while rows := result.fetchmany(BATCH):
-            for row in rows:
-                yield record_of(row)
+            for (text,) in rows:
+                yield loads(text)
     except duckdb.Error as exc:
         raise ParquetError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     finally:

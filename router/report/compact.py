@@ -58,6 +58,7 @@ def compact(patterns: list[str], out: str, *, append: bool = False) -> Compacted
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET preserve_insertion_order = false")  # _line keeps the order
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")  # one summary line, no bar on stderr
         bad = _bad_lines(con, logs)
         offset = _last_line(con, existing)
         written = con.execute(_copy_sql(logs, out, offset, append=bool(existing))).fetchall()
