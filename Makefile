@@ -77,7 +77,7 @@ soak-faults: $(STAMP)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
 	$(BIN)/python bench/soak_faults.py
 
-## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan; then --engine spark (local[2]) beside DuckDB on 5,000,000 and 20,000,000 records
+## bench-report: time the report on 5,000,000 synthetic records against a bare DuckDB scan, `logs compact` and the report on its Parquet; then --engine spark (local[2]) beside DuckDB on 5,000,000 and 20,000,000 records
 bench-report: $(STAMP)
 	$(BIN)/python bench/report_bench.py
 	$(BIN)/python bench/report_spark_bench.py --keep

@@ -8,6 +8,9 @@
    in a child process. Any DuckDB-based report parses the whole file at least once, so this
    is the floor it can approach.
 3. The report: `python -m router report LOG --format json -o /dev/null`, in a child process.
+4. `model-router logs compact LOG -o DIR` (contract section 14), its records/s, then the
+   report on DIR, against the report on the JSON lines. DIR is removed at the end unless
+   --keep (then a later run reuses neither: compact is timed each time).
 
 Each child is timed by wall clock and its peak RSS read from its own rusage (`os.wait4`), so
 the numbers do not mix. With --repeat N each is run N times and the fastest run is kept (the
@@ -22,6 +25,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,10 +63,12 @@ class Run:
     seconds: float
     peak_rss_mib: float
     stdout: str
+    cpu_seconds: float = 0.0  # user + system: steadier than wall time on a shared machine
 
     def row(self, records: int) -> dict[str, float]:
         return {
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
             "records_per_s": round(records / self.seconds),
             "peak_rss_mib": round(self.peak_rss_mib, 1),
         }
@@ -88,7 +94,7 @@ def run_child(argv: Sequence[str], what: str) -> Run:
         raise BenchError(f"{what} failed (exit {child.returncode}):\n{tail}")
     # Linux reports KiB, macOS bytes.
     peak = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return Run(seconds, peak, stdout)
+    return Run(seconds, peak, stdout, usage.ru_utime + usage.ru_stime)
 
 
 def best_of(argv: Sequence[str], what: str, repeat: int) -> Run:
@@ -125,18 +131,59 @@ def ensure_log(path: Path, records: int, seed: int) -> Run | None:
 
 
 def table(records: int, runs: dict[str, Run]) -> str:
-    lines = [f"{'':<14}{'records':>12}{'seconds':>10}{'records/s':>13}{'peak RSS MiB':>14}"]
+    lines = [f"{'':<16}{'records':>12}{'seconds':>10}{'CPU s':>8}{'records/s':>13}"
+             f"{'peak RSS MiB':>14}"]  # fmt: skip
     for name, run in runs.items():
         lines.append(
-            f"{name:<14}{records:>12,}{run.seconds:>10.2f}{records / run.seconds:>13,.0f}"
-            f"{run.peak_rss_mib:>14,.0f}"
+            f"{name:<16}{records:>12,}{run.seconds:>10.2f}{run.cpu_seconds:>8.1f}"
+            f"{records / run.seconds:>13,.0f}{run.peak_rss_mib:>14,.0f}"
         )
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Lake:
+    """`logs compact` of the log, and the report on the directory it wrote."""
+
+    compact: Run
+    report: Run
+    lines: int  # every record compact wrote (requests, feedback, config_loaded)
+    bytes: int
+
+    def row(self, records: int, json_report: Run) -> dict[str, object]:
+        return {
+            "compact": {"what": "model-router logs compact LOG -o DIR", "lines": self.lines,
+                        "lines_per_s": round(self.lines / self.compact.seconds),
+                        "parquet_bytes": self.bytes, **self.compact.row(records)},
+            "report": {"what": "model-router report DIR --format json", **self.report.row(records)},
+            "vs_json_lines": {
+                "seconds": round(self.report.seconds / json_report.seconds, 2),
+                "peak_rss": round(self.report.peak_rss_mib / json_report.peak_rss_mib, 2),
+            },
+        }  # fmt: skip
+
+
+def parquet(path: Path, repeat: int, keep: bool) -> Lake:
+    """Compact the log into a fresh directory beside it, then time the report on that."""
+    out = path.with_name(path.name.partition(".")[0] + "-parquet")
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [sys.executable, "-m", "router", "logs", "compact", str(path), "-o", str(out)]
+    try:
+        compacted = run_child(argv, "model-router logs compact")
+        lines = int(compacted.stdout.split()[1].replace(",", ""))  # "wrote N records ..."
+        size = sum(f.stat().st_size for f in out.rglob("*.parquet"))
+        report_argv = [sys.executable, "-m", "router", "report", str(out),
+                       "--format", "json", "-o", os.devnull]  # fmt: skip
+        report = best_of(report_argv, "model-router report on Parquet", repeat)
+    finally:
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
+    return Lake(compacted, report, lines, size)
+
+
 def results(
     path: Path, size: int, seed: int, records: int, generated: Run | None, baseline: Run,
-    report: Run,
+    report: Run, lake: Lake,
 ) -> dict[str, object]:  # fmt: skip
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -155,6 +202,7 @@ def results(
             "seconds": round(report.seconds / baseline.seconds, 2),
             "peak_rss": round(report.peak_rss_mib / baseline.peak_rss_mib, 2),
         },
+        "parquet": lake.row(records, report),
     }  # fmt: skip
 
 
@@ -175,15 +223,24 @@ def bench(records: int, seed: int, compress: bool, repeat: int, keep: bool) -> N
         report_argv = [sys.executable, "-m", "router", "report", str(path),
                        "--format", "json", "-o", os.devnull]  # fmt: skip
         report = best_of(report_argv, "model-router report", repeat)
+        lake = parquet(path, repeat, keep)
     finally:
         if generated is not None and not keep:
             path.unlink()
-    print(table(records, {"duckdb scan": baseline, "report": report}))
+    runs = {"duckdb scan": baseline, "report": report, "logs compact": lake.compact,
+            "report parquet": lake.report}  # fmt: skip
+    print(table(records, runs))
     print(
         f"report / baseline: {report.seconds / baseline.seconds:.2f}x the time, "
         f"{report.peak_rss_mib / baseline.peak_rss_mib:.2f}x the peak memory"
     )
-    write_json(RESULTS, results(path, size, seed, records, generated, baseline, report))
+    print(
+        f"logs compact: {lake.lines / lake.compact.seconds:,.0f} lines/s, "
+        f"{size / 2**20:,.0f} MiB of JSON lines -> {lake.bytes / 2**20:,.0f} MiB of Parquet; "
+        f"report on it: {lake.report.seconds / report.seconds:.2f}x the time, "
+        f"{lake.report.peak_rss_mib / report.peak_rss_mib:.2f}x the peak memory of the lines'"
+    )
+    write_json(RESULTS, results(path, size, seed, records, generated, baseline, report, lake))
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
