@@ -48,6 +48,18 @@ _FEEDBACK = ("event", "ts", "request_id", "model", "label")
 # compares numbers by value (1 equals 1.0) without parsing JSON again in every query.
 _NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 
+
+def number_of(json: str) -> str:
+    """SQL: the JSON text `json` as a DOUBLE when it is a number, else null (a label's
+    `number`; the rollout controller's predictions too, router/rollout/arms.py)."""
+    return f"CASE WHEN json_type({json}) IN {_NUMBER} THEN ({json})::DOUBLE END"
+
+
+def structured_of(json: str) -> str:
+    """SQL: whether the JSON text `json` is an object or an array (a label's `structured`)."""
+    return f"coalesce(json_type({json}) IN ('OBJECT', 'ARRAY'), false)"
+
+
 # The unit of the statistics (contract section 7): the user, else the request. Kept as text
 # (a user-less request's id behind a byte no pseudonym starts with), not as a hash, so that
 # both engines sort the per-user rows in the same order (spark.py writes the same).
@@ -169,18 +181,20 @@ def _shadows(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
 
 def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
     """The `feedback` table: per request id, the latest label by `ts`; on a tie, the later
-    line. The main scan runs in parallel and keeps no line order, so ties (two labels for
-    one request in the same millisecond, which are rare) are settled by a second, narrower
-    scan that numbers the lines (WITH ORDINALITY counts them in file order, across the
-    files in the order given). Numbering every line in the main scan would double its time.
+    line. The latest wins even when its label is null (then the request has none, as on
+    Spark): arg_max_null, where arg_max would skip it for an older one. The main scan runs
+    in parallel and keeps no line order, so ties (two labels for one request in the same
+    millisecond, which are rare) are settled by a second, narrower scan that numbers the
+    lines (WITH ORDINALITY counts them in file order, across the files in the order
+    given). Numbering every line in the main scan would double its time.
     """
     con.execute(
         f"""
         CREATE TABLE feedback AS
-        SELECT *, CASE WHEN json_type(label) IN {_NUMBER} THEN label::DOUBLE END AS number,
-               coalesce(json_type(label) IN ('OBJECT', 'ARRAY'), false) AS structured
+        SELECT *, {number_of("label")} AS number, {structured_of("label")} AS structured
         FROM (SELECT rid, max(latest) AS latest, count(*) AS labels,
-                     arg_max(label, latest) AS label, arg_max(model, latest) AS model
+                     arg_max_null(label, latest) AS label,
+                     arg_max_null(model, latest) AS model
               FROM (SELECT rid, label, model, coalesce(ts, '-infinity'::TIMESTAMP) AS latest
                     FROM raw WHERE event = 'feedback')
               GROUP BY rid)
@@ -200,12 +214,10 @@ def _feedback(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
         con.execute(
             f"""
             UPDATE feedback SET label = last.label, model = last.model,
-                number = CASE WHEN json_type(last.label) IN {_NUMBER}
-                              THEN last.label::DOUBLE END,
-                structured = coalesce(json_type(last.label) IN ('OBJECT', 'ARRAY'), false)
+                number = {number_of("last.label")}, structured = {structured_of("last.label")}
             FROM (
-                SELECT t.rid, arg_max(l.label::VARCHAR, l.ordinality) AS label,
-                       arg_max(l.model, l.ordinality) AS model
+                SELECT t.rid, arg_max_null(l.label::VARCHAR, l.ordinality) AS label,
+                       arg_max_null(l.model, l.ordinality) AS model
                 FROM {scan(con, files, {k: COLUMNS[k] for k in _FEEDBACK}, numbered=True)} AS l
                 JOIN tied t ON t.rid = hash(l.request_id)
                      AND t.latest = coalesce(try_cast(l.ts AS TIMESTAMP), '-infinity'::TIMESTAMP)

@@ -112,40 +112,51 @@ class Users:
         }
 
 
-def per_user(
-    con: Engine | duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
-) -> Users:
-    """One grouped pass; the p50/p95 thresholds come in as a small table, so no name from
-    the log is ever spliced into SQL (only the constant names of TIMINGS are). The rows
-    come back sorted by version, period and unit (a text both engines sort alike), and
-    the error sums are added in ascending order (Dialect.sorted_sum): the same arrays from
-    run to run and from DuckDB and Spark alike."""
-    engine = as_engine(con)
-    timings = timings_of(versions)
-    _thresholds(engine, versions, timings)
-    d = engine.dialect
+# The requests every per-user pass counts: a model's randomised ones, by assigned version.
+IN_PASS = f"r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL"
+
+
+def per_user_sql(dialect: Dialect, timings: tuple[str, ...], only: str = "") -> str:
+    """The pass itself, as SQL with the parameter `$model`: one row per version, period
+    and unit, sorted so. It reads `requests` and `feedback` (as read.py and spark.py make
+    them) and, with `timings`, `thresholds`. `only` adds conditions on the requests `r`:
+    the rollout controller's step (router/rollout/arms.py) keeps the step's periods,
+    and counts everything else exactly as the report does."""
+    d = dialect
     counts = []
     for timing in timings:
-        counts.append(f"count(r.{timing}) AS {timing_column(timing, 'timed')}")
+        counts.append(f", count(r.{timing}) AS {timing_column(timing, 'timed')}")
         for q, _ in QUANTILES:
             column = timing_column(timing, q)
-            counts.append(f"count_if(r.{timing} <= t.{column}) AS {column}")
-    data = engine.query(
-        f"""
+            counts.append(f", count_if(r.{timing} <= t.{column}) AS {column}")
+    thresholds = "LEFT JOIN thresholds t ON t.version = r.assigned_version" if timings else ""
+    return f"""
         SELECT r.assigned_version AS version, coalesce(r.config, '') AS config, {UNIT} AS unit,
                count(*) AS n, count_if({IS_ERROR}) AS errors,
                count(f.label) AS labelled, count_if({same_label("r", d)}) AS correct,
                count({ABS_ERROR}) AS scored, {d.sorted_sum(ABS_ERROR)} AS abs_error,
-               {d.sorted_sum(f"{ABS_ERROR} * {ABS_ERROR}")} AS sq_error,
-               {", ".join(counts)}
+               {d.sorted_sum(f"{ABS_ERROR} * {ABS_ERROR}")} AS sq_error
+               {"".join(counts)}
         FROM requests r
         {LABELS}
-        LEFT JOIN thresholds t ON t.version = r.assigned_version
-        WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
+        {thresholds}
+        WHERE {IN_PASS} {f"AND ({only})" if only else ""}
         GROUP BY ALL ORDER BY 1, 2, 3
-        """,
-        {"model": model},
-    )
+        """
+
+
+def per_user(
+    con: Engine | duckdb.DuckDBPyConnection, model: str, versions: dict[str, dict[str, Any]]
+) -> Users:
+    """One grouped pass (per_user_sql); the p50/p95 thresholds come in as a small table, so
+    no name from the log is ever spliced into SQL (only the constant names of TIMINGS are).
+    The rows come back sorted by version, period and unit (a text both engines sort
+    alike), and the error sums are added in ascending order (Dialect.sorted_sum): the same
+    arrays from run to run and from DuckDB and Spark alike."""
+    engine = as_engine(con)
+    timings = timings_of(versions)
+    _thresholds(engine, versions, timings)
+    data = engine.query(per_user_sql(engine.dialect, timings), {"model": model})
     parts = ("timed", *(q for q, _ in QUANTILES))
     names = [*COLUMNS, *(timing_column(t, part) for t in timings for part in parts)]
     return Users(
