@@ -253,6 +253,20 @@ def test_report_reads_the_days_or_the_files_of_a_directory_as_the_directory(
     assert reports[2] == reports[0]
 
 
+def test_report_reads_lines_and_a_directory_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Yesterday compacted, today still JSON lines: one report over both, as over the lines."""
+    plain, gz = fleet_logs(tmp_path)
+    compact(capsys, str(gz), "-o", str(tmp_path / "lake"))
+    reports = []
+    for logs_given in ([str(plain), str(gz)], [str(plain), str(tmp_path / "lake")]):
+        assert main(["report", *logs_given, "--format", "json"]) == 0
+        report = orjson.loads(capsys.readouterr().out)
+        reports.append({k: v for k, v in report.items() if k not in ("files", "bad_lines")})
+    assert orjson.dumps(reports[1]) == orjson.dumps(reports[0])
+
+
 def test_appending_continues_the_lines_and_refuses_a_full_directory_without_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
