@@ -282,7 +282,8 @@ def _needs_extra(extra: str, exc: ImportError, command: str | None = None) -> in
 
 def _rollout(args: argparse.Namespace) -> int:
     try:
-        from router.rollout.controller import Controller, dumps  # NumPy: the `rollout` extra
+        # NumPy and DuckDB (the report's per-user pass counts the evidence): the extra
+        from router.rollout.controller import Controller, dumps
     except ImportError as exc:
         return _needs_extra("rollout", exc)
     controller = Controller(Path(args.config), args.log, args.interval, dry_run=args.dry_run)
@@ -295,8 +296,8 @@ def _rollout(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"model-router rollout: {args.config}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    except ImportError as exc:  # DuckDB, to read a directory of Parquet (`logs compact`'s)
-        return _needs_extra("report", exc, "rollout")
+    except ImportError as exc:  # any part of the extra imported late (Parquet's reader)
+        return _needs_extra("rollout", exc)
     except KeyboardInterrupt:
         pass
     return EXIT_OK

@@ -98,6 +98,19 @@ def test_report_without_its_extra_says_which_to_install(tmp_path: Path) -> None:
     assert "pip install 'model-router[report]'" in line
 
 
+def test_rollout_without_its_extra_says_which_to_install(tmp_path: Path) -> None:
+    """The controller counts its evidence with the report's per-user pass (DuckDB, NumPy):
+    its own extra brings them, and is the one named."""
+    done = cli_without_extras("rollout", "--config", str(tmp_path / "routes.yaml"), "--once")
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert "model-router rollout: needs the rollout extra" in line
+    assert "pip install 'model-router[rollout]'" in line
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    rollout = extras["optional-dependencies"]["rollout"]
+    assert rollout == ["model-router[report]"]  # DuckDB and NumPy among them
+
+
 async def test_serve_works_without_the_extras(backends: dict[str, str], tmp_path: Path) -> None:
     log_path = tmp_path / "routing.jsonl"
     config = tmp_path / "routes.yaml"

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "proxy": {"config", "routing", "http", "rpc", "observe", "errors", "protocols"},
     "stats": set(),
     "report": {"stats", "observe"},
-    "rollout": {"config", "observe", "stats"},
+    "rollout": {"config", "observe", "stats", "report"},  # the report's per-user pass (issue 23)
 }
 TOP = {"admin", "app", "workers", "cli", "__main__"}
 MAX_MODULE_LINES = 400

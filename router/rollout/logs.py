@@ -23,18 +23,27 @@ from typing import Any
 import orjson
 
 from router.observe.parquet import ParquetError, files_in, is_parquet_dir, read_records
-from router.observe.record import ERROR_OUTCOMES, RANDOMISED
+from router.observe.record import RANDOMISED
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """The fields of a `request` record the report's per-user pass reads, as read.py reads
+    them (texts, or None where the record has null), so that the controller's evidence is
+    counted by the same SQL (evidence.py)."""
+
     at: float  # epoch seconds
+    rid: str  # request_id
     version: str  # assigned_version
-    config: str
-    unit: str  # the user pseudonym, or the request id for a request without one
-    error: bool
+    assigned_by: str
+    config: str | None
+    user: str | None  # the unit is the user, else the request: read.py's UNIT decides
+    outcome: str | None
     latency_ms: float | None
-    prediction: Any
+    prediction: Any  # response.prediction as parsed; ABSENT when the answer has none
+
+
+ABSENT: Any = object()  # no `response.prediction` (JSON null is one: None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +59,11 @@ class Loaded:
 class Records:
     """What the logs said so far, for the models being rolled out."""
 
-    requests: dict[str, dict[str, Request]] = field(default_factory=dict)  # model -> id -> it
-    labels: dict[str, tuple[float, Any]] = field(default_factory=dict)  # request id -> label
+    # model -> request id -> the request; (id, time) for a second request under an id
+    requests: dict[str, dict[str | tuple[str, float], Request]] = field(default_factory=dict)
+    # request id -> (time, label): the latest by `ts`, on a tie the line read later (the
+    # report's rule, read.py); a null label is the latest too, and then there is none
+    labels: dict[str, tuple[float, Any]] = field(default_factory=dict)
     tables: dict[tuple[float, Any, str], Loaded] = field(default_factory=dict)
     newest: float | None = None
     # One copy of each version, digest and user pseudonym, however many requests name it:
@@ -113,17 +125,27 @@ class Records:
         if latency is not None and not _number(latency):
             return False
         response = record.get("response")
+        prediction = response.get("prediction", ABSENT) if isinstance(response, dict) else ABSENT
+        kept = self.requests.setdefault(model, {})
+        key: str | tuple[str, float] = rid
+        if (old := kept.get(rid)) is not None and old.at != at:
+            key = (rid, at)  # another request under this id (the report counts both)
         once = self._strings.setdefault
-        self.requests.setdefault(model, {})[rid] = Request(
+        kept[key] = Request(
             at=at,
+            rid=rid,
             version=once(version, version),
-            config=once(config := str(record.get("config")), config),
-            unit=once(unit := str(record.get("user") or rid), unit),
-            error=record.get("outcome") in ERROR_OUTCOMES,
+            assigned_by=once(by := record["assigned_by"], by),
+            config=self._once(text(record.get("config"))),
+            user=self._once(text(record.get("user"))),
+            outcome=self._once(text(record.get("outcome"))),
             latency_ms=latency,
-            prediction=response.get("prediction") if isinstance(response, dict) else None,
+            prediction=prediction,
         )
         return True
+
+    def _once(self, value: str | None) -> str | None:
+        return None if value is None else self._strings.setdefault(value, value)
 
     def forget_before(self, at: dict[str, float]) -> None:
         """Keep only what the current steps can use: each model's requests since its step
@@ -246,6 +268,14 @@ class LogFollower:
                 yield record
             else:
                 self.garbage.saw(path, line)
+
+
+def text(value: Any) -> str | None:
+    """A field as read.py reads it into a VARCHAR column: a string as it is, null as null,
+    any other JSON value as its compact JSON text (a user id of 12 is "12")."""
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
 
 
 def _number(value: Any) -> bool:
