@@ -153,7 +153,7 @@ def test_every_record_comes_back_with_every_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = fleet_logs(tmp_path)
-    out = tmp_path / "lake"
+    out = tmp_path / "lake" / "routing"  # made with its parent, as mkdir -p
     said = compact(capsys, *map(str, paths), "-o", str(out))
     written = records_of(paths)
     assert said.strip() == (

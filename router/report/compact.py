@@ -61,10 +61,13 @@ def compact(patterns: list[str], out: str, *, append: bool = False) -> Compacted
         con.execute("SET enable_progress_bar = false")  # one summary line, no bar on stderr
         bad = _bad_lines(con, logs)
         offset = _last_line(con, existing)
+        os.makedirs(out, exist_ok=True)  # as mkdir -p: DuckDB makes only the last level
         written = con.execute(_copy_sql(logs, out, offset, append=bool(existing))).fetchall()
     except duckdb.Error as exc:  # a truncated .gz, a file that went away, a full disk
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LogError(f"cannot compact the logs: {first}") from None
+    except OSError as exc:  # DIR cannot be made
+        raise LogError(f"{out}: {exc.strerror}") from None
     finally:
         con.close()
     # RETURN_STATS: one row per file written, (filename, count, ...).
