@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +365,31 @@ def test_rollout_reads_the_directory_as_the_lines(
                  "--dry-run"]) == 0  # fmt: skip
     (line,) = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert line["users"] == lake["users"]  # read; today the log has long stopped growing
+
+
+WITHOUT_DUCKDB = "import sys; sys.modules['duckdb'] = None; from router.cli import main; "
+
+
+def test_without_duckdb_compact_and_rollout_on_a_directory_name_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB comes with the `report` extra, and with `rollout`'s. Python is made to fail the
+    import as it does when the package is missing."""
+    log = logs.write(tmp_path / "routing.jsonl", [logs.config_loaded("cfg5", {"v1": 100.0})])
+    compact(capsys, str(log), "-o", str(tmp_path / "lake"))
+    config = tmp_path / "routes.yaml"
+    config.write_text(TABLE.format(log=log))
+    compact_again = ["logs", "compact", str(log), "-o", str(tmp_path / "again")]
+    rollout = ["rollout", "--config", str(config), "--log", str(tmp_path / "lake"), "--once"]
+    for extra, args in [("report", compact_again), ("rollout", rollout)]:
+        done = subprocess.run(
+            [sys.executable, "-c", WITHOUT_DUCKDB + f"sys.exit(main({args!r}))"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"needs the {extra} extra (duckdb is missing)" in done.stderr
+        assert f"pip install 'model-router[{extra}]'" in done.stderr
+        assert done.stderr.count("\n") == 1
 
 
 JSON = st.recursive(

@@ -116,8 +116,8 @@ class ParquetError(Exception):
 
 def read_records(paths: Sequence[str], memory_limit: str = "256MB") -> Iterator[dict[str, Any]]:
     """The records of the Parquet files `paths`, in line order (`_line`), a batch at a time;
-    raises ParquetError. DuckDB is imported here, only when a directory is read (the
-    `report` extra): ImportError without it."""
+    raises ParquetError. DuckDB is imported here, only when a directory is read (in the
+    `report` and `rollout` extras): ImportError without it."""
     import duckdb
 
     con = duckdb.connect()

@@ -246,8 +246,8 @@ class LogFollower:
     def _read_parquet(self, path: str) -> Iterator[dict[str, Any]]:
         """The records of a directory `logs compact` wrote (contract section 14), or of one
         of its files, from the files not read yet, in line order. Its files are written once
-        under new names and never changed, so each is read once. DuckDB (the `report` extra)
-        reads them: an ImportError here names what is missing."""
+        under new names and never changed, so each is read once. DuckDB (in the `rollout`
+        extra, as in `report`) reads them."""
         found = files_in(path) if os.path.isdir(path) else [path]
         new = [f for f in found if f not in self._parquet]
         if not new:
