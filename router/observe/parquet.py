@@ -16,14 +16,16 @@ fields the contract names:
   another type than their column's (`"bucket": null`, `"status": "200"`);
 - `_line`: the record's line number in the logs compacted (blank lines not counted, bad lines
   counted), across the files in the order given, continuing after the largest already in the
-  directory when appending. The report's label tie rule ("on a tie, the later line", section
-  7) orders by it; nothing else does;
+  directory when appending. The label tie rule ("on a tie, the later line", section 7) orders
+  by it, in the report and in the rollout controller;
 - `day`: the hive partition (`DIR/day=2026-11-25/part-<uuid>.parquet`), the UTC date of `ts`;
   a record without a readable `ts` is under `day=__HIVE_DEFAULT_PARTITION__` (null for
   DuckDB and Spark alike). It is not a field of the record.
 
 A record is its typed columns that are not null, its JSON columns parsed, and `_extra`'s
-fields: `record_sql` below. Numbers come back by value (an integer latency `7` as `7.0`).
+fields: `record_sql` below. Numbers come back by value (an integer latency `7` as `7.0`); an
+integer past 64 bits, which the router never writes, comes back as a double. The files are
+zstd-compressed.
 """
 
 from __future__ import annotations
