@@ -224,3 +224,29 @@ def test_a_log_without_requests_reads_sensibly(
     assert f'<p class="meta">0 requests from 1 file ({path})' in page
     assert "None" not in page
     assert " - to -" not in page
+
+
+# Sparse records ---------------------------------------------------------------------------
+
+
+def test_request_records_missing_fields_are_counted_not_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records from a tool or an older router that lack `outcome`, `latency_ms` and labels:
+    counted as requests with no error (a null is not an error), never a crash or a null
+    count. DuckDB's count_if of nothing but nulls is null, which broke this."""
+    lines: list[Any] = [logs.config_loaded("cfg1", {"v1": 50, "v2": 50})]
+    for i in range(6):
+        version = "v1" if i % 2 else "v2"
+        lines.append(logs.request(i, version=version, user=f"u{i}"))
+    lines.append({"event": "request", "ts": "2026-11-25T10:00:00Z", "request_id": "bare",
+                  "model": "cancer", "assigned_version": "v1", "assigned_by": "split",
+                  "user": "bare-user", "config": "cfg1"})  # fmt: skip
+    lines.append({"event": "request", "ts": "2026-11-25T10:00:01Z", "model": "other"})
+    model = report_json(capsys, str(logs.write(tmp_path / "sparse.jsonl", lines)))["models"]
+    v1 = model["cancer"]["versions"]["v1"]
+    assert v1["requests"] == 4
+    assert v1["error_rate"] == 0
+    assert model["other"]["versions"] == {}
+    rows = model["other"]["by_assigned_by"]
+    assert [(r["requests"], r["error_rate"]) for r in rows] == [(1, 0)]

@@ -18,7 +18,7 @@ from router.observe.record import RANDOMISED
 from router.report import stats
 from router.report.baseline import default_baseline, last_splits
 from router.report.compare import analyse
-from router.report.engine import Engine, Source
+from router.report.engine import Engine, Source, counted
 from router.report.shadow import shadow_section
 from router.report.users import (
     IN_RANDOMISED,
@@ -124,13 +124,13 @@ def _versions(con: Engine, model: str) -> tuple[dict[str, dict[str, Any]], str |
         f"""
         SELECT r.assigned_version,
                count(*) AS n,
-               count_if({IS_ERROR}) AS errors,
-               count_if(r.outcome = 'timeout') AS timeouts,
+               {counted(IS_ERROR)} AS errors,
+               {counted("r.outcome = 'timeout'")} AS timeouts,
                count(DISTINCT r.user_h) AS users,
                {d.quantiles("r.latency_ms", (0.5, 0.95, 0.99))} AS q,
                {d.quantiles("r.first_byte_ms", (0.5, 0.95))} AS first_byte,
                count(f.label) AS labelled,
-               count_if(f.label IS NOT NULL AND {same_label("r", d)}) AS correct,
+               {counted(f"f.label IS NOT NULL AND {same_label('r', d)}")} AS correct,
                coalesce(bool_or({IS_REAL}), false) AS real
         FROM requests r {LABELS}
         WHERE r.model = $model AND {IN_RANDOMISED} AND r.assigned_version IS NOT NULL
@@ -294,8 +294,8 @@ def _by_assigned_by(con: Engine, model: str) -> list[dict[str, Any]]:
     rows = con.execute(
         f"""
         SELECT assigned_by, coalesce(assigned_version, version) AS v, count(*),
-               count_if({IS_ERROR}), {con.dialect.quantiles("latency_ms", (0.5, 0.95, 0.99))},
-               count(DISTINCT user_h), count_if(outcome = 'timeout')
+               {counted(IS_ERROR)}, {con.dialect.quantiles("latency_ms", (0.5, 0.95, 0.99))},
+               count(DISTINCT user_h), {counted("outcome = 'timeout'")}
         FROM requests r WHERE model = $model
         GROUP BY assigned_by, v ORDER BY assigned_by NULLS LAST, v NULLS LAST
         """,
@@ -331,7 +331,7 @@ def _timeline(con: Engine, model: str) -> dict[str, Any]:
     rows = con.execute(
         f"""
         SELECT CAST(floor(({epoch("ts")} - $start) / $step) AS BIGINT) AS k, assigned_version,
-               count(*), count_if({IS_ERROR})
+               count(*), {counted(IS_ERROR)}
         FROM requests r WHERE model = $model AND {IN_RANDOMISED} AND ts IS NOT NULL
         GROUP BY k, assigned_version ORDER BY k, assigned_version
         """,

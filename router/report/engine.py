@@ -62,6 +62,13 @@ class Source(Protocol):
     def bad_lines(self) -> int: ...
 
 
+def counted(condition: str) -> str:
+    """SQL: how many rows meet `condition`, a null counted as not met. DuckDB's `count_if`
+    of nothing but nulls is null (Spark's is 0): a user whose requests all lack an outcome
+    would come back with no error count at all."""
+    return f"count_if(coalesce({condition}, false))"
+
+
 def _floats(values: Sequence[float]) -> str:
     """Our own probabilities as SQL literals (DOUBLE in both dialects: Spark reads a bare
     0.5 as a DECIMAL). Only constants of the report come here, never a value of the log."""

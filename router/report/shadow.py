@@ -16,7 +16,7 @@ import numpy as np
 
 from router.observe.record import ERROR_OUTCOMES
 from router.report.compare import interval
-from router.report.engine import Engine, as_engine
+from router.report.engine import Engine, as_engine, counted
 from router.report.users import abs_error, same_label
 from router.stats.quantile import quantile
 from router.stats.ratio import Estimate, proportion, ratio
@@ -32,8 +32,8 @@ def shadow_section(
     con = as_engine(engine)
     rows = con.execute(
         f"""
-        SELECT s.version, count(*), count_if(NOT {_SENT}),
-               count_if(s.outcome IN {ERROR_OUTCOMES})
+        SELECT s.version, count(*), {counted(f"NOT {_SENT}")},
+               {counted(f"s.outcome IN {ERROR_OUTCOMES}")}
         FROM shadows s WHERE s.model = $model AND s.version IS NOT NULL
         GROUP BY 1 ORDER BY 1
         """,
@@ -72,7 +72,7 @@ def _agreement(con: Engine, model: str, version: str, primary: str | None = None
     interval: a proportion over users (in the order of their units, on any engine)."""
     data = con.query(
         f"""
-        SELECT {_UNIT} AS unit, count(s.agree) AS judged, count_if(s.agree) AS agreed
+        SELECT {_UNIT} AS unit, count(s.agree) AS judged, {counted("s.agree")} AS agreed
         FROM shadows s
         WHERE s.model = $model AND s.version = $version AND s.agree IS NOT NULL
               AND ($primary IS NULL OR s.primary_version = $primary)

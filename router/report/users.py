@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 
 from router.observe.record import ERROR_OUTCOMES, RANDOMISED
-from router.report.engine import DUCKDB, Dialect, Engine, as_engine
+from router.report.engine import DUCKDB, Dialect, Engine, as_engine, counted
 
 IN_RANDOMISED = f"r.assigned_by IN {RANDOMISED}"
 IS_ERROR = f"r.outcome IN {ERROR_OUTCOMES}"
@@ -128,12 +128,12 @@ def per_user_sql(dialect: Dialect, timings: tuple[str, ...], only: str = "") -> 
         counts.append(f", count(r.{timing}) AS {timing_column(timing, 'timed')}")
         for q, _ in QUANTILES:
             column = timing_column(timing, q)
-            counts.append(f", count_if(r.{timing} <= t.{column}) AS {column}")
+            counts.append(f", {counted(f'r.{timing} <= t.{column}')} AS {column}")
     thresholds = "LEFT JOIN thresholds t ON t.version = r.assigned_version" if timings else ""
     return f"""
         SELECT r.assigned_version AS version, coalesce(r.config, '') AS config, {UNIT} AS unit,
-               count(*) AS n, count_if({IS_ERROR}) AS errors,
-               count(f.label) AS labelled, count_if({same_label("r", d)}) AS correct,
+               count(*) AS n, {counted(IS_ERROR)} AS errors,
+               count(f.label) AS labelled, {counted(same_label("r", d))} AS correct,
                count({ABS_ERROR}) AS scored, {d.sorted_sum(ABS_ERROR)} AS abs_error,
                {d.sorted_sum(f"{ABS_ERROR} * {ABS_ERROR}")} AS sq_error
                {"".join(counts)}
