@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,3 +228,27 @@ def test_any_log_gives_the_controller_the_report_s_users(
     paths = write(tmp_path, [lines])
     candidate, control, _ = controller_arms(paths, "cancer", 5)
     assert (candidate, control) == report_arms(paths, "cancer", {"c5", "c5b"})
+
+
+def test_a_tie_across_files_read_in_two_rounds_goes_to_the_later_file(tmp_path: Path) -> None:
+    """Two replicas label one request at the same `ts`; the second file's label is read
+    first, the first file's in a later round. The report, reading both at once, takes the
+    later file's; so does the controller, whatever the order it read them in."""
+    first, second = tmp_path / "replica-0.jsonl", tmp_path / "replica-1.jsonl"
+    requests = [loaded(0, "c5", 5)]
+    requests += [{**logs.request(i, version=v, user=f"u{i}", prediction="a", config="c5"),
+                  "ts": ts(10 + i)} for i, v in enumerate(["v1"] * 30 + ["v2"] * 30)]  # fmt: skip
+    logs.write(first, requests)
+    logs.write(second, [{**logs.feedback(f"req-{i}", "a"), "ts": ts(500)} for i in range(60)])
+    records, follower = Records(), LogFollower([str(tmp_path / "replica-*.jsonl")])
+    for record in follower.read():
+        records.add(record, {"cancer"}, follower.place)
+    with first.open("ab") as f:  # the first replica's labels arrive later, at the same ts
+        for i in range(60):
+            f.write(orjson.dumps({**logs.feedback(f"req-{i}", "b"), "ts": ts(500)}) + b"\n")
+    for record in follower.read():
+        records.add(record, {"cancer"}, follower.place)
+    step = step_of(records, "cancer", "v2", Decimal(5))
+    candidate, control = of_arm(step.candidate), of_arm(step.control)
+    assert (candidate, control) == report_arms([first, second], "cancer", {"c5"})
+    assert sum(s[3] for s in candidate.sums) == 30  # the second file's "a": all correct

@@ -45,7 +45,7 @@ _LATENCIES = f"""
 
 def arms(
     rows: Sequence[Request],
-    labels: dict[str, tuple[float, Any]],
+    labels: dict[str, tuple[float, int, Any]],
     model: str,
     candidate: str,
     configs: set[str],
@@ -66,7 +66,7 @@ def arms(
 def load(
     con: duckdb.DuckDBPyConnection,
     rows: Sequence[Request],
-    labels: dict[str, tuple[float, Any]],
+    labels: dict[str, tuple[float, int, Any]],
     model: str,
     configs: set[str],
 ) -> None:
@@ -77,7 +77,7 @@ def load(
     con.register("step_requests", _requests(rows, model, set(labelled)))
     con.register("step_labels", {
         "request_id": np.asarray(labelled, dtype=object),
-        "label": np.fromiter((_json(labels[rid][1]) for rid in labelled), dtype=object,
+        "label": np.fromiter((_json(labels[rid][2]) for rid in labelled), dtype=object,
                              count=len(labelled)),  # null: the latest says there is none
     })  # fmt: skip
     con.register("step_configs", {"config": np.asarray(sorted(configs), dtype=object)})

@@ -92,7 +92,7 @@ class Controller:
         self._ramping = {name for name, r in rollouts.items() if r.state is None}
         bad = 0
         for record in follower.read():
-            bad += not self.records.add(record, self._ramping)
+            bad += not self.records.add(record, self._ramping, follower.place)
         garbage = follower.garbage
         if not (bad or garbage.lines):
             return ""

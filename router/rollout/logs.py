@@ -61,18 +61,21 @@ class Records:
 
     # model -> request id -> the request; (id, time) for a second request under an id
     requests: dict[str, dict[str | tuple[str, float], Request]] = field(default_factory=dict)
-    # request id -> (time, label): the latest by `ts`, on a tie the line read later (the
-    # report's rule, read.py); a null label is the latest too, and then there is none
-    labels: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # request id -> (time, place, label): the latest by `ts`, on a tie the later line (the
+    # report's rule, read.py): the later file in the report's order of the files (`place`,
+    # LogFollower.place), else the line read later; a null label is the latest too, and
+    # then there is none
+    labels: dict[str, tuple[float, int, Any]] = field(default_factory=dict)
     tables: dict[tuple[float, Any, str], Loaded] = field(default_factory=dict)
     newest: float | None = None
     # One copy of each version, digest and user pseudonym, however many requests name it:
     # a step of millions of requests keeps about half the memory (docs/rollout.md).
     _strings: dict[str, str] = field(default_factory=dict)
 
-    def add(self, record: dict[str, Any], models: set[str]) -> bool:
+    def add(self, record: dict[str, Any], models: set[str], place: int = 0) -> bool:
         """Take one record in; False if it is garbage (a known event whose fields have the
-        wrong types), which the caller counts: it is skipped, never fatal."""
+        wrong types), which the caller counts: it is skipped, never fatal. `place`: where
+        its file comes in the order of the files (LogFollower.place)."""
         at = epoch(record.get("ts"))
         if at is None:
             return False
@@ -80,7 +83,7 @@ class Records:
         if event == "request":
             ok = self._request(record, at, models)
         elif event == "feedback":
-            ok = self._feedback(record, at, models)
+            ok = self._feedback(record, at, models, place)
         elif event == "config_loaded":
             ok = self._loaded(record, at)
         else:
@@ -89,14 +92,15 @@ class Records:
             self.newest = at if self.newest is None else max(self.newest, at)
         return ok
 
-    def _feedback(self, record: dict[str, Any], at: float, models: set[str]) -> bool:
+    def _feedback(self, record: dict[str, Any], at: float, models: set[str], place: int) -> bool:
         rid = record.get("request_id")
         if not isinstance(rid, str):
             return False
         if record.get("model") not in models:  # a label for a model not being ramped
             return True
-        if rid not in self.labels or at >= self.labels[rid][0]:  # the latest wins
-            self.labels[rid] = (at, record.get("label"))
+        old = self.labels.get(rid)
+        if old is None or (at, place) >= (old[0], old[1]):  # the latest, the later line
+            self.labels[rid] = (at, place, record.get("label"))
         return True
 
     def _loaded(self, record: dict[str, Any], at: float) -> bool:
@@ -197,11 +201,16 @@ class LogFollower:
         self._files: dict[tuple[int, int], _File] = {}
         self._parquet: set[str] = set()  # the files of compacted directories read so far
         self.garbage = Garbage()  # of the last read
+        # Where the file of the record just read comes in the order of the files (the
+        # report's, read.py's `expand`): a tie between two labels goes to the later file,
+        # whichever was read first.
+        self.place = 0
 
     def read(self) -> Iterator[dict[str, Any]]:
         """The records added since the last call (all of them, the first time), one by one."""
         self.garbage = Garbage()
-        for path in self._paths():
+        for place, path in enumerate(self._paths()):
+            self.place = place
             try:
                 yield from self._read(path)
             except (OSError, EOFError, gzip.BadGzipFile, zlib.error, ParquetError):
