@@ -100,8 +100,9 @@ def report_arms(files: list[Path], model: str, configs: set[str]) -> tuple[Arms,
 def a_ramp(seed: int) -> tuple[list[list[dict[str, Any]]], set[str]]:
     """Two replicas' logs of a ramp 0 -> 5 -> 25 (the 25% step loaded under two digests,
     the second by a reload that changed nothing for these models), with heavy users,
-    requests without a user id (and odd ids), errors, both kinds of labels (late, tied, null), and a
-    request id used twice. Returns the files' records and the 25% step's digests."""
+    requests without a user id (and odd ids), errors, both kinds of labels (late, tied, null,
+    some naming another model), and a request id used twice. Returns the files' records
+    and the 25% step's digests."""
     rng = random.Random(seed)
     a: list[dict[str, Any]] = [loaded(0, "c0", 0), loaded(100, "c5", 5), loaded(1000, "c25", 25)]
     b: list[dict[str, Any]] = [loaded(1500, "c25b", 25)]
@@ -131,7 +132,8 @@ def a_ramp(seed: int) -> tuple[list[list[dict[str, Any]]], set[str]]:
                     rng.choice(["benign", "malignant", 1, True, {"k": [1, 2]}])
                     if model == "cancer" else rng.choice([prediction, 3.25, 7]))  # fmt: skip
                 late = second + rng.uniform(0, 600)
-                fb = {**logs.feedback(r["request_id"], label, model), "ts": ts(late)}
+                named = model if rng.random() < 0.95 else "other"  # a client's mistake
+                fb = {**logs.feedback(r["request_id"], label, named), "ts": ts(late)}
                 (a if rng.random() < 0.5 else b).append(fb)
                 if rng.random() < 0.2:  # a second label at the same time: the later line wins
                     other = {**fb, "label": rng.choice([prediction, "benign", 2.5, None])}

@@ -96,8 +96,9 @@ class Records:
         rid = record.get("request_id")
         if not isinstance(rid, str):
             return False
-        if record.get("model") not in models:  # a label for a model not being ramped
+        if not models:  # nothing is being ramped: no label is needed
             return True
+        # Whatever model the label names: the report joins it by request id alone.
         old = self.labels.get(rid)
         if old is None or (at, place) >= (old[0], old[1]):  # the latest, the later line
             self.labels[rid] = (at, place, record.get("label"))
@@ -154,16 +155,17 @@ class Records:
     def forget_before(self, at: dict[str, float]) -> None:
         """Keep only what the current steps can use: each model's requests since its step
         began (`at`; decisions never look back past it, steps only move forward), and labels
-        since the earliest of them (a label comes after its request). Models not in `at`
-        (a finished rollout) keep nothing. Memory stays bounded by one step."""
+        since the earliest of them (a label comes after its request), of any model (the
+        report joins a label by request id alone). Models not in `at` (a finished rollout,
+        or one whose step no router has loaded yet) keep nothing; with none in `at`, no
+        label is kept either. Memory stays bounded by one step."""
         self.requests = {
             model: {rid: r for rid, r in kept.items() if r.at >= at[model]}
             for model, kept in self.requests.items()
             if model in at
         }
-        if at:
-            first = min(at.values())
-            self.labels = {rid: label for rid, label in self.labels.items() if label[0] >= first}
+        first = min(at.values(), default=math.inf)
+        self.labels = {rid: label for rid, label in self.labels.items() if label[0] >= first}
         self._strings.clear()  # copies still in use stay alive where they are used
 
 
