@@ -66,7 +66,7 @@ class Router:
         self.tables.on_swap.append(lambda t, changed: self._forget(removals.after(t, changed)))
         self.metrics.track(table, book.is_down)
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
-        self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
+        self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book, self.sink.msg)
         self.draining = [False]
         self.server: Server | None = None
         self.grpc: Any = None  # grpc.aio.Server when server.grpc_listen is set
