@@ -6,8 +6,8 @@ whose id the backend gets as its parent, never the caller's unchanged."""
 
 from __future__ import annotations
 
-import random
 import re
+from random import getrandbits
 from typing import Final, NamedTuple
 
 # version 00: exactly these four fields; a later version may add fields after them.
@@ -27,7 +27,7 @@ class Trace(NamedTuple):
 
     def child(self) -> str:
         """A `traceparent` for one attempt at a backend: a new span under this one."""
-        return f"00-{self.trace_id}-{new_span_id()}-{self.flags}"
+        return f"00-{self.trace_id}-{getrandbits(64) or 1:016x}-{self.flags}"
 
     def upstream(self) -> list[tuple[str, str]]:
         """The trace headers (or metadata) of one attempt at a backend: a new span."""
@@ -40,8 +40,13 @@ class Trace(NamedTuple):
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
 
+# A NamedTuple's own __new__ is a Python function: tuple's is half the instructions, and a
+# request makes one Trace.
+_trace = tuple.__new__
+
+
 def new_span_id() -> str:
-    return f"{random.getrandbits(64) or 1:016x}"
+    return f"{getrandbits(64) or 1:016x}"
 
 
 def continued(traceparent: str | None, tracestate: str | None) -> Trace:
@@ -49,8 +54,13 @@ def continued(traceparent: str | None, tracestate: str | None) -> Trace:
     span for the router; otherwise a new trace, not sampled (the router exports nothing)."""
     if traceparent is not None and (parent := _parsed(traceparent)) is not None:
         trace_id, flags = parent
-        return Trace(trace_id, new_span_id(), flags, tracestate or None)
-    return Trace(f"{random.getrandbits(128) or 1:032x}", new_span_id(), "00", None)
+        return _trace(Trace, (trace_id, new_span_id(), flags, tracestate or None))
+    # The new trace's id and the router's span id out of one draw: one call, one format.
+    ids = f"{getrandbits(192):048x}"
+    trace_id, span_id = ids[:32], ids[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # all zeros is invalid: draw again
+        return continued(None, None)
+    return _trace(Trace, (trace_id, span_id, "00", None))
 
 
 def _parsed(value: str) -> tuple[str, str] | None:
