@@ -81,8 +81,11 @@ class StreamResponse:
     ) -> None:
         self.status = status
         self.reason = reason if reason is not None else reason_phrase(status)
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        self.headers: list[tuple[str, str]] = list(items)
+        # A list or tuple first: Mapping is an ABC, whose isinstance is a Python-level call.
+        if isinstance(headers, list | tuple) or not isinstance(headers, Mapping):
+            self.headers: list[tuple[str, str]] = list(headers)
+        else:
+            self.headers = list(headers.items())
         if content_type is not None:
             self.headers.append(("Content-Type", content_type))
         self.body = body
