@@ -11,9 +11,10 @@ addition and one `pack_into`, with nothing to lock (the routing log's thread wri
 its own counter, through prometheus-client, under its lock).
 
 This reads prometheus-client's internals (`MmapedValue._file`, `._key`, `._value`;
-`MmapedDict._positions`, `._m`), as of prometheus-client 0.20 to 0.26;
-tests/test_metrics_series.py checks what the supervisor reads from the files, and the
-worker's own registry, against the single process's book.
+`MmapedDict._positions`, `._m`), as prometheus-client 0.26 has them (the version it was
+checked against); tests/test_metrics_series.py checks what the supervisor reads from the
+files, and the worker's own registry, against the single process's book, so a release that
+changes them fails there first.
 """
 
 from __future__ import annotations
