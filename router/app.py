@@ -68,9 +68,10 @@ class Router:
         self.tables.on_swap.append(lambda t, changed: self._forget(removals.after(t, changed)))
         self.metrics.track(table, book.is_down)
         pseudonymize = Pseudonymizer.from_env(table.log.user_ids)
-        self.proxy = Proxy(self.tables, self.log, pseudonymize, self.metrics, book)
-        if table.server.tracing is not None:
-            self.proxy.trace_with(start_tracer(table.server.tracing, self.metrics))
+        tracer = start_tracer(table.server.tracing, self.metrics)
+        self.proxy = Proxy(
+            self.tables, self.log, pseudonymize, self.metrics, book, self.sink.msg, tracer
+        )
         self.draining = [False]
         self.server: Server | None = None
         self.grpc: Any = None  # grpc.aio.Server when server.grpc_listen is set
@@ -217,8 +218,11 @@ class ServeError(Exception):
     """The router cannot start: a port is taken, the log cannot be opened."""
 
 
-def start_tracer(settings: Tracing, metrics: Metrics) -> Tracer:
-    """Span export (contract section 15), with OpenTelemetry's SDK: the `otel` extra."""
+def start_tracer(settings: Tracing | None, metrics: Metrics) -> Tracer | None:
+    """Span export (contract section 15), with OpenTelemetry's SDK: the `otel` extra; None
+    without a `tracing` section."""
+    if settings is None:
+        return None
     try:
         from router.observe.otlp import exporter
     except ImportError as exc:

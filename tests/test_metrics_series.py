@@ -1,17 +1,23 @@
 """Each version's metrics as series.py writes them, against prometheus-client's own.
 
 A single router keeps its per-version families in a lean book of its own and writes their
-text itself; workers keep prometheus-client's children (metrics.py `_Children`). Both must
-say the same thing, sample for sample, as prometheus-client's parser reads it.
+text itself; workers keep prometheus-client's children (metrics.py `_Children`) in its
+multiprocess files, written straight at their places (mmapped.py), which the supervisor
+reads with prometheus-client's collector. Both must say the same thing, sample for sample,
+as prometheus-client's parser reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.observe.metrics import LATENCY_BUCKETS, _Children
@@ -63,17 +69,40 @@ def play(steps: list[Step], book: SeriesBook | _Children) -> None:
         getattr(book, kind)(*key, *args)
 
 
+@contextlib.contextmanager
+def worker_files() -> Iterator[str]:
+    """prometheus-client in multiprocess mode, as in a worker, on files of a new directory;
+    its own mode again after."""
+    before, env = values.ValueClass, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    with tempfile.TemporaryDirectory() as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        values.ValueClass = values.MultiProcessValue(lambda: 1)  # type: ignore[no-untyped-call]  # untyped upstream
+        try:
+            yield directory
+        finally:
+            values.ValueClass = before
+            if env is None:
+                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = env
+
+
 @settings(max_examples=200, deadline=None)
 @given(STEPS)
 def test_the_lean_book_writes_what_prometheus_client_writes(steps: list[Step]) -> None:
-    registry = CollectorRegistry()
-    children, book = _Children(registry), SeriesBook(LATENCY_BUCKETS)
-    play(steps, children)
+    """The supervisor's reading of a worker's files, and the worker's own registry."""
+    book = SeriesBook(LATENCY_BUCKETS)
     play(steps, book)
     ours = b"".join(book.chunks()).decode()
-    theirs = generate_latest(registry).decode()
-    assert samples(ours) == samples(theirs)
-    assert families(ours).items() <= families(theirs).items()
+    with worker_files() as directory:
+        registry = CollectorRegistry()
+        play(steps, _Children(registry))
+        supervisor = CollectorRegistry()
+        multiprocess.MultiProcessCollector(supervisor, directory)  # type: ignore[no-untyped-call]  # untyped upstream
+        read = generate_latest(supervisor).decode()
+        own = generate_latest(registry).decode()
+    assert samples(ours) == samples(read) == samples(own)
+    assert families(ours).items() <= families(own).items()
 
 
 def test_the_text_comes_in_slices() -> None:

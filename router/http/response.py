@@ -20,6 +20,28 @@ _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _REASONS[499] = "Client Closed Request"
 
 
+# What each header name (as given) is to the head: written as it is, the Date, or framing
+# set below (Content-Length among it, remembered). Learnt per name, up to _KINDS_KEPT
+# names: a dict look-up a header instead of lowering and comparing it.
+_PLAIN, _DATE, _LENGTH, _FRAMED = "plain", "date", "length", "framed"
+_KINDS_KEPT = 1024
+_kinds: dict[str, str] = {}
+
+
+def _kind_learnt(name: str) -> str:
+    lower = name.lower()
+    kind = (
+        (_LENGTH if lower == "content-length" else _FRAMED)
+        if lower in _FRAMING
+        else _DATE
+        if lower == "date"
+        else _PLAIN
+    )
+    if len(_kinds) < _KINDS_KEPT:
+        _kinds[name] = kind
+    return kind
+
+
 def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "")
 
@@ -59,8 +81,11 @@ class StreamResponse:
     ) -> None:
         self.status = status
         self.reason = reason if reason is not None else reason_phrase(status)
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        self.headers: list[tuple[str, str]] = list(items)
+        # A list or tuple first: Mapping is an ABC, whose isinstance is a Python-level call.
+        if isinstance(headers, list | tuple) or not isinstance(headers, Mapping):
+            self.headers: list[tuple[str, str]] = list(headers)
+        else:
+            self.headers = list(headers.items())
         if content_type is not None:
             self.headers.append(("Content-Type", content_type))
         self.body = body
@@ -81,14 +106,18 @@ class StreamResponse:
         lines = [f"HTTP/1.1 {self.status} {self.reason}\r\n"]
         given_length = None
         dated = False
+        append = lines.append
         for name, value in self.headers:
-            lower = name.lower()
-            if lower in _FRAMING:
-                if lower == "content-length":
-                    given_length = value
-                continue
-            dated = dated or lower == "date"
-            lines.append(f"{name}: {value}\r\n")
+            kind = _kinds.get(name)
+            if kind is None:
+                kind = _kind_learnt(name)
+            if kind is _PLAIN:
+                append(f"{name}: {value}\r\n")
+            elif kind is _DATE:
+                dated = True
+                append(f"{name}: {value}\r\n")
+            elif kind is _LENGTH:
+                given_length = value
         if not dated:
             lines.append(f"Date: {http_date()}\r\n")
         if _bodiless(request.method, self.status):

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 
 from router.config.model import Table
+from router.observe.mmapped import Latency, Place
 from router.observe.series import IN_FLIGHT, LATENCY, QUEUED, REQUESTS, UP, SeriesBook
 from router.observe.sink import DROP_REASONS, DropReason
 from router.observe.spans import SPAN_DROP_REASONS, SpanDropReason
@@ -209,6 +210,11 @@ class _Children:
         self.queues = Gauge(*_help(QUEUED), labels, registry=r, multiprocess_mode="livesum")
         self._children: dict[tuple[Any, ...], Any] = {}
         self._of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}  # children by version
+        # What a request writes, by (model, version): places in this process's files.
+        self._counts: dict[tuple[str, str], dict[str, Place]] = {}  # by outcome
+        self._latencies: dict[tuple[str, str], Latency] = {}
+        self._in_flight: dict[tuple[str, str], Place] = {}
+        self._queued: dict[tuple[str, str], Place] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         child = self._children.get((metric, *labels))
@@ -222,6 +228,8 @@ class _Children:
         the files (prometheus-client cannot take a value out of them); the supervisor shows
         only the versions of the table in force (pooled.py). A request still in flight
         there makes its child again, from the value in the file: the gauges stay right."""
+        for places in (self._counts, self._latencies, self._in_flight, self._queued):
+            places.pop((model, version), None)
         for key in self._of.pop((model, version), []):
             del self._children[key]
             metric, *labels = key
@@ -229,14 +237,31 @@ class _Children:
                 metric.remove(*labels)
 
     def observe(self, model: str, version: str, outcome: str, seconds: float) -> None:
-        self._child(self.requests, model, version, outcome).inc()
-        self._child(self.latency, model, version).observe(seconds)
+        counts = self._counts.get((model, version))
+        if counts is None:
+            counts = self._counts[model, version] = {}
+        count = counts.get(outcome)
+        if count is None:
+            count = counts[outcome] = Place(
+                self._child(self.requests, model, version, outcome)._value
+            )
+        count.add(1.0)
+        latency = self._latencies.get((model, version))
+        if latency is None:
+            latency = self._latency_of(model, version)
+        latency.observe(seconds)
+
+    def _latency_of(self, model: str, version: str) -> Latency:
+        histogram = self._child(self.latency, model, version)
+        latency = self._latencies[model, version] = Latency(histogram, LATENCY_BUCKETS)
+        return latency
 
     def track(self, model: str, version: str, up: bool) -> None:
         """Every gauge of a version shows from the start (0 is not "unknown"); the
         histogram is made now, so that the table's freeze (holder.py) covers it."""
         self.set_up(model, version, up)
-        self._child(self.latency, model, version)
+        if (model, version) not in self._latencies:
+            self._latency_of(model, version)
         self.in_flight(model, version, 0)
         self.queued(model, version, 0)
 
@@ -244,10 +269,18 @@ class _Children:
         self._child(self.up, model, version).set(1 if up else 0)
 
     def in_flight(self, model: str, version: str, change: int) -> None:
-        self._child(self.in_flights, model, version).inc(change)
+        place = self._in_flight.get((model, version))
+        if place is None:
+            gauge = self._child(self.in_flights, model, version)
+            place = self._in_flight[model, version] = Place(gauge._value)
+        place.add(change)
 
     def queued(self, model: str, version: str, change: int) -> None:
-        self._child(self.queues, model, version).inc(change)
+        place = self._queued.get((model, version))
+        if place is None:
+            gauge = self._child(self.queues, model, version)
+            place = self._queued[model, version] = Place(gauge._value)
+        place.add(change)
 
     def chunks(self) -> Iterator[bytes]:
         return iter(())

@@ -38,7 +38,7 @@ class Exchange:
     assigned_version: str | None = None
     assigned_by: AssignedBy | None = None
     bucket: int | None = None
-    user: dict[str, Any] = field(default_factory=dict)
+    user: dict[str, Any] = field(default_factory=dict)  # {"user": ...}, or {} to omit it
     status: int | None = None
     outcome: Outcome = "rejected"
     upstream_ms: float | None = None
@@ -54,8 +54,11 @@ class Exchange:
     finished: asyncio.Future[None] | None = None
 
     def record(self) -> dict[str, Any]:
+        """The `request` event's fields in the order of its line, `event` first (as
+        log.py's `_order` puts it): the handler renders it without structlog's copies."""
         first_byte = self.first_byte
         fields: dict[str, Any] = {
+            "event": "request",
             "ts": self.ts,
             "request_id": self.request_id,
             "model": self.model,
@@ -63,7 +66,7 @@ class Exchange:
             "assigned_version": self.assigned_version,
             "assigned_by": self.assigned_by,
             "bucket": self.bucket,
-            **self.user,
+            "user": self.user.get("user"),  # {} with `user_ids: omit`: taken out below
             "method": self.method,
             "path": self.path,
             "status": self.status,
@@ -73,8 +76,10 @@ class Exchange:
             "config": self.config,
             "protocol": self.protocol,
             "trace_id": self.trace.trace_id,
-            "first_byte_ms": first_byte and round((first_byte - self.started) * 1000, 3),
-        }
+            "first_byte_ms": first_byte and _ms(first_byte - self.started),
+        }  # one dict of constant keys: no `**` merge in the middle
+        if not self.user:
+            del fields["user"]
         if self.grpc_status is not None:
             fields["grpc_status"] = self.grpc_status
         if self.response is not None:
@@ -89,4 +94,11 @@ def outcome_of(status: int) -> Outcome:
 
 def ms_since(start: float) -> float:
     """Milliseconds since `start` (a `time.perf_counter()`), as records carry them."""
-    return round((time.perf_counter() - start) * 1000, 3)
+    return _ms(time.perf_counter() - start)
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to 3 decimals, as `round(seconds * 1000, 3)` gives them (but for a
+    last digit on a rare exact tie), through an integer: `round` to 3 places converts to
+    decimal, 1,300 more instructions a call, three calls a request."""
+    return round(seconds * 1000 * 1000) / 1000

@@ -6,8 +6,8 @@ whose id the backend gets as its parent, never the caller's unchanged."""
 
 from __future__ import annotations
 
-import random
 import re
+from random import getrandbits
 from typing import Final, NamedTuple
 
 # version 00: exactly these four fields; a later version may add fields after them.
@@ -44,8 +44,13 @@ class Trace(NamedTuple):
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
 
+# A NamedTuple's own __new__ is a Python function: tuple's is half the instructions, and a
+# request makes one Trace.
+_trace = tuple.__new__
+
+
 def new_span_id() -> str:
-    return f"{random.getrandbits(64) or 1:016x}"
+    return f"{getrandbits(64) or 1:016x}"
 
 
 def ratio_bound(sample: float) -> int:
@@ -61,9 +66,14 @@ def continued(traceparent: str | None, tracestate: str | None, bound: int = 0) -
     exported, and then the flags pass on as they came)."""
     if traceparent is not None and (parent := _parsed(traceparent)) is not None:
         trace_id, parent_id, flags = parent
-        trace = Trace(trace_id, new_span_id(), flags, tracestate or None, parent_id)
+        trace = _trace(Trace, (trace_id, new_span_id(), flags, tracestate or None, parent_id))
     else:
-        trace = Trace(f"{random.getrandbits(128) or 1:032x}", new_span_id(), "00", None)
+        # The new trace's id and the router's span id out of one draw: one call, one format.
+        ids = f"{getrandbits(192):048x}"
+        trace_id, span_id = ids[:32], ids[32:]
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # all zeros is invalid: again
+            return continued(None, None, bound)
+        trace = _trace(Trace, (trace_id, span_id, "00", None, None))
     if bound and not trace.sampled and int(trace.trace_id[16:], 16) < bound:
         return trace._replace(flags=f"{int(trace.flags, 16) | 1:02x}")
     return trace

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
@@ -29,7 +30,7 @@ from router.http.request import Request, new_request_id
 from router.http.response import Response, StreamResponse
 from router.http.text import printable
 from router.observe.health import HealthBook
-from router.observe.log import Pseudonymizer
+from router.observe.log import Pseudonymizer, render
 from router.observe.metrics import Metrics
 from router.observe.record import CLIENT_CLOSED, Exchange, Outcome, ms_since
 from router.observe.spans import Tracer
@@ -69,24 +70,24 @@ class Proxy:
         pseudonymize: Pseudonymizer,
         metrics: Metrics,
         health: HealthBook,
+        write: Callable[[bytes], None],
+        tracer: Tracer | None = None,
     ) -> None:
+        """`write` takes a rendered line to the routing log (the sink's `msg`); `tracer`
+        exports spans (server.tracing), or None: traces are only propagated."""
         self.tables = tables
+        self.write = write
         self.metrics = metrics
         self._cutting_off = False
         self.health = health
         self._no_user = pseudonymize.fields(None)  # `user: null`, or nothing with `omit`
         self.log = log
         self.pseudonymize = pseudonymize
-        self.shadows = Shadows(log, metrics)
+        self.shadows = Shadows(log, metrics, tracer)
         self.admission = Admission(metrics)
         self.serving = True  # False once draining: /v2/health/ready answers 503
-        # Span export (server.tracing), set by the app; None: traces are only propagated.
-        self.tracer: Tracer | None = None
-        self.trace_bound = 0  # its sampling ratio, as `continued` takes it
-
-    def trace_with(self, tracer: Tracer) -> None:
-        self.tracer = self.shadows.tracer = tracer
-        self.trace_bound = tracer.bound
+        self.tracer = tracer
+        self.trace_bound = tracer.bound if tracer is not None else 0  # as `continued` takes it
 
     def cut_off(self) -> None:
         """drain_s is over: the server cancels what is still running (each logs its record
@@ -179,7 +180,7 @@ class Proxy:
 
     def record(self, ex: Exchange) -> None:
         record = ex.record()
-        self.log.info("request", **record)
+        self.write(render(record))  # what log.info("request", **fields) writes, less copies
         if self.tracer is not None and ex.trace.sampled:
             self.tracer.server(ex, record)
         if ex.finished is not None:  # a shadow copy waits to compare

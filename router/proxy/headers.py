@@ -42,22 +42,53 @@ _DROP_UPSTREAM: Final = HOP_BY_HOP | _SET_UPSTREAM | {"x-forwarded-for", "x-shad
 _DROP_DOWNSTREAM: Final = HOP_BY_HOP | _SET_DOWNSTREAM
 
 
-def _dropped(headers: Mapping[str, str], base: frozenset[str]) -> frozenset[str]:
-    """Names not to forward: `base`, and those that `Connection` lists (hop-by-hop too)."""
+# Whether each header name, as sent, crosses with only `_DROP_UPSTREAM` (or
+# `_DROP_DOWNSTREAM`) dropped: a request's headers are mostly the names of the one before,
+# and one look-up here costs a third of lowering and testing the name. At most
+# _VERDICTS_KEPT names are kept each way; the others are worked out each time.
+_VERDICTS_KEPT: Final = 1024
+_UPSTREAM_VERDICTS: dict[str, bool] = {}
+_DOWNSTREAM_VERDICTS: dict[str, bool] = {}
+
+
+def _forwardable(
+    headers: Mapping[str, str],
+    items: Iterable[tuple[str, str]],
+    base: frozenset[str],
+    verdicts: dict[str, bool],
+) -> list[tuple[str, str]]:
+    """The headers that cross: not in `base`, nor named by `Connection` (hop-by-hop too)."""
     listed = headers.get("Connection")
-    if not listed:
-        return base
-    return base | {token.strip().lower() for token in listed.split(",")}
-
-
-def _forwardable(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
+    if listed and not (named := _connection_names(listed)) <= base:
+        drop = base | named
+        return [(name, value) for name, value in items if _crosses(name, drop)]
     return [
         (name, value)
         for name, value in items
-        if (lower := name.lower()) not in drop
+        if (kept := verdicts.get(name)) or (kept is None and _learn(name, base, verdicts))
+    ]
+
+
+@lru_cache(maxsize=256)
+def _connection_names(listed: str) -> frozenset[str]:
+    """The names a `Connection` value lists (`keep-alive`, mostly: dropped anyway)."""
+    return frozenset(token.strip().lower() for token in listed.split(","))
+
+
+def _learn(name: str, drop: frozenset[str], verdicts: dict[str, bool]) -> bool:
+    kept = _crosses(name, drop)
+    if len(verdicts) < _VERDICTS_KEPT:
+        verdicts[name] = kept
+    return kept
+
+
+def _crosses(name: str, drop: frozenset[str]) -> bool:
+    lower = name.lower()
+    return (
+        lower not in drop
         and not lower.startswith("proxy-")
         and not ("_" in lower and _posing(lower, drop))
-    ]
+    )
 
 
 def _posing(lower: str, drop: frozenset[str]) -> bool:
@@ -82,7 +113,7 @@ def upstream_headers(
     X-Forwarded-For is appended to (every proxy on the way adds the address it saw);
     repeated X-Forwarded-For lines are folded into one list, as RFC 9110 5.3 allows.
     """
-    out = _forwardable(items, _dropped(headers, _DROP_UPSTREAM))
+    out = _forwardable(headers, items, _DROP_UPSTREAM, _UPSTREAM_VERDICTS)
     seen = list(headers.getall("X-Forwarded-For", ()))
     if remote:
         seen.append(remote)
@@ -123,7 +154,7 @@ def downstream_headers(
     extra: Iterable[tuple[str, str]],
 ) -> list[tuple[str, str]]:
     """The headers sent to the client: the backend's, less hop-by-hop, plus ours."""
-    out = _forwardable(items, _dropped(headers, _DROP_DOWNSTREAM))
+    out = _forwardable(headers, items, _DROP_DOWNSTREAM, _DOWNSTREAM_VERDICTS)
     out.append(("X-Model-Version", version))
     out.append(("X-Request-ID", request_id))
     out.extend(extra)

@@ -95,16 +95,18 @@ class ShadowRecord:
 class Shadows:
     """The copies of one process: started by the proxy, drained at shutdown."""
 
-    def __init__(self, log: FilteringBoundLogger, metrics: Metrics) -> None:
+    def __init__(
+        self, log: FilteringBoundLogger, metrics: Metrics, tracer: Tracer | None = None
+    ) -> None:
         self.log = log
         self.metrics = metrics
+        self.tracer = tracer  # span export, when the table asks for it
         self._in_flight: dict[str, int] = {}
         # Per shadow (model, url): connection failures in a row, and until when (monotonic)
         # copies are not even tried: a shadow that is down would cost a refused connection
         # per copy. The primary's health is never touched.
         self._down: dict[tuple[str, str], tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.tracer: Tracer | None = None  # span export, when the table asks for it
 
     def start(
         self,
