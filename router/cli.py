@@ -133,10 +133,11 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=1,
         metavar="N",
-        help="worker processes sharing the port (default 1)",
+        help="worker processes sharing the port: a number, or 'auto' for one per CPU this "
+        "process may run on (default 1)",
     )
     serve.set_defaults(command=_serve)
 
@@ -229,6 +230,21 @@ def _churn_lines(old: Table, new: Table) -> list[str]:
     lines += [f"{name}: new model" for name in new.models if name not in old.models]
     lines += [f"{name}: removed" for name in old.models if name not in new.models]
     return lines
+
+
+def _workers(text: str) -> int:
+    """`--workers N`, or `auto`: one per CPU the process may run on (its affinity, as
+    nginx's `worker_processes auto`), which is what a production router wants."""
+    if text == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of workers or 'auto'") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

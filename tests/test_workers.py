@@ -290,3 +290,20 @@ async def test_a_worker_that_keeps_dying_is_replaced_after_growing_pauses(
     starting = [line for line in proc.stderr if "starting another in" in line]
     pauses = [float(line.rsplit(" in ", 1)[1].split()[0]) for line in starting]
     assert pauses == sorted(pauses), pauses
+
+
+async def test_workers_auto_starts_one_per_cpu_the_process_may_use(
+    backends: dict[str, str], tmp_path: Path
+) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    async with router_process(two_versions(backends), tmp_path, "--workers", "auto") as proc:
+        if cpus > 1:  # one CPU: one process, no supervisor (the banner says no workers)
+            assert f", {cpus} workers," in proc.banner
+
+        async def started() -> bool | None:
+            pids = {r["pid"] for r in read_log(tmp_path / "routing.jsonl")}
+            return len(pids) == cpus or None
+
+        await poll(started, 10, "a worker per CPU started")
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
