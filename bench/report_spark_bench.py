@@ -97,6 +97,27 @@ def differences(a: Any, b: Any, where: str = "$") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} {b!r}"]
 
 
+def _maybe(argv: Sequence[str], what: str) -> Timed | str:
+    """The run, or why it failed (its error's last lines)."""
+    try:
+        return run_tree(argv, what)
+    except BenchError as error:
+        return str(error)
+
+
+def _cause(error: str) -> str:
+    """The line of a failure's message that says what went wrong."""
+    lines = [line for line in error.splitlines() if "Error" in line or "error" in line]
+    return (lines or error.splitlines() or ["?"])[-1].strip()
+
+
+def _spark_row(spark: Timed, master: str, records: int) -> dict[str, Any]:
+    used = cores(master)
+    rate = round(records / spark.seconds / used) if used else None
+    return {"seconds": round(spark.seconds, 2), "peak_mib": round(spark.peak_mib),
+            "master": master, "cores": used, "records_per_core_s": rate}  # fmt: skip
+
+
 def cores(master: str) -> int:
     """The cores a local master uses (local[N], local[*]); 0 when not local."""
     if master == "local":
@@ -112,21 +133,23 @@ def bench_size(records: int, seed: int, master: str, keep: bool) -> dict[str, An
     generated = ensure_log(path, records, seed)
     report = [sys.executable, "-m", "router", "report", str(path), "--format", "json"]
     try:
-        duck = run_tree(report, "report --engine duckdb")
+        duck = _maybe(report, "report --engine duckdb")
         spark = run_tree([*report, "--engine", "spark", "--spark-master", master],
                          "report --engine spark")  # fmt: skip
     finally:
         if generated is not None and not keep:
             path.unlink()
+    print(f"{records:>12,}  spark {spark.seconds:8.1f} s {spark.peak_mib:7,.0f} MiB", flush=True)
+    if isinstance(duck, str):  # DuckDB failed (out of memory): Spark's numbers stand alone
+        print(f"{records:>12,}  duckdb failed: {_cause(duck)}", flush=True)
+        return {"records": records, "duckdb": {"failed": _cause(duck)},
+                "spark": _spark_row(spark, master, records), "same_json": None}  # fmt: skip
     diff = differences(orjson.loads(duck.output), orjson.loads(spark.output))
-    used = cores(master)
     row = {
         "records": records,
         "bytes": path.stat().st_size if path.exists() else None,
         "duckdb": {"seconds": round(duck.seconds, 2), "peak_mib": round(duck.peak_mib)},
-        "spark": {"seconds": round(spark.seconds, 2), "peak_mib": round(spark.peak_mib),
-                  "master": master, "cores": used,
-                  "records_per_core_s": round(records / spark.seconds / used) if used else None},
+        "spark": _spark_row(spark, master, records),
         "same_json": not diff,
         "differences": diff[:10],
     }  # fmt: skip
@@ -160,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": rows,
     })  # fmt: skip
     print(f"wrote {RESULTS.relative_to(ROOT)}")
-    return 0 if all(row["same_json"] for row in rows) else 1
+    return 0 if all(row["same_json"] is not False for row in rows) else 1
 
 
 if __name__ == "__main__":

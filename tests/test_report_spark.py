@@ -263,6 +263,20 @@ def test_a_missing_log_is_named_on_spark(
     assert capsys.readouterr().err == f"model-router report: {missing}: no such log file\n"
 
 
+def test_a_uri_is_expanded_by_hadoop(
+    spark: SparkSession, log_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path with a scheme (here file://, as hdfs:// or s3a:// on a cluster) is globbed by
+    Hadoop's FileSystem: the same report, the files named as Hadoop names them."""
+    sparked = report(capsys, f"file://{log_files[0]}", "--engine", "spark")
+    assert len(sparked["files"]) == 3
+    assert all(name.startswith("file:/") for name in sparked["files"])
+    assert_same({**report(capsys, *log_files), "files": []}, {**sparked, "files": []})
+    missing = f"file://{log_files[0]}.nope"
+    assert main(["report", missing, "--engine", "spark"]) == 2
+    assert capsys.readouterr().err == f"model-router report: {missing}: no such log file\n"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
