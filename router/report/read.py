@@ -107,6 +107,9 @@ def load(patterns: list[str]) -> Loaded:
     con.create_function("json_canonical", canonical_json, [VARCHAR], VARCHAR)
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")
+    # DuckDB draws a progress bar past 2 s even when the output is not a terminal: it would
+    # land in the report's own output (`--format json > file`) or clutter its stderr.
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SET temp_directory = '{_temp_dir()}'")
     try:
         con.execute(
