@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +252,20 @@ def test_request_records_missing_fields_are_counted_not_fatal(
     assert model["other"]["versions"] == {}
     rows = model["other"]["by_assigned_by"]
     assert [(r["requests"], r["error_rate"]) for r in rows] == [(1, 0)]
+
+
+def test_a_report_past_its_memory_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MODEL_ROUTER_REPORT_MEMORY is DuckDB's limit (512MB by default): a log that needs more
+    than it is a one-line error and exit 2, never a traceback."""
+    path = regression_log(tmp_path / "reg.jsonl")
+    monkeypatch.setenv("MODEL_ROUTER_REPORT_MEMORY", "2MB")
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "report", str(path), "--format", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert "Out of Memory" in line
+    assert done.stdout == ""

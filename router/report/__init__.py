@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
 import orjson
 
 from router.report import text
@@ -50,6 +51,12 @@ def make_report(
     loaded = _load(paths, *engine)
     try:
         return build(loaded, model, baseline, t_opt=t_opt)
+    except duckdb.OutOfMemoryException as exc:
+        first = str(exc).splitlines()[0]
+        raise ReportError(
+            f"DuckDB ran out of memory on these logs ({first}); "
+            "run the report where the logs are with --engine spark (docs/spark.md)"
+        ) from None
     finally:
         loaded.engine.close()
 

@@ -67,7 +67,7 @@ UNIT = """coalesce("user", chr(1) || request_id, chr(2))"""
 
 # DuckDB's own limit; past it, it spills to the temp directory. With Python, NumPy and
 # the bootstrap on top, the process stays under 1 GiB on a 5-million-record log.
-MEMORY_LIMIT = "512MB"
+MEMORY_LIMIT = os.environ.get("MODEL_ROUTER_REPORT_MEMORY", "512MB")
 
 
 class LogError(Exception):
