@@ -65,9 +65,18 @@ def structured_of(json: str) -> str:
 # both engines sort the per-user rows in the same order (spark.py writes the same).
 UNIT = """coalesce("user", chr(1) || request_id, chr(2))"""
 
-# DuckDB's own limit; past it, it spills to the temp directory. With Python, NumPy and
-# the bootstrap on top, the process stays under 1 GiB on a 5-million-record log.
-MEMORY_LIMIT = os.environ.get("MODEL_ROUTER_REPORT_MEMORY", "512MB")
+
+def _memory_limit() -> str:
+    """DuckDB's limit; past it, it spills to the temp directory, but an exact quantile's
+    values cannot spill: at 512 MB a 20,000,000-record log ran out. A quarter of the
+    machine's memory, at least 512 MB; MODEL_ROUTER_REPORT_MEMORY (e.g. 4GB) overrides."""
+    if "MODEL_ROUTER_REPORT_MEMORY" in os.environ:
+        return os.environ["MODEL_ROUTER_REPORT_MEMORY"]
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return "512MB"
+    return f"{max(512, physical // 4 // 2**20)}MB"
 
 
 class LogError(Exception):
@@ -105,7 +114,7 @@ def load(patterns: list[str]) -> Loaded:
     files = expand(patterns)
     con = duckdb.connect()
     con.create_function("json_canonical", canonical_json, [VARCHAR], VARCHAR)
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET memory_limit = '{_memory_limit()}'")
     con.execute("SET preserve_insertion_order = false")
     # DuckDB draws a progress bar past 2 s even when the output is not a terminal: it would
     # land in the report's own output (`--format json > file`) or clutter its stderr.
