@@ -78,10 +78,10 @@ class Tracer:
         self._thread = threading.Thread(target=self._run, name="span-export", daemon=True)
         self._thread.start()
 
-    def server(self, ex: Exchange, record: dict[str, Any]) -> None:
-        """The request's span, from its record (which is written as this is called)."""
+    def server(self, ex: Exchange) -> None:
+        """The request's span, once its record is written."""
         trace = ex.trace
-        attributes = server_attributes(ex, record)
+        attributes = server_attributes(ex)
         name = ex.model or ex.method or "request"
         error = ex.outcome in ERROR_OUTCOMES
         self._put(name, True, trace, trace.span_id, ex.started, attributes, error)
@@ -213,19 +213,16 @@ def _unfinished(outcome: str) -> str:
     return "unavailable" if outcome == "rejected" else outcome
 
 
-def server_attributes(ex: Exchange, record: dict[str, Any]) -> Attributes:
+def server_attributes(ex: Exchange) -> Attributes:
     """Section 15's attributes of a request, and the semantic conventions' HTTP or RPC
     ones; the user (even pseudonymised) is never one."""
     found: dict[str, Any] = {
         "model_router.model": ex.model,
         "model_router.version": ex.version,
-        "model_router.assigned_version": ex.assigned_version,
-        "model_router.assigned_by": ex.assigned_by,
-        "model_router.bucket": ex.bucket,
-        "model_router.config": ex.config,
         "model_router.outcome": ex.outcome,
         "model_router.request_id": ex.request_id,
         "model_router.protocol": ex.protocol,
+        **assignment(ex),
     }
     if ex.protocol == "grpc":
         found.update(rpc_attributes(ex.path, ex.grpc_status))
@@ -233,17 +230,21 @@ def server_attributes(ex: Exchange, record: dict[str, Any]) -> Attributes:
         found["http.request.method"] = ex.method
         found["url.path"] = ex.path
         found["http.response.status_code"] = ex.status
-    return {key: value for key, value in found.items() if value is not None}
+    return _given(found)
 
 
 def assignment(ex: Exchange) -> Attributes:
     """How the request's version was chosen, on each of its attempts' spans too."""
-    found = {
+    return _given({
         "model_router.assigned_version": ex.assigned_version,
         "model_router.assigned_by": ex.assigned_by,
         "model_router.bucket": ex.bucket,
         "model_router.config": ex.config,
-    }
+    })  # fmt: skip
+
+
+def _given(found: dict[str, Any]) -> Attributes:
+    """The attributes that have a value: OpenTelemetry has no null attribute."""
     return {key: value for key, value in found.items() if value is not None}
 
 
@@ -261,7 +262,7 @@ def attempt_attributes(
         "server.port": origin.port,
         "http.response.status_code": status,
     }
-    return {key: value for key, value in found.items() if value is not None}
+    return _given(found)
 
 
 def rpc_attempt_attributes(

@@ -182,7 +182,7 @@ class Proxy:
         record = ex.record()
         self.write(render(record))  # what log.info("request", **fields) writes, less copies
         if self.tracer is not None and ex.trace.sampled:
-            self.tracer.server(ex, record)
+            self.tracer.server(ex)
         if ex.finished is not None:  # a shadow copy waits to compare
             ex.finished.set_result(None)
         # A timeout or a failure counts against the version that was tried.
