@@ -36,31 +36,8 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data"
 
-TABLE = """\
-log:
-  path: {log}
-models:
-  cancer:
-    versions:
-      v1: {{url: "http://127.0.0.1:9001"}}
-      v2: {{url: "http://127.0.0.1:9002"}}
-    split: {{v1: 80, v2: 20}}
-    rollout:
-      candidate: v2
-      steps: [10, 20, 50, 100]
-      step_s: 600
-      min_users: 500
-      guardrails:
-        error_rate: {{max_increase: 0.005}}
-        latency_p95: {{max_increase: 0.2}}
-        accuracy: {{max_decrease: 0.01}}
-      {state}
-  books:
-    versions:
-      v1: {{url: "http://127.0.0.1:9001"}}
-      v3: {{url: "http://127.0.0.1:9003"}}
-      v2: {{url: "http://127.0.0.1:9002"}}
-    split: {{v1: 70, v3: 10, v2: 20}}
+# Both models ramp v2 by the same rules ({state}: where the ramp is).
+ROLLOUT = """\
     rollout:
       candidate: v2
       steps: [10, 20, 50, 100]
@@ -72,6 +49,23 @@ models:
         accuracy: {{max_decrease: 0.01}}
       {state}
 """
+
+TABLE = """\
+log:
+  path: {log}
+models:
+  cancer:
+    versions:
+      v1: {{url: "http://127.0.0.1:9001"}}
+      v2: {{url: "http://127.0.0.1:9002"}}
+    split: {{v1: 80, v2: 20}}
+{rollout}  books:
+    versions:
+      v1: {{url: "http://127.0.0.1:9001"}}
+      v3: {{url: "http://127.0.0.1:9003"}}
+      v2: {{url: "http://127.0.0.1:9002"}}
+    split: {{v1: 70, v3: 10, v2: 20}}
+{rollout}"""
 
 # In a child: the log read into records, then each model's step timed alone.
 EVIDENCE = """
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, state in runs:
             table = Path(tmp) / f"{name}.yaml"
-            table.write_text(TABLE.format(log=log, state=state))
+            table.write_text(TABLE.format(log=log, rollout=ROLLOUT.format(state=state)))
             seconds, cpu, rss, text = child([sys.executable, "-m", "router", "rollout",
                                              "--config", str(table), "--once", "--dry-run"],
                                             args.code)  # fmt: skip
